@@ -1,0 +1,94 @@
+"""Image-folder and tar-of-JPEGs sources (`<split>/<class>/<file>.jpg`), e.g. the CIFAR-10 tars.
+
+The tar source keeps the compressed bytes in memory (3 MB for CIFAR-10 test) and decodes an
+image only when it is read, so a 10,000-image evaluation streams instead of holding tensors."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms.functional import pil_to_tensor
+
+from ..errors import ClipxUsageError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def clean_classname(name: str) -> str:
+    """Folder / torchvision names -> words for prompts (TeCoA's refine_classname)."""
+    return name.replace("_", " ").replace("-", " ").strip().lower()
+
+
+def _to_tensor(img: Image.Image, size: int | None) -> torch.Tensor:
+    img = img.convert("RGB")
+    if size is not None and img.size != (size, size):
+        from torchvision.transforms.functional import center_crop, resize
+
+        img = center_crop(resize(img, size), size)
+    return pil_to_tensor(img).float().div_(255)
+
+
+class TarImageFolder(Dataset):
+    """Images from a tar archive laid out as `<split>/<class>/<name>`; labels in sorted class order."""
+
+    def __init__(self, path: str | os.PathLike, split: str, image_size: int | None = None):
+        path = Path(path)
+        if not path.is_file():
+            raise ClipxUsageError(f"dataset archive not found: {path}")
+        self.path, self.split, self.image_size = path, split, image_size
+        members: list[tuple[str, bytes]] = []
+        with tarfile.open(path) as tar:
+            for m in tar:
+                parts = Path(m.name).parts
+                if m.isfile() and len(parts) >= 3 and parts[-3] == split and m.name.lower().endswith(IMAGE_SUFFIXES):
+                    members.append((parts[-2], tar.extractfile(m).read()))
+        if not members:
+            raise ClipxUsageError(f"{path}: no images under '{split}/<class>/' in the archive")
+        folders = sorted({c for c, _ in members})
+        self.folders = folders
+        self.classnames = [clean_classname(c) for c in folders]
+        index = {c: i for i, c in enumerate(folders)}
+        members.sort(key=lambda cm: cm[0])  # stable: keeps archive order within a class
+        self._blobs = [b for _, b in members]
+        self.targets = [index[c] for c, _ in members]
+
+    def __len__(self) -> int:
+        return len(self._blobs)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        with Image.open(io.BytesIO(self._blobs[i])) as img:
+            return _to_tensor(img, self.image_size), self.targets[i]
+
+
+class ImageFolderDataset(Dataset):
+    """A folder laid out as `<root>/<class>/<image>`; labels in sorted class order."""
+
+    def __init__(self, root: str | os.PathLike, image_size: int | None = None):
+        root = Path(root)
+        if not root.is_dir():
+            raise ClipxUsageError(f"dataset directory not found: {root}")
+        self.folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+        self.classnames = [clean_classname(c) for c in self.folders]
+        self.files: list[Path] = []
+        self.targets: list[int] = []
+        for label, folder in enumerate(self.folders):
+            for f in sorted((root / folder).iterdir()):
+                if f.suffix.lower() in IMAGE_SUFFIXES:
+                    self.files.append(f)
+                    self.targets.append(label)
+        if not self.files:
+            raise ClipxUsageError(f"{root}: no images found under <class>/ folders")
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        with Image.open(self.files[i]) as img:
+            return _to_tensor(img, self.image_size), self.targets[i]

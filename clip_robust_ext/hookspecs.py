@@ -1,0 +1,53 @@
+"""The plugin contract. Every hook receives a `register(name, obj, **meta)` callback
+(the simonw/llm pattern): a plugin calls it zero or more times and returns nothing.
+Specs are keyword-only; an implementation may accept a subset of the arguments."""
+
+from __future__ import annotations
+
+from pluggy import HookimplMarker, HookspecMarker
+
+hookspec = HookspecMarker("clipx")
+hookimpl = HookimplMarker("clipx")
+
+
+@hookspec
+def register_models(register):
+    """register(name, factory, description=...) - factory(**params) -> LoadedCLIP."""
+
+
+@hookspec
+def register_datasets(register):
+    """register(name, factory, description=...) - factory(root=None, split='test', **params)
+    -> a torch Dataset of (image01, label) with a `classnames` attribute."""
+
+
+@hookspec
+def register_templates(register):
+    """register(name, templates_or_descriptions, description=...) - a list of '{}' templates,
+    or a dict class -> list of descriptions (SAFT-style description sets)."""
+
+
+@hookspec
+def register_attacks(register):
+    """register(name, factory, modality='image'|'text'|'multimodal', description=...) -
+    factory(model: ZeroShotClassifier, **params) -> the attack object."""
+
+
+@hookspec
+def register_defenses(register):
+    """register(name, factory, description=...) - factory(**params) -> a Defense."""
+
+
+@hookspec
+def register_evaluators(register):
+    """register(name, protocol_factory, description=...) - named evaluation protocols."""
+
+
+@hookspec
+def register_recipes(register):
+    """register(name, path_to_toml, description=...)."""
+
+
+@hookspec
+def register_commands(cli):
+    """Add click commands or groups to the `clipx` CLI group."""

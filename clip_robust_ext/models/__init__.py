@@ -1,0 +1,17 @@
+"""CLIP loading, the zero-shot classifier wrapper and checkpoint formats."""
+
+from .checkpoints import load_into_clip, read_state_dict, save_open_clip_checkpoint
+from .clip import LoadedCLIP, load_clip, register_model_config
+from .zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier, build_prompts
+
+__all__ = [
+    "DEFAULT_TEMPLATES",
+    "LoadedCLIP",
+    "ZeroShotClassifier",
+    "build_prompts",
+    "load_clip",
+    "load_into_clip",
+    "read_state_dict",
+    "register_model_config",
+    "save_open_clip_checkpoint",
+]

@@ -1,0 +1,115 @@
+"""Safe loading of the checkpoint formats robust-CLIP papers publish.
+
+Formats accepted (all loaded with weights_only=True or safetensors, never executing code):
+- full open_clip state dict (`visual.*`, `transformer.*`, `logit_scale`, ...);
+- a dict holding it under `state_dict` / `model` / `model_state_dict` (optionally `module.` prefixed);
+- a vision-tower-only state dict (TeCoA / FARE releases; keys without the `visual.` prefix, or under
+  `vision_encoder_state_dict`), loaded into `model.visual`;
+- `.safetensors` files of any of the above.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ClipxUsageError
+
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "vision_encoder_state_dict")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read tensors from a checkpoint file without executing any code."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClipxUsageError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise ClipxUsageError(f"{path}: not a readable safetensors file ({exc})") from None
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ClipxUsageError(
+            f"{path}: refused to load - the file is not a plain tensor checkpoint and loading it "
+            f"would run code ({first}); convert it to safetensors or a weights-only state dict"
+        ) from None
+    except Exception as exc:
+        raise ClipxUsageError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+    return unwrap_state_dict(obj, source=str(path))
+
+
+def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in _WRAPPER_KEYS:
+            if key in obj and isinstance(obj[key], dict):
+                inner = unwrap_state_dict(obj[key], source)
+                if key == "vision_encoder_state_dict":
+                    inner = {k if k.startswith("visual.") else f"visual.{k}": v for k, v in inner.items()}
+                return inner
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            if all(k.startswith("module.") for k in tensors):
+                tensors = {k[len("module.") :]: v for k, v in tensors.items()}
+            return tensors
+    raise ClipxUsageError(f"{source}: no state dict found (expected a dict of tensors)")
+
+
+def load_into_clip(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> str:
+    """Load a full or vision-only state dict; returns 'full' or 'visual'. Mismatches are named."""
+    model_keys = set(model.state_dict())
+    visual_keys = {k[len("visual.") :] for k in model_keys if k.startswith("visual.")}
+    keys = set(state)
+    if keys & model_keys and any(not k.startswith("visual.") for k in keys):
+        target, kind, expected = model, "full", model_keys
+    elif keys <= {f"visual.{k}" for k in visual_keys} and keys:
+        target, kind, expected = model.visual, "visual", visual_keys
+        state = {k[len("visual.") :]: v for k, v in state.items()}
+    elif keys & visual_keys:
+        target, kind, expected = model.visual, "visual", visual_keys
+    else:
+        raise ClipxUsageError(
+            f"{source}: none of its {len(keys)} keys match this architecture "
+            f"(e.g. {sorted(keys)[:3]} vs expected {sorted(model_keys)[:3]})"
+        )
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if kind == "full":
+        # checkpoints from older open_clip versions may miss buffers such as attn_mask
+        missing = [k for k in missing if not k.endswith("attn_mask")]
+    shape_errors = [
+        f"{k}: {tuple(v.shape)} vs {tuple(target.state_dict()[k].shape)}"
+        for k, v in state.items()
+        if k in expected and tuple(v.shape) != tuple(target.state_dict()[k].shape)
+    ]
+    if missing or unexpected or shape_errors:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[:3]})")
+        if shape_errors:
+            parts.append(f"shape mismatch {shape_errors[:3]}")
+        raise ClipxUsageError(f"{source}: checkpoint does not fit this architecture: " + "; ".join(parts))
+    target.load_state_dict(state, strict=False)
+    return kind
+
+
+def save_open_clip_checkpoint(model: torch.nn.Module, path: str | Path) -> Path:
+    """Plain open_clip format: `open_clip.create_model(arch, pretrained=path)` loads it."""
+    from ..utils.io import atomic_torch_save, atomic_write
+
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save
+
+        return atomic_write(path, lambda fh: fh.write(save(state)))
+    return atomic_torch_save(path, state)

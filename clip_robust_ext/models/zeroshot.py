@@ -1,0 +1,141 @@
+"""CLIP as a plain image classifier that torchattacks and AutoAttack attack as is.
+
+forward(images in [0, 1] at any resolution) -> logits = logit_scale * cos(image, class text).
+Resizing and CLIP normalisation happen inside, so eps lives in the dataset's pixel space.
+The class text matrix is computed once per (text-tower weights, prompts) and cached: a forward
+pass never runs the text tower (the TeCoA-lineage code re-encodes every prompt per forward).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ClipxUsageError
+from .clip import LoadedCLIP
+
+DEFAULT_TEMPLATES: tuple[str, ...] = ("This is a photo of a {}",)
+
+
+def build_prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[list[str]]:
+    """prompts[c][t] = templates[t] filled with classnames[c]."""
+    if not classnames:
+        raise ClipxUsageError("no class names given")
+    if not templates or any("{}" not in t for t in templates):
+        raise ClipxUsageError(f"templates must each contain '{{}}', got {list(templates)[:3]}")
+    return [[t.format(c) for t in templates] for c in classnames]
+
+
+class ZeroShotClassifier(nn.Module):
+    def __init__(
+        self,
+        clip: LoadedCLIP,
+        classnames: Sequence[str] | None = None,
+        templates: Sequence[str] = DEFAULT_TEMPLATES,
+        prompts: Sequence[Sequence[str]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.loaded = clip
+        self.clip = clip.model
+        self.tokenizer = clip.tokenizer
+        self.image_size = tuple(clip.image_size)
+        self.register_buffer("mean", torch.tensor(clip.mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(clip.std).view(1, -1, 1, 1), persistent=False)
+        if prompts is None:
+            if classnames is None:
+                raise ClipxUsageError("ZeroShotClassifier needs classnames or prompts")
+            prompts = build_prompts(classnames, templates)
+        self.classnames = list(classnames) if classnames is not None else [p[0] for p in prompts]
+        self.templates = list(templates)
+        self.prompts: list[list[str]] = [list(p) for p in prompts]
+        self.text_calls = 0  # number of text-tower forward passes (tests and benchmarks read it)
+        self._cache_key: tuple | None = None
+        self._class_matrix: torch.Tensor | None = None
+
+    # -- encoders ---------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.clip.parameters()).dtype
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """[0, 1] images at any size -> normalised model input at the model's resolution."""
+        if images.ndim != 4 or images.shape[1] != self.mean.shape[1]:
+            raise ClipxUsageError(
+                f"images must be (N, {self.mean.shape[1]}, H, W) floats in [0, 1], got {tuple(images.shape)}"
+            )
+        if not images.is_floating_point():
+            raise ClipxUsageError(f"images must be float in [0, 1], got {images.dtype}")
+        if tuple(images.shape[-2:]) != self.image_size:
+            images = F.interpolate(images, size=self.image_size, mode="bicubic", align_corners=False)
+        return ((images - self.mean) / self.std).to(self.dtype)
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        feats = self.clip.encode_image(self.preprocess(images))
+        return F.normalize(feats.float(), dim=-1) if normalize else feats.float()
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(list(texts)).to(self.device)
+
+    def encode_text(
+        self, texts: Sequence[str] | torch.Tensor, normalize: bool = True, batch_size: int = 1024
+    ) -> torch.Tensor:
+        """Strings (or token ids) -> text embeddings, batched."""
+        tokens = texts if isinstance(texts, torch.Tensor) else self.tokenize(texts)
+        outs = []
+        for i in range(0, tokens.shape[0], batch_size):
+            self.text_calls += 1
+            outs.append(self.clip.encode_text(tokens[i : i + batch_size]).float())
+        feats = torch.cat(outs) if outs else torch.empty(0, device=self.device)
+        return F.normalize(feats, dim=-1) if normalize else feats
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.clip.logit_scale.exp().float()
+
+    # -- the cached zero-shot head ------------------------------------------------------------
+    def _text_weights_key(self) -> tuple:
+        return tuple(
+            (p.data_ptr(), p._version) for n, p in self.clip.named_parameters() if not n.startswith("visual.")
+        )
+
+    def text_matrix(self, prompts: Sequence[Sequence[str]]) -> torch.Tensor:
+        """(C, D) normalised class embeddings: mean over each class's prompts, renormalised."""
+        counts = {len(p) for p in prompts}
+        flat = [t for p in prompts for t in p]
+        with torch.no_grad():
+            feats = self.encode_text(flat)
+            if len(counts) == 1:
+                feats = feats.view(len(prompts), counts.pop(), -1).mean(1)
+            else:
+                splits = torch.split(feats, [len(p) for p in prompts])
+                feats = torch.stack([s.mean(0) for s in splits])
+        return F.normalize(feats, dim=-1)
+
+    def class_matrix(self) -> torch.Tensor:
+        """Cached; recomputed only when text-tower weights or prompts change."""
+        key = (self._text_weights_key(), self.device, tuple(map(tuple, self.prompts)))
+        if self._class_matrix is None or key != self._cache_key:
+            self._class_matrix = self.text_matrix(self.prompts)
+            self._cache_key = key
+        return self._class_matrix
+
+    def set_prompts(self, prompts: Sequence[Sequence[str]]) -> None:
+        self.prompts = [list(p) for p in prompts]
+
+    def with_prompts(self, prompts: Sequence[Sequence[str]]) -> ZeroShotClassifier:
+        """A classifier over other prompts that shares this one's CLIP (no second copy)."""
+        return ZeroShotClassifier(self.loaded, classnames=self.classnames, prompts=prompts)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.prompts)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        feats = self.encode_image(images)
+        return self.logit_scale() * feats @ self.class_matrix().t()

@@ -1,0 +1,28 @@
+"""Version stamps written next to every result so numbers can be traced."""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+
+_PACKAGES = (
+    "clip-robust-ext",
+    "torch",
+    "torchvision",
+    "open_clip_torch",
+    "torchattacks",
+    "pyautoattack",
+    "textattack",
+    "transformers",
+    "pluggy",
+)
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
