@@ -5,7 +5,7 @@ plugin, so the hook API is proven by use."""
 
 from clip_robust_ext import hookimpl
 
-from . import datasets, models, templates
+from . import attacks, datasets, models, templates
 
 
 @hookimpl
@@ -21,3 +21,8 @@ def register_datasets(register):
 @hookimpl
 def register_templates(register):
     templates.register_all(register)
+
+
+@hookimpl
+def register_attacks(register):
+    attacks.register_all(register)
