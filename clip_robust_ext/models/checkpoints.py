@@ -67,12 +67,16 @@ def load_into_clip(model: torch.nn.Module, state: dict[str, torch.Tensor], sourc
     model_keys = set(model.state_dict())
     visual_keys = {k[len("visual.") :] for k in model_keys if k.startswith("visual.")}
     keys = set(state)
-    if keys & model_keys and any(not k.startswith("visual.") for k in keys):
-        target, kind, expected = model, "full", model_keys
-    elif keys <= {f"visual.{k}" for k in visual_keys} and keys:
+    prefixed_visual = {f"visual.{k}" for k in visual_keys}
+    # bare vision keys (conv1.weight, positional_embedding, proj ...) partly collide with full-model
+    # keys, so decide by which key set the checkpoint overlaps most
+    n_full, n_bare = len(keys & model_keys), len(keys & visual_keys)
+    if keys and keys <= prefixed_visual:
         target, kind, expected = model.visual, "visual", visual_keys
         state = {k[len("visual.") :]: v for k, v in state.items()}
-    elif keys & visual_keys:
+    elif n_full and n_full >= n_bare:
+        target, kind, expected = model, "full", model_keys
+    elif n_bare:
         target, kind, expected = model.visual, "visual", visual_keys
     else:
         raise ClipxUsageError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,15 @@ def register_model_config(path: str | Path) -> None:
 
 
 register_model_config(CONFIG_DIR)
+
+
+class _NoRandomInitWarning(logging.Filter):
+    # open_clip warns "No pretrained weights loaded" when we build first and load our own weights
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+logging.getLogger().addFilter(_NoRandomInitWarning())
 
 
 @dataclass

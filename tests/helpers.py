@@ -1,0 +1,65 @@
+"""Shared test helpers (plain functions; fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def assets() -> Path:
+    """The shared offline assets folder, or skip."""
+    path = Path(os.environ.get("CLIPX_ASSETS", REPO.parent / "shared" / "assets"))
+    if not (path / "small_clip" / "clipx-small-c10.pt").is_file():
+        pytest.skip(f"offline assets not found at {path} (set CLIPX_ASSETS)")
+    return path
+
+
+def tiny_clip(seed: int = 0):
+    """A randomly initialised clipx-tiny: for plumbing tests only (it predicts one class)."""
+    import torch
+
+    from clip_robust_ext.models import load_clip
+
+    torch.manual_seed(seed)
+    return load_clip("clipx-tiny")
+
+
+@lru_cache(maxsize=1)
+def _small_c10_state():
+    from clip_robust_ext.models import read_state_dict
+
+    return read_state_dict(assets() / "small_clip" / "clipx-small-c10.pt")
+
+
+def small_c10():
+    """The real small CLIP trained on CIFAR-10 (fresh copy per call)."""
+    from clip_robust_ext.models import load_clip, load_into_clip
+
+    folder = assets() / "small_clip"
+    loaded = load_clip("clipx-small-c10", config=folder / "clipx-small-c10.json")
+    load_into_clip(loaded.model, _small_c10_state(), "clipx-small-c10.pt")
+    return loaded
+
+
+@lru_cache(maxsize=1)
+def cifar10_test():
+    from clip_robust_ext.data import TarImageFolder
+
+    return TarImageFolder(assets() / "cifar10_test_jpegs.tar.gz", "test")
+
+
+def cifar10_batch(n: int, seed: int = 0):
+    import torch
+
+    from clip_robust_ext.data import sample_indices
+
+    ds = cifar10_test()
+    idx = sample_indices(len(ds), n, seed)
+    xs, ys = zip(*(ds[i] for i in idx))
+    return torch.stack(xs), torch.tensor(ys)
