@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ClipxUsageError, unknown_name
-from .plugins import load_plugins, pm
+from .plugins import load_plugins, pm, trace
 
 MODALITIES = ("image", "text", "multimodal")
 
@@ -53,11 +53,15 @@ _SINGULAR = {
 }
 
 
-def _note(kind: str, plugin: str, error: str) -> None:
+def note_error(kind: str, plugin: str, error: str) -> None:
+    """Record a plugin failure once (shown by `clipx plugins` and on stderr)."""
     item = {"kind": kind, "plugin": plugin, "error": error}
     if item not in registry_errors:
         registry_errors.append(item)
         print(f"clipx: plugin '{plugin}': {error}", file=sys.stderr)
+
+
+_note = note_error
 
 
 def entries(kind: str) -> dict[str, Entry]:
@@ -81,12 +85,17 @@ def entries(kind: str) -> dict[str, Entry]:
 
         try:
             impl.function(register=register)
+            trace(
+                _KINDS[kind],
+                plugin,
+                ", ".join(e.name for e in collected[:8]) + (" ..." if len(collected) > 8 else ""),
+            )
         except Exception as exc:
-            _note(kind, plugin, f"{_KINDS[kind]} failed: {type(exc).__name__}: {exc}")
+            note_error(kind, plugin, f"{_KINDS[kind]} failed: {type(exc).__name__}: {exc}")
             continue
         for entry in collected:
             if entry.name in out:
-                _note(
+                note_error(
                     kind,
                     plugin,
                     f"{_SINGULAR[kind]} '{entry.name}' already registered by "

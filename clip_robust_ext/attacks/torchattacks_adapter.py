@@ -66,4 +66,5 @@ def factory_for(cls: type):
         return TorchattacksAttack(cls, model, **params)
 
     build.__doc__ = f"torchattacks.{cls.__name__}"
+    build.__wrapped__ = cls  # inspect.signature(build) shows the attack's parameters (clipx attacks)
     return build

@@ -64,6 +64,9 @@ class Defense:
     name: str = ""
     trainable: str = "visual"  # 'visual' | 'text' | 'both' | 'last-k:N' (last N vision blocks)
     needs_reference: bool = False  # the Trainer then provides ctx.reference (frozen, eval mode)
+    # TrainConfig values this method uses when the recipe leaves them unset (None), e.g.
+    # {"optimizer": "adamw", "lr": 1e-5, "weight_decay": 1e-4}; see TrainConfig.resolved
+    train_defaults: dict[str, Any] = {}
 
     def setup(self, ctx: TrainContext) -> None:
         """Called once before training (e.g. to precompute text matrices)."""

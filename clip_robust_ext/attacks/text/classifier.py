@@ -1,0 +1,148 @@
+"""Text and multimodal attacks on a ZeroShotClassifier, in the registered-attack shape:
+`attack(images, labels) -> AttackOutput(images, model=classifier over perturbed prompts, info)`.
+
+"text-attack": the class prompts are attacked (target "prompts"), images pass unchanged.
+"multimodal": the same perturbed-prompt classifier, then image PGD against it (MMCoA's setting 3:
+image attack + text attack on the class prompts).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...errors import ClipxUsageError
+from ...models import ZeroShotClassifier
+from ...utils.eps import parse_eps
+from ..base import AttackOutput, build_attack
+from ..checks import verify_adversarial
+from .attacker import CLIPTextAttacker
+from .config import TextAttackConfig
+from .targets import PromptAttackResult, attack_class_prompts, prompt_cache_key
+
+
+def config_from_params(**params: Any) -> tuple[TextAttackConfig, Any, Any]:
+    """(config, masked-LM object or None, tokenizer or None) from attack parameters."""
+    masked_lm = params.pop("masked_lm", TextAttackConfig.masked_lm)
+    tokenizer = params.pop("tokenizer", None)
+    allowed = set(TextAttackConfig.__dataclass_fields__)
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ClipxUsageError(f"text attack: unknown parameter(s) {unknown}; accepted: {sorted(allowed | {'masked_lm', 'tokenizer'})}")
+    if isinstance(masked_lm, str):
+        return TextAttackConfig(masked_lm=masked_lm, **params), None, tokenizer
+    return TextAttackConfig(**params), masked_lm, tokenizer
+
+
+def class_anchors(classifier: ZeroShotClassifier, anchors: Any) -> torch.Tensor | None:
+    """Reference embeddings for goal "zero-shot": "text" = the clean class text matrix (image-free,
+    so the cached result does not depend on which images came first), or a (C, D) tensor such as
+    per-class image-embedding centroids (see `image_centroids`)."""
+    if isinstance(anchors, torch.Tensor):
+        if anchors.ndim != 2 or anchors.shape[0] != classifier.num_classes:
+            raise ClipxUsageError(f"anchors must be ({classifier.num_classes}, D), got {tuple(anchors.shape)}")
+        return torch.nn.functional.normalize(anchors.detach().float(), dim=-1)
+    if anchors == "text":
+        return classifier.class_matrix().detach().clone()
+    raise ClipxUsageError(f"anchors must be 'text' or a (C, D) tensor, got {anchors!r}")
+
+
+def image_centroids(classifier: ZeroShotClassifier, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(C, D) normalised mean image embedding per class (classes without images get zeros)."""
+    with torch.no_grad():
+        feats = classifier.encode_image(images)
+    out = torch.zeros(classifier.num_classes, feats.shape[1], device=feats.device)
+    out.index_add_(0, labels.to(feats.device), feats)
+    return torch.nn.functional.normalize(out, dim=-1)
+
+
+class TextAttackOnPrompts:
+    """Registered "text-attack": perturb the classifier's class prompts once, serve every batch."""
+
+    modality = "text"
+    eps = 0.0  # images are not perturbed
+    norm = "Linf"
+
+    def __init__(self, model: ZeroShotClassifier, target: str = "prompts", anchors: Any = "text", **params: Any):
+        if not isinstance(model, ZeroShotClassifier):
+            raise ClipxUsageError("text-attack needs a ZeroShotClassifier (its class prompts are attacked)")
+        if target != "prompts":
+            raise ClipxUsageError(
+                f"text-attack on a classifier attacks its class prompts (target='prompts'), got target={target!r}; "
+                "per-sample captions are attacked during training (defense 'mmcoa', CaptionAttackCache)"
+            )
+        self.model = model
+        self.target = target
+        self.config, masked_lm, tokenizer = config_from_params(**params)
+        self._anchors_spec = anchors
+        self.attacker = CLIPTextAttacker(model, self.config, anchors=None, masked_lm=masked_lm, tokenizer=tokenizer)
+        self._perturbed: dict[tuple, ZeroShotClassifier] = {}
+        self.result: PromptAttackResult | None = None  # the latest perturbed prompts and their records
+
+    def _sync_anchors(self) -> None:
+        if self.config.goal == "zero-shot":
+            self.attacker.anchors = class_anchors(self.model, self._anchors_spec)
+
+    def perturbed_classifier(self) -> tuple[ZeroShotClassifier, dict[str, Any]]:
+        self._sync_anchors()
+        key = prompt_cache_key(self.model, self.attacker)
+        cached = key in self._perturbed
+        if not cached:
+            result = self.result = attack_class_prompts(self.model, self.attacker)
+            victim = self.model.with_prompts(result.prompts).to(self.model.device)
+            self._perturbed = {key: victim}  # one model version at a time
+            self._summary = {"target": self.target, "goal": self.config.goal,
+                             "transformation": self.config.transformation, **result.summary()}
+        return self._perturbed[key], dict(self._summary)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> AttackOutput:
+        victim, info = self.perturbed_classifier()
+        return AttackOutput(images=images, model=victim, info=info)
+
+    def __repr__(self) -> str:
+        return f"TextAttackOnPrompts({self.config})"
+
+
+class MultimodalAttack:
+    """Registered "multimodal": text attack on the class prompts + image attack (PGD by default)
+    against the perturbed-prompt classifier."""
+
+    modality = "multimodal"
+    norm = "Linf"
+
+    def __init__(
+        self,
+        model: ZeroShotClassifier,
+        eps: float | str = "1/255",
+        alpha: float | str = "1/255",
+        steps: int = 10,
+        image_attack: str = "pgd",
+        random_start: bool = True,
+        **text_params: Any,
+    ):
+        self.text = TextAttackOnPrompts(model, **text_params)
+        self.eps = parse_eps(eps, name="eps")
+        self.alpha = parse_eps(alpha, name="alpha")
+        if not isinstance(steps, int) or steps < 1:
+            raise ClipxUsageError(f"multimodal: steps must be a positive integer, got {steps!r}")
+        self.steps, self.image_attack, self.random_start = steps, image_attack, random_start
+        self._image: tuple[ZeroShotClassifier, Any] | None = None
+
+    def _image_attack_for(self, victim: ZeroShotClassifier):
+        if self._image is None or self._image[0] is not victim:
+            params: dict[str, Any] = {"eps": self.eps, "alpha": self.alpha, "steps": self.steps}
+            if self.image_attack == "pgd":
+                params["random_start"] = self.random_start
+            self._image = (victim, build_attack(self.image_attack, victim, **params))
+        return self._image[1]
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> AttackOutput:
+        victim, info = self.text.perturbed_classifier()
+        adv = self._image_attack_for(victim)(images, labels).images
+        verify_adversarial(images, adv, self.eps, "Linf", "multimodal")
+        info.update(image_attack=self.image_attack, eps=self.eps, alpha=self.alpha, steps=self.steps)
+        return AttackOutput(images=adv, model=victim, info=info)
+
+    def __repr__(self) -> str:
+        return f"MultimodalAttack({self.image_attack}, eps={self.eps}, steps={self.steps}, text={self.text.config})"

@@ -1,0 +1,79 @@
+"""Text-attack settings and per-text results (plain data; no TextAttack import)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ...errors import ClipxUsageError
+
+TRANSFORMATIONS = ("bert-mlm", "wordnet", "charswap")
+GOALS = ("kl", "zero-shot")
+TARGETS = ("prompts", "captions")
+
+
+@dataclass(frozen=True)
+class TextAttackConfig:
+    """Defaults follow Co-Attack/MMCoA's BERT-Attack: k = 10 masked-LM candidates, logit threshold
+    0.3, one word changed, 30 BERT tokens, label-free KL goal.
+
+    transformation: "bert-mlm" | "wordnet" | "charswap" (see compose.py)
+    goal:           "kl" (maximise KL of softmaxed clean vs perturbed text embedding) |
+                    "zero-shot" (untargeted: the prompt stops matching its class)
+    masked_lm:      hub name or local folder for "bert-mlm" (objects are passed to the attacker)
+    min_words:      texts with fewer words are returned unchanged and reported as skipped
+    kl_threshold:   stop once KL exceeds it (None = keep the best swap found)
+    """
+
+    transformation: str = "bert-mlm"
+    goal: str = "kl"
+    max_words: int = 1
+    max_candidates: int = 10
+    masked_lm: str = "bert-base-uncased"
+    min_confidence: float | None = 0.3
+    max_length: int = 30
+    min_words: int = 2
+    kl_threshold: float | None = None
+    seed: int = 0
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.transformation not in TRANSFORMATIONS:
+            raise ClipxUsageError(
+                f"text transformation must be one of {', '.join(TRANSFORMATIONS)}, got {self.transformation!r}"
+            )
+        if self.goal not in GOALS:
+            raise ClipxUsageError(f"text-attack goal must be one of {', '.join(GOALS)}, got {self.goal!r}")
+        for name in ("max_words", "max_candidates", "max_length", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ClipxUsageError(f"text-attack {name} must be a positive integer, got {value!r}")
+        if not isinstance(self.min_words, int) or self.min_words < 1:
+            raise ClipxUsageError(f"text-attack min_words must be a positive integer, got {self.min_words!r}")
+
+    def key(self) -> tuple:
+        return tuple(sorted(asdict(self).items()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TextAttackRecord:
+    """One attacked text. status: 'perturbed' | 'unchanged' (no swap raised the goal score) |
+    'skipped' (too short, only stop words, or already misclassified: see `reason`).
+    succeeded: the goal was met (zero-shot: the prompt no longer matches its class; KL without a
+    threshold: a word was swapped)."""
+
+    original: str
+    perturbed: str
+    status: str
+    score: float = 0.0  # goal score of `perturbed`: KL, or 1 - p(true class) for zero-shot
+    label: int | None = None
+    reason: str = ""
+    changed: list[dict[str, Any]] = field(default_factory=list)  # [{index, old, new}]
+    queries: int = 0
+    succeeded: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,467 @@
+"""The `clipx` command line (click). Heavy modules (torch, open_clip) load inside commands.
+
+Exit codes: 0 success, 1 runtime failure (ClipxError, one line), 2 usage or recipe error
+(ClipxUsageError or click's usage errors). `--json` prints exactly one JSON document on stdout;
+progress and messages go to stderr. Plugins add commands through the register_commands hook.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import ClipxError, ClipxUsageError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class Failure(click.ClickException):
+    """A ClipxError shown as one 'Error: ...' line with its exit code (1 runtime, 2 usage)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """ClipxUsageError -> exit 2, ClipxError / OS errors -> exit 1; never a traceback."""
+    try:
+        yield
+    except ClipxUsageError as exc:
+        raise Failure(_one_line(exc), 2) from None
+    except ClipxError as exc:
+        raise Failure(_one_line(exc), 1) from None
+    except OSError as exc:  # full disk, unwritable run dir, missing file
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        raise Failure(f"{exc.strerror or _one_line(exc)}{where}", 1) from None
+
+
+class ClipxGroup(click.Group):
+    """The top-level group: maps clipx errors to exit codes; loads plugin commands lazily."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with user_errors():
+            return super().invoke(ctx)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        load_plugin_commands(self)
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, name)
+        if cmd is None:
+            load_plugin_commands(self)
+            cmd = super().get_command(ctx, name)
+        return cmd
+
+
+_commands_from: set[str] = set()  # plugins whose register_commands already ran
+_builtin_commands: dict[str, click.Command] = {}
+
+
+def load_plugin_commands(group: click.Group) -> None:
+    """Call each plugin's register_commands once; a failing plugin is reported, not fatal, and
+    cannot replace a built-in command."""
+    from .plugins import load_plugins, pm, trace
+    from .registry import note_error
+
+    if not _builtin_commands:
+        _builtin_commands.update(group.commands)
+    load_plugins()
+    for impl in pm.hook.register_commands.get_hookimpls():
+        if impl.plugin_name in _commands_from:
+            continue
+        _commands_from.add(impl.plugin_name)
+        try:
+            trace("register_commands", impl.plugin_name)
+            impl.function(cli=group)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the CLI
+            note_error(
+                "commands",
+                impl.plugin_name,
+                f"register_commands failed: {type(exc).__name__}: {exc}",
+            )
+        for name, cmd in _builtin_commands.items():
+            if group.commands.get(name) is not cmd:
+                group.commands[name] = cmd
+                note_error(
+                    "commands", impl.plugin_name, f"command '{name}' is built in; not replaced"
+                )
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+@contextlib.contextmanager
+def stdout_to_stderr(enabled: bool = True) -> Iterator[None]:
+    """Under --json, anything a library prints goes to stderr, so stdout stays one document."""
+    if not enabled:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str], empty: str = "(none)") -> None:
+    if not rows:
+        click.echo(empty)
+        return
+    cells = [[_cell(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    widths[-1] = 0  # the last column (descriptions) is not padded
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    return " ".join(str(value).split())
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a dotted recipe key (value parsed as TOML), e.g. defense.lr=1e-5, baselines.0.epochs=2.",
+)
+profile_option = click.option(
+    "--profile", "-p", default=None, help="A profile of the recipe (default: the base recipe)."
+)
+
+
+@click.group(cls=ClipxGroup, context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version", prog_name="clipx")
+def cli() -> None:
+    """clipx: attack and defend CLIP on top of torchattacks, AutoAttack, TextAttack and open_clip.
+
+    \b
+    Run a method end to end:     clipx recipe run tecoa
+    Evaluate a checkpoint:       clipx eval --model clipx-small-c10 --protocol NAME
+    See what is installed:       clipx plugins / attacks / defenses / datasets / models
+    """
+
+
+# ---------------------------------------------------------------------------------- recipes
+
+
+@cli.group(context_settings=CONTEXT)
+def recipe() -> None:
+    """List, show and run TOML recipes (shipped ones, plugin ones, or a path to a .toml file)."""
+
+
+@recipe.command("list")
+@json_option
+def recipe_list(as_json: bool) -> None:
+    """List the registered recipes and their profiles."""
+    from .recipes import list_recipes
+
+    rows = list_recipes()
+    if as_json:
+        emit_json(rows)
+    else:
+        print_table(rows, ["name", "profiles", "plugin", "description"])
+
+
+@recipe.command("show")
+@click.argument("name")
+@profile_option
+@set_option
+@json_option
+def recipe_show(name: str, profile: str | None, overrides: tuple[str, ...], as_json: bool) -> None:
+    """Print the resolved recipe NAME (a registered name or a .toml path) as TOML or JSON."""
+    from .recipes import resolve
+
+    with stdout_to_stderr(as_json):
+        resolved = resolve(name, profile, overrides)
+    if as_json:
+        emit_json(resolved.to_dict())
+    else:
+        click.echo(f"# {resolved.source} (profile: {resolved.profile})")
+        click.echo(resolved.to_toml(), nl=False)
+
+
+@recipe.command("run")
+@click.argument("name")
+@profile_option
+@set_option
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where results go (default: runs/<name>-<profile>).",
+)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --run-dir.")
+@json_option
+def recipe_run(
+    name: str,
+    profile: str | None,
+    overrides: tuple[str, ...],
+    run_dir: str | None,
+    resume: bool,
+    as_json: bool,
+) -> None:
+    """Run recipe NAME: pretrain / defend / evaluate, then print the results table."""
+    from .runner import run_recipe
+
+    with stdout_to_stderr(as_json):
+        result = run_recipe(
+            name, profile=profile, run_dir=run_dir, resume=resume, overrides=overrides
+        )
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        click.echo(result.table, nl=False)
+        click.echo(f"\nResults in {result.run_dir}", err=True)
+
+
+# ------------------------------------------------------------------------------- registries
+
+
+def _entry_rows(kind: str, with_params: bool = False) -> list[dict[str, Any]]:
+    from .registry import entries
+
+    rows = []
+    for name, entry in entries(kind).items():
+        row: dict[str, Any] = {"name": name}
+        if entry.modality:
+            row["modality"] = entry.modality
+        row["plugin"] = entry.plugin
+        row["description"] = entry.description
+        extra = {k: v for k, v in entry.meta.items() if k != "modality"}
+        if extra:
+            row["meta"] = extra
+        if with_params:
+            row["params"] = _params_of(entry.obj)
+        rows.append(row)
+    return rows
+
+
+def _params_of(obj: Any) -> dict[str, Any]:
+    """Parameter -> default (None when required) of a factory, for recipe writers."""
+    import inspect
+
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return {}
+    out = {}
+    for p in sig.parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in ("self", "model"):
+            continue
+        default = None if p.default is p.empty else p.default
+        out[p.name] = (
+            default if isinstance(default, (int, float, str, bool, type(None))) else repr(default)
+        )
+    return out
+
+
+def _registry_command(kind: str, help_text: str, columns: list[str], params: bool = False):
+    @json_option
+    def command(as_json: bool, **filters: Any) -> None:
+        with stdout_to_stderr(as_json):
+            rows = _entry_rows(kind, with_params=params)
+        modality = filters.get("modality")
+        if modality:
+            rows = [r for r in rows if r.get("modality") == modality]
+        if as_json:
+            emit_json(rows)
+        else:
+            print_table(rows, columns)
+
+    command.__doc__ = help_text
+    return command
+
+
+cli.command("attacks")(
+    click.option(
+        "--modality",
+        type=click.Choice(["image", "text", "multimodal"]),
+        default=None,
+        help="Only attacks of this modality.",
+    )(
+        _registry_command(
+            "attacks",
+            "List attacks: name, modality, plugin, description.",
+            ["name", "modality", "plugin", "description"],
+            params=True,
+        )
+    )
+)
+cli.command("defenses")(
+    _registry_command(
+        "defenses",
+        "List defenses (training losses) and their parameters.",
+        ["name", "plugin", "description"],
+        params=True,
+    )
+)
+cli.command("datasets")(
+    _registry_command(
+        "datasets", "List dataset sources.", ["name", "plugin", "description"], params=True
+    )
+)
+cli.command("models")(
+    _registry_command(
+        "models", "List model sources.", ["name", "plugin", "description"], params=True
+    )
+)
+cli.command("protocols")(
+    _registry_command("evaluators", "List evaluation protocols.", ["name", "plugin", "description"])
+)
+cli.command("templates")(
+    _registry_command("templates", "List prompt template sets.", ["name", "plugin", "description"])
+)
+
+
+@cli.command("plugins")
+@json_option
+def plugins_command(as_json: bool) -> None:
+    """List plugins (built-ins included): distribution, version, hooks and any load errors."""
+    from .plugins import load_errors, plugin_info
+    from .registry import _KINDS, entries, registry_errors
+
+    with stdout_to_stderr(as_json):
+        for kind in _KINDS:  # building the registries surfaces failing hooks and name clashes
+            entries(kind)
+        load_plugin_commands(cli)
+        rows = plugin_info()
+    by_name = {r["name"]: r for r in rows}
+    for r in rows:
+        r["errors"] = []
+    for err in load_errors:
+        row = by_name.get(err.name)
+        if row is None:
+            row = {
+                "name": err.name,
+                "distribution": err.distribution,
+                "version": "",
+                "builtin": False,
+                "hooks": [],
+                "errors": [],
+                "loaded": False,
+            }
+            by_name[err.name] = row
+            rows.append(row)
+        row["errors"].append(err.error)
+    for err in registry_errors:
+        if err["plugin"] in by_name:
+            by_name[err["plugin"]]["errors"].append(err["error"])
+    for r in rows:
+        r.setdefault("loaded", True)
+    if as_json:
+        emit_json(
+            {
+                "plugins": rows,
+                "load_errors": [e.to_dict() for e in load_errors],
+                "registry_errors": list(registry_errors),
+            }
+        )
+        return
+    print_table(rows, ["name", "distribution", "version", "hooks"])
+    for r in rows:
+        for error in r["errors"]:
+            click.echo(f"error in plugin '{r['name']}': {error}", err=True)
+
+
+# ------------------------------------------------------------------------------------- eval
+
+
+@cli.command("eval")
+@click.option(
+    "--model",
+    "model",
+    required=True,
+    help="A model source (clipx models), an open_clip architecture, or a checkpoint file.",
+)
+@click.option(
+    "--arch", default=None, help="open_clip architecture (with --model open_clip or a checkpoint)."
+)
+@click.option("--pretrained", default=None, help="open_clip pretrained tag or checkpoint path.")
+@click.option(
+    "--checkpoint",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Weights loaded into the built model (any supported checkpoint format).",
+)
+@click.option(
+    "--model-arg",
+    "model_args",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Another argument of the model source (value parsed as TOML).",
+)
+@click.option("--protocol", required=True, help="Evaluation protocol (clipx protocols).")
+@click.option(
+    "--attack", "attacks", multiple=True, help="Attack(s) to run instead of the protocol's."
+)
+@click.option(
+    "--eps", "eps", multiple=True, help="Budget(s), e.g. 1/255 (instead of the protocol's)."
+)
+@click.option("--dataset", "datasets", multiple=True, help="Dataset(s) instead of the protocol's.")
+@click.option(
+    "--n", "n_samples", type=click.IntRange(min=1), default=None, help="Samples per dataset."
+)
+@click.option("--templates", default=None, help="Template set (clipx templates).")
+@click.option("--seed", type=int, default=None, help="Sampling / attack seed.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override another protocol field (value parsed as TOML).",
+)
+@click.option(
+    "--label", default=None, help="Name of this model in the results (default: from --model)."
+)
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where results go (default: runs/eval-<label>); may hold earlier datasets.",
+)
+@click.option("--device", default="auto", help="auto, cpu, cuda, cuda:N.")
+@json_option
+def eval_command(as_json: bool, **options: Any) -> None:
+    """Evaluate a model or checkpoint under a protocol, without a recipe."""
+    from .runner import run_eval
+
+    with stdout_to_stderr(as_json):
+        result = run_eval(**options)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        click.echo(result.table, nl=False)
+        click.echo(f"\nResults in {result.run_dir}", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: no traceback for user errors, whatever raises them."""
+    try:
+        cli.main(args=argv, prog_name="clipx", standalone_mode=True)
+    except ClipxUsageError as exc:  # raised outside a command (e.g. while loading plugins)
+        click.echo(f"Error: {_one_line(exc)}", err=True)
+        sys.exit(2)
+    except ClipxError as exc:
+        click.echo(f"Error: {_one_line(exc)}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,38 @@
+"""Robustness evaluation: protocols, the engine, result records and tables.
+
+Protocols load without torch; the engine and tables load on first use."""
+
+from __future__ import annotations
+
+import importlib
+
+from .protocols import Protocol, dataset_key, get_protocol, protocol_from_dict, protocol_names
+
+_LAZY = {
+    "evaluate": "engine",
+    "evaluate_model": "engine",
+    "build_classifier": "engine",
+    "build_dataset": "engine",
+    "derive_seed": "engine",
+    "plan_attacks": "engine",
+    "resolve_templates": "engine",
+    "FORMULAS": "records",
+    "SCHEMA": "records",
+    "load_records": "records",
+    "read_log": "records",
+    "result_path": "records",
+    "csv_table": "tables",
+    "markdown_table": "tables",
+    "plot_eps": "tables",
+    "table_rows": "tables",
+    "write_reports": "tables",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(name)
+
+
+__all__ = sorted(["Protocol", "dataset_key", "get_protocol", "protocol_from_dict", "protocol_names", *_LAZY])

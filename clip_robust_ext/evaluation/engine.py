@@ -1,0 +1,421 @@
+"""The evaluation loop: clean and adversarial accuracy, per-sample worst case over attacks.
+
+Per dataset: deterministic sample subset (protocol seed), zero-shot head computed once, batches
+streamed from a DataLoader, every attack run on the clean-correct samples of each batch with a
+seed derived from (protocol seed, dataset, attack, eps, global batch index) - so results do not
+depend on the order of attacks or datasets, on resuming, or on the rank that ran the batch.
+Every adversarial batch is checked (eps ball, [0, 1], finite, fp32, eval mode) before it counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..attacks import attack_mode, build_attack, verify_adversarial
+from ..attacks.base import BuiltAttack
+from ..errors import AdversarialCheckError, ClipxUsageError
+from ..models import LoadedCLIP, ZeroShotClassifier
+from ..registry import get
+from ..utils.eps import format_eps
+from . import distributed as D
+from . import records as R
+from .protocols import Protocol, dataset_key, protocol_from_dict, resolve_budget_expr
+
+
+@dataclass
+class PlannedAttack:
+    key: str  # per-sample result key: label@eps for budgeted attacks, label for text attacks
+    label: str
+    name: str
+    modality: str
+    eps: float | None
+    params: dict[str, Any]
+    attack: BuiltAttack
+    backend: str
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "name": self.name,
+            "modality": self.modality,
+            "eps": self.eps,
+            "params": self.params,
+            "backend": self.backend,
+        }
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 31-bit seed from any parts; the same parts give the same seed on every machine."""
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") % (2**31 - 1)
+
+
+# -- building blocks ----------------------------------------------------------------------------
+def resolve_templates(templates: Any) -> list[str] | dict[str, list[str]]:
+    """A template-set name, one '{}' template, a list of templates, or class -> descriptions."""
+    if isinstance(templates, str):
+        if "{}" in templates:
+            return [templates]
+        value = get("templates", templates).obj
+        return value if isinstance(value, dict) else list(value)
+    if isinstance(templates, dict):
+        return {str(k): list(v) for k, v in templates.items()}
+    if isinstance(templates, (list, tuple)) and templates and all(isinstance(t, str) for t in templates):
+        return list(templates)
+    raise ClipxUsageError(f"templates must be a set name or a list of '{{}}' strings, got {templates!r}")
+
+
+def build_classifier(loaded: LoadedCLIP, classnames: Sequence[str], templates: Any) -> ZeroShotClassifier:
+    """Zero-shot head over `templates` (or per-class descriptions), on the model's device."""
+    resolved = resolve_templates(templates)
+    if isinstance(resolved, dict):
+        missing = [c for c in classnames if c not in resolved]
+        if missing:
+            raise ClipxUsageError(f"class descriptions missing for {missing[:5]}")
+        zs = ZeroShotClassifier(loaded, classnames=classnames, prompts=[resolved[c] for c in classnames])
+    else:
+        zs = ZeroShotClassifier(loaded, classnames=classnames, templates=resolved)
+    return zs.to(_device_of(loaded.model)).eval()
+
+
+def build_dataset(spec: dict[str, Any]):
+    """A registered dataset from a protocol dataset spec {dataset, split, n, templates, **kwargs}."""
+    kwargs = {k: v for k, v in spec.items() if k not in ("dataset", "n", "templates")}
+    ds = get("datasets", spec["dataset"]).obj(**kwargs)
+    if not hasattr(ds, "classnames"):
+        raise ClipxUsageError(f"dataset '{spec['dataset']}' has no classnames attribute")
+    return ds
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _backend_of(attack: BuiltAttack, plugin: str) -> str:
+    backend = getattr(attack.impl, "backend", None)
+    if isinstance(backend, str):
+        return backend
+    if type(attack.impl).__module__.endswith("torchattacks_adapter"):
+        from importlib import metadata
+
+        return f"torchattacks {metadata.version('torchattacks')}"
+    return f"plugin {plugin}"
+
+
+def plan_attacks(zs: nn.Module, protocol: Protocol, key: str = "dataset") -> list[PlannedAttack]:
+    """Bind every protocol attack to `zs`: image/multimodal ones once per eps, text ones once."""
+    plan: list[PlannedAttack] = []
+    for spec in protocol.attacks:
+        entry = get("attacks", spec["name"])
+        modality = entry.modality or "image"
+        takes = set(entry.meta.get("protocol_params", ()))
+        budgets: list[float | None] = list(protocol.eps) if modality != "text" else [None]
+        for eps in budgets:
+            params = {k: resolve_budget_expr(v, eps) if eps is not None else v for k, v in spec["params"].items()}
+            if eps is not None:
+                params["eps"] = eps
+            if "norm" in takes:
+                params.setdefault("norm", protocol.norm)
+            if "backend" in takes and protocol.backend:
+                params.setdefault("backend", protocol.backend)
+            if "seed" in takes:
+                params.setdefault("seed", derive_seed(protocol.seed, key, spec["label"], eps))
+            built = build_attack(spec["name"], zs, **params)
+            norm = getattr(built.impl, "norm", None)
+            if eps is not None and isinstance(norm, str) and norm != protocol.norm:
+                raise ClipxUsageError(
+                    f"attack '{spec['label']}' is {norm} but protocol '{protocol.name}' is {protocol.norm}"
+                )
+            k = spec["label"] if eps is None else f"{spec['label']}@{format_eps(eps)}"
+            plan.append(PlannedAttack(k, spec["label"], spec["name"], modality, eps, params, built,
+                                      _backend_of(built, entry.plugin)))
+    return plan
+
+
+def _check_model(model: nn.Module, protocol: Protocol, what: str) -> None:
+    if any(m.training for m in model.modules()):
+        raise AdversarialCheckError(f"{what}: model is in train mode during evaluation")
+    if protocol.precision == "fp32":
+        dtypes = {p.dtype for p in model.parameters()}
+        if dtypes - {torch.float32}:
+            raise ClipxUsageError(
+                f"{what}: attacks run in fp32 but the model has {sorted(map(str, dtypes))}; "
+                "load it in fp32 or set precision = 'model'"
+            )
+
+
+def run_batch(
+    zs: ZeroShotClassifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    plan: list[PlannedAttack],
+    protocol: Protocol,
+    key: str,
+    batch_id: int,
+) -> dict[str, Any]:
+    """Clean and per-attack correctness of one batch, as '0101' strings."""
+    with torch.no_grad():
+        clean = zs(x).argmax(1) == y
+    out: dict[str, Any] = {"clean": R.bits(clean), "attacks": {}}
+    idx = clean.nonzero().flatten()
+    x_in, y_in = x[idx].contiguous(), y[idx].contiguous()
+    for p in plan:
+        flags = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+        if idx.numel():
+            torch.manual_seed(derive_seed(protocol.seed, key, p.key, batch_id))
+            with attack_mode(zs):
+                _check_model(zs, protocol, p.label)
+                res = p.attack(x_in, y_in)
+                _check_model(zs, protocol, p.label)  # an attack must not switch the model to train
+            adv = res.images
+            if p.modality == "text":
+                if adv.shape != x_in.shape or not torch.equal(adv, x_in):
+                    raise AdversarialCheckError(f"{p.label}: a text attack changed the images")
+            else:
+                if protocol.precision == "fp32" and adv.dtype != torch.float32:
+                    raise AdversarialCheckError(f"{p.label}: returned {adv.dtype} images, expected fp32")
+                verify_adversarial(x_in, adv, p.eps, protocol.norm, p.label)
+            scorer = res.model if res.model is not None else zs
+            with attack_mode(scorer), torch.no_grad():
+                _check_model(scorer, protocol, p.label)
+                flags[idx] = scorer(adv.to(x.device)).argmax(1) == y_in
+        out["attacks"][p.key] = R.bits(flags)
+    return out
+
+
+def run_samples(
+    zs: ZeroShotClassifier,
+    dataset,
+    indices: Sequence[int],
+    protocol: Protocol,
+    plan: list[PlannedAttack],
+    *,
+    key: str = "dataset",
+    done: dict[str, dict] | None = None,
+    on_batch: Callable[[dict[str, dict]], None] | None = None,
+    progress: bool = False,
+) -> dict[str, dict]:
+    """Per-batch results for all batches ({str(batch id): result}), gathered across ranks."""
+    rank, world = D.world()
+    batches = [list(indices[i : i + protocol.batch_size]) for i in range(0, len(indices), protocol.batch_size)]
+    done = dict(done or {})
+    mine = [b for b in D.shard(list(range(len(batches))), rank, world) if str(b) not in done]
+    local: dict[str, dict] = {}
+    device = zs.device
+    if mine:
+        loader = DataLoader(dataset, batch_sampler=[batches[b] for b in mine], num_workers=protocol.num_workers)
+        bar = None
+        if progress and rank == 0:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(mine), desc=key, unit="batch", leave=False)
+        for b, (x, y) in zip(mine, loader):
+            x = x.to(device=device, dtype=torch.float32)
+            y = torch.as_tensor(y).to(device)
+            local[str(b)] = run_batch(zs, x, y, plan, protocol, key, b)
+            if on_batch is not None:
+                on_batch(local)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+    merged = dict(done)
+    for part in D.all_gather(local):
+        merged.update(part)
+    missing = [b for b in range(len(batches)) if str(b) not in merged]
+    if missing:
+        raise RuntimeError(f"{key}: batches {missing[:5]} were not evaluated")
+    return merged
+
+
+def flatten(batch_results: dict[str, dict], plan: list[PlannedAttack]) -> dict[str, Any]:
+    """Per-sample flags in sample order: {'clean': '0101', 'attacks': {key: '0101'}}."""
+    order = sorted(batch_results, key=int)
+    return {
+        "clean": "".join(batch_results[b]["clean"] for b in order),
+        "attacks": {p.key: "".join(batch_results[b]["attacks"][p.key] for b in order) for p in plan},
+    }
+
+
+def summarize(samples: dict[str, Any], plan: list[PlannedAttack], protocol: Protocol) -> list[dict[str, Any]]:
+    """One summary per eps (one in all for a clean-only protocol); accuracies in percent."""
+    clean = torch.tensor(R.unbits(samples["clean"]), dtype=torch.bool)
+    n = len(clean)
+    pct = (lambda t: round(100.0 * float(t.float().mean()), 4)) if n else (lambda t: float("nan"))
+    budgets: list[float | None] = list(protocol.eps) if plan else [None]
+    out = []
+    for eps in budgets:
+        chosen = [p for p in plan if p.eps is None or p.eps == eps]
+        robust = clean.clone()
+        per_attack = {}
+        for p in chosen:
+            flags = torch.tensor(R.unbits(samples["attacks"][p.key]), dtype=torch.bool) & clean
+            per_attack[p.label] = pct(flags)
+            robust &= flags
+        clean_acc = pct(clean)
+        robust_acc = pct(robust) if chosen else None
+        n_clean = int(clean.sum())
+        out.append({
+            "eps": eps,
+            "eps_str": None if eps is None else format_eps(eps),
+            "norm": protocol.norm,
+            "n": n,
+            "clean_acc": clean_acc,
+            "robust_acc": robust_acc,
+            "per_attack": per_attack,
+            "attack": "+".join(p.label for p in chosen) or "clean",
+            "attacks": [p.describe() for p in chosen],
+            "drop": None if robust_acc is None else round(clean_acc - robust_acc, 4),
+            "asr": None if robust_acc is None or n_clean == 0
+            else round(100.0 * int((clean & ~robust).sum()) / n_clean, 4),
+            "units": R.UNITS,
+        })
+    return out
+
+
+# -- public entry points ------------------------------------------------------------------------
+def evaluate_model(
+    zs: ZeroShotClassifier,
+    dataset,
+    protocol: Protocol | dict | str,
+    *,
+    indices: Sequence[int] | None = None,
+    dataset_key: str = "dataset",
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """No files: clean/robust accuracy (percent) per eps of `zs` on `dataset` (trainer's periodic
+    evaluation). `indices` default: protocol.n_samples drawn with protocol.seed."""
+    from ..data import sample_indices
+
+    protocol = protocol_from_dict(protocol)
+    start = time.time()
+    if indices is None:
+        indices = sample_indices(len(dataset), protocol.n_samples, protocol.seed)
+    was_training = zs.training
+    zs.eval()
+    try:
+        plan = plan_attacks(zs, protocol, dataset_key)
+        samples = flatten(run_samples(zs, dataset, indices, protocol, plan, key=dataset_key, progress=progress), plan)
+    finally:
+        zs.train(was_training)
+    out = summarize(samples, plan, protocol)
+    for rec in out:
+        rec.update(protocol=protocol.name, dataset=dataset_key, seed=protocol.seed,
+                   elapsed_s=round(time.time() - start, 3))
+    return out
+
+
+def evaluate(
+    loaded: LoadedCLIP,
+    protocol: Protocol | dict | str,
+    run_dir,
+    label: str = "model",
+    resume: bool = True,
+    progress: bool = True,
+    checkpoint_s: float = 30.0,
+) -> list[dict[str, Any]]:
+    """Evaluate `loaded` under `protocol`; one JSON result per dataset under run_dir/eval.
+
+    Datasets whose result file matches the protocol settings and model weights are skipped (and
+    their records returned); interrupted datasets continue from their finished batches. Under
+    torchrun (WORLD_SIZE > 1) batches are sharded across ranks and rank 0 writes the files.
+    Returns one record per (dataset, eps); see records.FORMULAS for the definitions."""
+    from ..data import sample_indices
+    from ..utils.versions import versions
+
+    protocol = protocol_from_dict(protocol)
+    rank, world = D.maybe_init()
+    fingerprint = R.model_fingerprint(loaded.model)
+    stamp = versions()
+    out: list[dict[str, Any]] = []
+    for spec in protocol.datasets:
+        key = dataset_key(spec)
+        phash = protocol.dataset_hash(spec, {"model": fingerprint})
+        path = R.result_path(run_dir, label, protocol.name, key)
+        existing = R.read_json(path) if resume else None
+        reuse = bool(existing and existing.get("schema") == R.SCHEMA and existing.get("protocol_hash") == phash)
+        reuse = D.broadcast(reuse)
+        if reuse:
+            out.extend(existing["records"])
+            if rank == 0:
+                R.log_event(run_dir, event="skipped", label=label, protocol=protocol.name, dataset=key)
+            continue
+        start = time.time()
+        ds = build_dataset(spec)
+        indices = sample_indices(len(ds), protocol.n_for(spec), protocol.seed)
+        zs = build_classifier(loaded, ds.classnames, protocol.templates_for(spec))
+        zs.class_matrix()  # computed once here, reused by every batch and attack
+        plan = plan_attacks(zs, protocol, key)
+
+        done: dict[str, dict] = {}
+        if resume:
+            for part in R.partial_paths(path):
+                data = R.read_json(part)
+                if data and data.get("protocol_hash") == phash:
+                    done.update(data.get("batches", {}))
+        if done and rank == 0:
+            R.log_event(run_dir, event="resumed", label=label, protocol=protocol.name, dataset=key,
+                        batches_done=len(done))
+        mine_path = R.partial_path(path, rank)
+        last = [time.time()]
+
+        def checkpoint(local: dict[str, dict], force: bool = False) -> None:
+            if force or time.time() - last[0] >= checkpoint_s:
+                R.write_result(mine_path, {"schema": R.SCHEMA, "protocol_hash": phash, "batches": local})
+                last[0] = time.time()
+
+        batch_results = run_samples(zs, ds, indices, protocol, plan, key=key, done=done,
+                                    on_batch=checkpoint, progress=progress)
+        samples = flatten(batch_results, plan)
+        elapsed = round(time.time() - start, 3)
+        records = summarize(samples, plan, protocol)
+        for rec in records:
+            rec.update({
+                "schema": R.SCHEMA,
+                "protocol": protocol.name,
+                "protocol_hash": phash,
+                "label": label,
+                "model": {"arch": loaded.arch, "pretrained": loaded.pretrained, "fingerprint": fingerprint},
+                "dataset": spec["dataset"],
+                "split": spec.get("split", "test"),
+                "dataset_key": key,
+                "dataset_params": {k: v for k, v in spec.items() if k not in ("dataset", "split", "n", "templates")},
+                "n_classes": len(ds.classnames),
+                "seed": protocol.seed,
+                "templates": protocol.templates_for(spec),
+                "precision": protocol.precision,
+                "batch_size": protocol.batch_size,
+                "world_size": world,
+                "formulas": R.FORMULAS,
+                "versions": stamp,
+                "elapsed_s": elapsed,
+                "computed_at": R.now(),
+                "protocol_params": protocol.to_dict(),
+            })
+        if rank == 0:
+            R.write_result(path, {
+                "schema": R.SCHEMA,
+                "protocol_hash": phash,
+                "label": label,
+                "protocol": protocol.name,
+                "dataset_key": key,
+                "records": records,
+                "samples": {"indices": list(indices), **samples},
+            })
+            for part in R.partial_paths(path):
+                part.unlink(missing_ok=True)
+            R.log_event(run_dir, event="computed", label=label, protocol=protocol.name, dataset=key,
+                        elapsed_s=elapsed, batches_reused=len(done))
+        D.barrier()
+        out.extend(records)
+    return out

@@ -1,0 +1,259 @@
+"""Evaluation protocols: the threat model, attacks, samples, templates and datasets of one table.
+
+A protocol is plain data so that it can be written next to every result, hashed for resuming,
+and built from a recipe's `[evaluate]` table. Named presets are registered through the
+`register_evaluators` hook (`register(name, factory, description)`, `factory(**overrides)`).
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import hashlib
+import json
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ClipxUsageError, closest
+from ..utils.eps import format_eps, parse_eps
+
+NORMS = ("Linf", "L2", "L1")
+PRECISIONS = ("fp32", "model")  # fp32: attacks must run in fp32; model: whatever the model is
+_ATTACK_KEYS = ("name", "params", "label")
+_DATASET_KEYS_RESERVED = ("dataset", "split", "n", "templates")
+
+
+def _attack_spec(item: Any) -> dict[str, Any]:
+    """'pgd' | {name, params?, label?, **params} -> {name, params, label}."""
+    if isinstance(item, str):
+        item = {"name": item}
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        raise ClipxUsageError(f"attack must be a name or a table with 'name', got {item!r}")
+    params = dict(item.get("params") or {})
+    if not isinstance(params, dict):
+        raise ClipxUsageError(f"attack '{item['name']}': params must be a table")
+    extra = {k: v for k, v in item.items() if k not in _ATTACK_KEYS}
+    params.update(extra)
+    if "eps" in params:
+        raise ClipxUsageError(
+            f"attack '{item['name']}': set budgets with the protocol's eps list, not in attack params"
+        )
+    label = item.get("label") or item["name"]
+    return {"name": item["name"], "params": params, "label": str(label)}
+
+
+def _dataset_spec(item: Any) -> dict[str, Any]:
+    """'cifar10' | {dataset, split?, n?, templates?, **factory kwargs} -> dict with split."""
+    if isinstance(item, str):
+        item = {"dataset": item}
+    if not isinstance(item, dict) or not isinstance(item.get("dataset"), str):
+        raise ClipxUsageError(f"dataset must be a name or a table with 'dataset', got {item!r}")
+    out = dict(item)
+    out.setdefault("split", "test")
+    n = out.get("n")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n <= 0):
+        raise ClipxUsageError(f"dataset '{out['dataset']}': n must be a positive integer, got {n!r}")
+    return out
+
+
+def dataset_key(spec: dict[str, Any]) -> str:
+    """File-name-safe identity of a dataset spec: name, split, and a hash of other factory args."""
+    kwargs = {
+        k: v
+        for k, v in spec.items()
+        if k not in _DATASET_KEYS_RESERVED and k not in ("root", "path", "download")
+    }
+    key = f"{spec['dataset']}_{spec.get('split', 'test')}"
+    if kwargs:
+        key += "_" + hashlib.sha256(_canonical(kwargs).encode()).hexdigest()[:8]
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in key)
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+
+
+_OPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.USub: operator.neg,
+}
+
+
+def resolve_budget_expr(value: Any, eps: float) -> Any:
+    """'eps/4', '2.5*eps/10' -> float given eps; anything else is returned unchanged."""
+    if not isinstance(value, str) or "eps" not in value:
+        return value
+
+    def ev(node: ast.AST) -> float:
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return float(node.value)
+        if isinstance(node, ast.Name) and node.id == "eps":
+            return eps
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](ev(node.operand))
+        raise ValueError
+
+    try:
+        return ev(ast.parse(value, mode="eval"))
+    except (ValueError, SyntaxError, ZeroDivisionError):
+        raise ClipxUsageError(
+            f"cannot evaluate {value!r}: use numbers, eps, + - * / (e.g. 'eps/4')"
+        ) from None
+
+
+@dataclass
+class Protocol:
+    """One evaluation setting; budgets are floats in [0, 1] pixel space, accuracies in percent."""
+
+    name: str = "custom"
+    attacks: list[dict[str, Any]] = field(default_factory=list)
+    eps: list[float] = field(default_factory=lambda: [1 / 255])
+    norm: str = "Linf"
+    n_samples: int | None = None  # per dataset, drawn with `seed`; None = the whole split
+    seed: int = 0
+    templates: str | list[str] | dict[str, list[str]] = "tecoa"
+    datasets: list[Any] = field(default_factory=lambda: ["cifar10"])
+    batch_size: int = 64
+    precision: str = "fp32"
+    backend: str | None = None  # default backend for attacks that offer several (autoattack)
+    num_workers: int = 0
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.eps, (int, float, str)):
+            self.eps = [self.eps]
+        self.eps = [parse_eps(e) for e in self.eps]
+        if not self.eps:
+            raise ClipxUsageError(f"protocol '{self.name}': eps list is empty")
+        if self.norm not in NORMS:
+            raise ClipxUsageError(f"protocol '{self.name}': norm must be one of {NORMS}, got {self.norm!r}")
+        if isinstance(self.attacks, (str, dict)):
+            self.attacks = [self.attacks]
+        self.attacks = [_attack_spec(a) for a in self.attacks]
+        labels = [a["label"] for a in self.attacks]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise ClipxUsageError(
+                f"protocol '{self.name}': attacks {dup} appear twice; give each a distinct 'label'"
+            )
+        if isinstance(self.datasets, (str, dict)):
+            self.datasets = [self.datasets]
+        self.datasets = [_dataset_spec(d) for d in self.datasets]
+        if not self.datasets:
+            raise ClipxUsageError(f"protocol '{self.name}': no datasets")
+        keys = [dataset_key(d) for d in self.datasets]
+        if len(set(keys)) != len(keys):
+            raise ClipxUsageError(f"protocol '{self.name}': a dataset is listed twice ({keys})")
+        for attr, lo in (("batch_size", 1), ("num_workers", 0)):
+            value = getattr(self, attr)
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise ClipxUsageError(f"protocol '{self.name}': {attr} must be an integer >= {lo}")
+        if self.n_samples is not None and (
+            isinstance(self.n_samples, bool) or not isinstance(self.n_samples, int) or self.n_samples <= 0
+        ):
+            raise ClipxUsageError(f"protocol '{self.name}': n_samples must be a positive integer or omitted")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ClipxUsageError(f"protocol '{self.name}': seed must be an integer")
+        if self.precision not in PRECISIONS:
+            raise ClipxUsageError(f"protocol '{self.name}': precision must be one of {PRECISIONS}")
+        if not isinstance(self.templates, (str, list, tuple, dict)):
+            raise ClipxUsageError(f"protocol '{self.name}': templates must be a set name or a list")
+        if isinstance(self.templates, tuple):
+            self.templates = list(self.templates)
+
+    # -- building ---------------------------------------------------------------------------
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def with_overrides(self, **overrides: Any) -> Protocol:
+        """A copy with fields replaced; unknown keys are usage errors naming the closest field."""
+        fields = self.field_names()
+        for key in overrides:
+            if key not in fields:
+                raise ClipxUsageError(
+                    f"protocol '{self.name}': unknown setting '{key}'{closest(key, fields)}; "
+                    f"settings: {', '.join(fields)}"
+                )
+        data = copy.deepcopy(self.to_dict())
+        data.update(copy.deepcopy(overrides))
+        return Protocol(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: copy.deepcopy(getattr(self, f)) for f in self.field_names()}
+
+    # -- per-dataset view -------------------------------------------------------------------
+    def n_for(self, spec: dict[str, Any]) -> int | None:
+        return spec.get("n", self.n_samples)
+
+    def templates_for(self, spec: dict[str, Any]) -> Any:
+        return spec.get("templates", self.templates)
+
+    def dataset_hash(self, spec: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
+        """What a per-dataset result depends on (not the other datasets, workers or wording)."""
+        content = {
+            "name": self.name,
+            "attacks": self.attacks,
+            "eps": [round(e, 10) for e in self.eps],
+            "norm": self.norm,
+            "n": self.n_for(spec),
+            "seed": self.seed,
+            "templates": self.templates_for(spec),
+            "dataset": {k: v for k, v in spec.items() if k not in ("root", "download")},
+            "batch_size": self.batch_size,
+            "precision": self.precision,
+            "backend": self.backend,
+            **(extra or {}),
+        }
+        return hashlib.sha256(_canonical(content).encode()).hexdigest()[:16]
+
+    def summary(self) -> str:
+        atk = ", ".join(a["label"] for a in self.attacks) or "clean only"
+        eps = ", ".join(format_eps(e) for e in self.eps)
+        return f"{self.name}: {atk}; {self.norm} eps {eps}; n={self.n_samples or 'all'}; seed {self.seed}"
+
+
+# -- registry access ----------------------------------------------------------------------------
+def protocol_names() -> list[str]:
+    from ..registry import names
+
+    return names("evaluators")
+
+
+def get_protocol(name: str, **overrides: Any) -> Protocol:
+    """A registered preset with overrides applied (unknown settings are usage errors)."""
+    from ..registry import get
+
+    entry = get("evaluators", name)
+    proto = entry.obj(**overrides)
+    if not isinstance(proto, Protocol):
+        raise ClipxUsageError(f"evaluation protocol '{name}' did not build a Protocol")
+    return proto
+
+
+def protocol_from_dict(data: dict[str, Any] | Protocol | str) -> Protocol:
+    """A recipe `[evaluate]` table: {protocol = preset name, **overrides}, or full fields."""
+    if isinstance(data, Protocol):
+        return data
+    if isinstance(data, str):
+        return get_protocol(data)
+    if not isinstance(data, dict):
+        raise ClipxUsageError(f"evaluation settings must be a table, got {type(data).__name__}")
+    data = dict(data)
+    preset = data.pop("protocol", None)
+    if preset is None:
+        return Protocol().with_overrides(**data)
+    return get_protocol(preset, **data)
+
+
+def eps_label(eps: float | None) -> str:
+    return "none" if eps is None else format_eps(eps)

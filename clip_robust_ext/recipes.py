@@ -1,0 +1,918 @@
+"""Recipes: TOML files that compose registered components by name (schema in docs/PLUGINS.md).
+
+Resolution = base recipe, deep-merged with the selected profile, then `--set key=value`
+overrides, then validation: every key is checked against the schema, the registries and the
+signatures of the factories it goes to, so a typo fails before any work starts, naming the
+dotted key and the closest valid one. The resolved recipe says where every value goes
+(`defense.train` -> TrainConfig, `defense.params` -> the defense factory) and is itself a valid
+recipe, so `clipx recipe run runs/x/recipe.resolved.toml` repeats a run. Recipes never run code:
+no eval, no import paths, only registry names.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import copy
+import dataclasses
+import hashlib
+import inspect
+import json
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:  # Python 3.11+
+    import tomllib
+except ImportError:  # pragma: no cover - Python 3.10 with the tomli backport
+    import tomli as tomllib
+
+from .errors import ClipxUsageError, closest, unknown_name
+from .registry import entries
+
+STAGES = ("pretrain", "defend", "evaluate")
+SECTIONS = ("recipe", "model", "data", "pretrain", "defense", "baselines", "evaluate", "profiles")
+RECIPE_KEYS = ("name", "description", "seed", "stages", "device", "profile")
+METHOD_KEYS = ("name", "label", "train", "params")  # + TrainConfig fields + factory parameters
+START_LABEL = "clip"
+_EPS_LIKE = re.compile(r"(^|_)(eps|epsilon|alpha|step_size)($|_)")
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+# --------------------------------------------------------------------------------------------
+# finding and reading recipes
+
+
+def shipped_recipe_dirs() -> list[Path]:
+    """recipes/ next to the package (editable install / checkout), and `clipx_recipes` if built."""
+    dirs = [Path(__file__).resolve().parent.parent / "recipes"]
+    try:
+        import importlib.resources
+
+        dirs.append(Path(str(importlib.resources.files("clipx_recipes"))))
+    except (ImportError, TypeError):
+        pass
+    seen: list[Path] = []
+    for d in dirs:
+        if d.is_dir() and d not in seen:
+            seen.append(d)
+    return seen
+
+
+def register_shipped(register) -> None:
+    """For the built-in plugin's register_recipes hook: every shipped recipes/*.toml."""
+    done = set()
+    for folder in shipped_recipe_dirs():
+        for path in sorted(folder.glob("*.toml")):
+            if path.stem in done:
+                continue
+            done.add(path.stem)
+            register(path.stem, path, description=_description_of(path))
+
+
+def _description_of(path: Path) -> str:
+    try:
+        with open(path, "rb") as fh:
+            return str(tomllib.load(fh).get("recipe", {}).get("description", ""))
+    except (OSError, tomllib.TOMLDecodeError, AttributeError):
+        return "(unreadable recipe)"
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A registered recipe name, or a path to a .toml file."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if text.endswith(".toml") or path.is_file():
+        if not path.is_file():
+            raise ClipxUsageError(f"recipe file not found: {text}")
+        return path
+    known = entries("recipes")
+    if text not in known:
+        raise unknown_name("recipe", text, known)
+    return Path(known[text].obj)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ClipxUsageError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ClipxUsageError(f"{path}: not a UTF-8 text file") from None
+    except OSError as exc:
+        raise ClipxUsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# merging and --set
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Tables merge key by key; any other value (arrays included) replaces."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+IDENTITY_KEYS = {
+    "model": "source",
+    "data": "dataset",
+    "pretrain": "name",
+    "defense": "name",
+    "evaluate": "protocol",
+}
+
+
+def merge_profile(base: dict[str, Any], profile: dict[str, Any], name: str = "") -> dict[str, Any]:
+    """deep_merge, with two exceptions: `unset = ["defense.max_steps", "baselines.0.n", ...]` in
+    the profile first removes those keys from the base (a CPU-sized step cap has no place in a
+    paper profile); and a section whose component changes (model.source, data.dataset,
+    defense.name, pretrain.name, evaluate.protocol) is replaced, since the base's parameters
+    belong to the other component."""
+    profile = dict(profile)
+    unset = profile.pop("unset", [])
+    where = f"profiles.{name}.unset" if name else "unset"
+    if not isinstance(unset, list) or not all(isinstance(u, str) for u in unset):
+        raise ClipxUsageError(f"{where}: expected an array of dotted keys, got {unset!r}")
+    trimmed = copy.deepcopy(base)
+    for i, dotted in enumerate(unset):
+        if not _delete(trimmed, dotted.split(".")):
+            known = sorted(_dotted_keys(base))
+            raise ClipxUsageError(
+                f"{where}.{i}: '{dotted}' is not in the base recipe{closest(dotted, known)}"
+            )
+    out = deep_merge(trimmed, profile)
+    for section, key in IDENTITY_KEYS.items():
+        new, old = profile.get(section), base.get(section)
+        if (
+            isinstance(new, dict)
+            and isinstance(old, dict)
+            and new.get(key, old.get(key)) != old.get(key)
+        ):
+            out[section] = copy.deepcopy(new)
+    return out
+
+
+def _delete(node: Any, parts: list[str]) -> bool:
+    for part in parts[:-1]:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False
+    if isinstance(node, dict) and parts[-1] in node:
+        del node[parts[-1]]
+        return True
+    return False
+
+
+def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, list):
+        items = ((str(i), v) for i, v in enumerate(node))
+    else:
+        return [prefix]
+    out = []
+    for k, v in items:
+        out += _dotted_keys(v, f"{prefix}.{k}" if prefix else str(k))
+    return out
+
+
+def parse_set(item: str) -> tuple[list[str], Any]:
+    """'a.b.0.c=value' -> (['a','b','0','c'], value parsed as TOML, else the raw string)."""
+    if "=" not in item:
+        raise ClipxUsageError(f"--set {item!r}: expected KEY=VALUE, e.g. defense.lr=1e-5")
+    key, raw = item.split("=", 1)
+    parts = [p.strip() for p in key.strip().split(".")]
+    if not key.strip() or any(not p for p in parts):
+        raise ClipxUsageError(
+            f"--set {item!r}: bad key {key!r}; write a dotted key like defense.lr"
+        )
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return parts, value
+
+
+def apply_set(doc: dict[str, Any], parts: list[str], value: Any) -> None:
+    """Set a dotted key; integer parts index arrays (baselines.0.lr); index == len appends."""
+    node: Any = doc
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit():
+                raise ClipxUsageError(f"--set {'.'.join(parts)}: '{where}' must be an array index")
+            i = int(part)
+            if i > len(node):
+                raise ClipxUsageError(
+                    f"--set {'.'.join(parts)}: index {i} out of range ({len(node)} entries)"
+                )
+            if i == len(node):
+                node.append({})
+            if last:
+                node[i] = value
+            else:
+                node = node[i]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            prefix = ".".join(parts[:depth])
+            raise ClipxUsageError(f"--set {'.'.join(parts)}: '{prefix}' is a value, not a table")
+
+
+# --------------------------------------------------------------------------------------------
+# values: type checks from annotations, budgets written as "4/255"
+
+
+def _is_eps_like(key: str) -> bool:
+    parts = [p for p in key.split(".") if not p.isdigit()]
+    return bool(parts) and bool(_EPS_LIKE.search(parts[-1]))
+
+
+def _number(value: Any, key: str) -> float:
+    from .utils.eps import parse_eps
+
+    limit = 1.0 if _is_eps_like(key) else math.inf
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ClipxUsageError(f"{key}: expected a number, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ClipxUsageError(f"{key}: expected a finite number, got {value!r}")
+    if limit == math.inf and isinstance(value, (int, float)):
+        return float(value)
+    return parse_eps(value, name=key, max_value=limit)
+
+
+def _type_name(ann: Any) -> str:
+    return getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+
+
+def coerce(value: Any, ann: Any, key: str) -> Any:
+    """Check `value` against annotation `ann`; floats accept '4/255'. Unknown types pass through."""
+    if ann in (inspect.Parameter.empty, Any, None, object):
+        return value
+    if isinstance(ann, str):  # an annotation that could not be evaluated: best effort
+        if (
+            isinstance(value, str)
+            and re.search(r"\bfloat\b", ann)
+            and not re.search(r"\bstr\b", ann)
+        ):
+            return _number(value, key)
+        return value
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        first: ClipxUsageError | None = None
+        for option in sorted(options, key=lambda a: a is str):  # numbers before strings
+            try:
+                return coerce(value, option, key)
+            except ClipxUsageError as exc:
+                first = first or exc
+        raise first or ClipxUsageError(f"{key}: unexpected value {value!r}")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        choices = [str(a) for a in args]
+        raise ClipxUsageError(
+            f"{key}: {value!r} is not one of {choices}{closest(str(value), choices)}"
+        )
+    if ann is bool:
+        if not isinstance(value, bool):
+            raise ClipxUsageError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if ann is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ClipxUsageError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if ann is float:
+        return _number(value, key)
+    if ann is str:
+        if not isinstance(value, str):
+            raise ClipxUsageError(f"{key}: expected a string, got {value!r}")
+        return value
+    seq = (list, tuple, collections.abc.Sequence, collections.abc.Iterable)
+    if ann in seq or origin in seq:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            if args and args[0] in (float, str, int) and not isinstance(value, (dict, list)):
+                value = [value]  # eps = "1/255" where a list of budgets is expected
+            else:
+                raise ClipxUsageError(f"{key}: expected an array, got {value!r}")
+        if origin is tuple and args and (len(args) != 2 or args[1] is not Ellipsis):
+            if len(value) != len(args):
+                raise ClipxUsageError(f"{key}: expected {len(args)} values, got {value!r}")
+            return [coerce(v, a, f"{key}.{i}") for i, (v, a) in enumerate(zip(value, args))]
+        elem = args[0] if args else Any
+        return [coerce(v, elem, f"{key}.{i}") for i, v in enumerate(value)]
+    if ann is dict or origin in (dict, collections.abc.Mapping):
+        if not isinstance(value, dict):
+            raise ClipxUsageError(f"{key}: expected a table, got {value!r}")
+        return value
+    return value
+
+
+def _signature(obj: Any) -> tuple[dict[str, Any], bool]:
+    """(parameter name -> annotation, accepts **kwargs) of a factory or class."""
+    try:
+        try:
+            sig = inspect.signature(obj, eval_str=True)
+        except Exception:  # noqa: BLE001 - forward references that do not resolve
+            sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return {}, True
+    params: dict[str, Any] = {}
+    var_kw = False
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            var_kw = True
+        elif p.kind not in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY):
+            params[p.name] = p.annotation
+    if var_kw and not [p for p in params if p != "model"]:
+        # an opaque `build(**params)` closing over the class it builds: that class's
+        # constructor is the real signature (e.g. `def factory(cls): def build(**p): ...`)
+        for cell in getattr(obj, "__closure__", None) or ():
+            try:
+                target = cell.cell_contents
+            except ValueError:
+                continue
+            if inspect.isclass(target):
+                return _signature(target)
+    return params, var_kw
+
+
+def _train_config_type():
+    try:
+        from .training.trainer import TrainConfig
+    except ImportError:
+        from .training.config import TrainConfig
+    return TrainConfig
+
+
+def _dataclass_fields(cls: type) -> dict[str, Any]:
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001
+        hints = {}
+    return {f.name: hints.get(f.name, f.type) for f in dataclasses.fields(cls) if f.init}
+
+
+def _unknown_key(key: str, valid: list[str] | tuple[str, ...] | set[str]) -> ClipxUsageError:
+    name = key.rsplit(".", 1)[-1]
+    valid = sorted(valid)
+    return ClipxUsageError(
+        f"{key}: unknown key{closest(name, valid)}; valid keys here: {', '.join(valid)}"
+    )
+
+
+def _table(value: Any, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ClipxUsageError(f"{key}: expected a table, got {value!r}")
+    return value
+
+
+def _require(section: dict[str, Any], key: str, prefix: str, what: str) -> None:
+    """A missing required key; a misspelling of it is reported as the unknown key it is."""
+    if key in section:
+        return
+    for k in section:
+        if closest(k, [key]):
+            raise ClipxUsageError(f"{prefix}.{k}: unknown key{closest(k, [key])}")
+    raise ClipxUsageError(f"{prefix}.{key}: missing ({what})")
+
+
+def _name(value: Any, key: str, kind: str, known: dict[str, Any]) -> str:
+    if not isinstance(value, str):
+        raise ClipxUsageError(f"{key}: expected a {kind} name (string), got {value!r}")
+    if value not in known:
+        err = unknown_name(kind, value, known)
+        raise ClipxUsageError(f"{key}: {err}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# validation and normalisation
+
+
+class _Registries:
+    """Registry snapshots for one resolution (each registry is built once)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, dict[str, Any]] = {}
+
+    def __getitem__(self, kind: str) -> dict[str, Any]:
+        if kind not in self._cache:
+            self._cache[kind] = entries(kind)
+        return self._cache[kind]
+
+
+def _factory_kwargs(
+    values: dict[str, Any], factory: Any, key: str, reserved: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    params, var_kw = _signature(factory)
+    out = {}
+    for k, v in values.items():
+        if k in params:
+            out[k] = coerce(v, params[k], f"{key}.{k}")
+        elif var_kw:
+            out[k] = v
+        else:
+            raise _unknown_key(f"{key}.{k}", list(params) + list(reserved))
+    return out
+
+
+def _templates(value: Any, key: str, reg: _Registries, descriptions: bool = False) -> Any:
+    if isinstance(value, str) and "{}" not in value:
+        return _name(value, key, "template set", reg["templates"])
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(t, str) and "{}" in t for t in value):
+        return value
+    if (
+        descriptions
+        and isinstance(value, dict)
+        and all(isinstance(v, list) and all(isinstance(t, str) for t in v) for v in value.values())
+    ):
+        return value
+    raise ClipxUsageError(
+        f"{key}: expected a template-set name or a list of strings containing '{{}}', got {value!r}"
+    )
+
+
+def _model(section: Any, reg: _Registries) -> dict[str, Any]:
+    section = dict(_table(section, "model"))
+    _require(section, "source", "model", "a model registry name, e.g. 'procedural-small'")
+    source = _name(section.pop("source"), "model.source", "model", reg["models"])
+    out: dict[str, Any] = {"source": source}
+    checkpoint = section.pop("checkpoint", None)
+    factory = reg["models"][source].obj
+    out.update(_factory_kwargs(section, factory, "model", ("source", "checkpoint")))
+    if checkpoint is not None:
+        out["checkpoint"] = coerce(checkpoint, str, "model.checkpoint")
+    return out
+
+
+def _dataset(
+    section: Any, key: str, reg: _Registries, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    section = dict(_table(section, key))
+    _require(section, "dataset", key, "a dataset registry name")
+    name = _name(section.pop("dataset"), f"{key}.dataset", "dataset", reg["datasets"])
+    out: dict[str, Any] = {"dataset": name}
+    factory = reg["datasets"][name].obj
+    params, _ = _signature(factory)
+    for k in extra:
+        if k in section and k not in params:
+            value = section.pop(k)
+            kind = {"templates": None, "label": str}.get(k, int)
+            dotted = f"{key}.{k}"
+            out[k] = _templates(value, dotted, reg) if kind is None else coerce(value, kind, dotted)
+    out.update(_factory_kwargs(section, factory, key, ("dataset", *extra)))
+    return out
+
+
+def _method(
+    section: Any, key: str, reg: _Registries, seed: int, default_label: str | None = None
+) -> dict[str, Any]:
+    section = dict(_table(section, key))
+    _require(section, "name", key, "a defense registry name")
+    name = _name(section.pop("name"), f"{key}.name", "defense", reg["defenses"])
+    label = section.pop("label", default_label or name)
+    if not isinstance(label, str) or not _LABEL.match(label) or label == START_LABEL:
+        raise ClipxUsageError(
+            f"{key}.label: {label!r} must be a simple name (letters, digits, - _ . +) other than "
+            f"'{START_LABEL}'"
+        )
+    factory = reg["defenses"][name].obj
+    params, var_kw = _signature(factory)
+    cfg_fields = _dataclass_fields(_train_config_type())
+    train = dict(_table(section.pop("train", {}), f"{key}.train"))
+    explicit = dict(_table(section.pop("params", {}), f"{key}.params"))
+    for k in train:
+        if k not in cfg_fields:
+            raise _unknown_key(f"{key}.train.{k}", list(cfg_fields))
+    # routing: the defense's own parameters first (its `eps` is an attack budget, not Adam's),
+    # then TrainConfig fields, then **kwargs of the factory
+    for k, v in section.items():
+        if k in params:
+            explicit[k] = v
+        elif k in cfg_fields:
+            train[k] = v
+        elif var_kw:
+            explicit[k] = v
+        else:
+            raise _unknown_key(f"{key}.{k}", set(params) | set(cfg_fields) | set(METHOD_KEYS))
+    train = {k: coerce(v, cfg_fields[k], f"{key}.{k}") for k, v in train.items()}
+    train.setdefault("seed", seed)
+    if "extras" in train:
+        _table(train["extras"], f"{key}.extras")
+    explicit = _factory_kwargs(explicit, factory, key, tuple(cfg_fields) + METHOD_KEYS)
+    return {"name": name, "label": label, "train": train, "params": explicit}
+
+
+def _evaluate(section: Any, reg: _Registries) -> dict[str, Any]:
+    """[evaluate]: protocol preset name + overrides of Protocol fields or the preset's own
+    parameters; the protocol is built here so bad values fail at `recipe show` time."""
+    from .evaluation import Protocol, protocol_from_dict
+
+    section = dict(_table(section, "evaluate"))
+    _require(section, "protocol", "evaluate", "an evaluation protocol registry name")
+    name = _name(
+        section.pop("protocol"), "evaluate.protocol", "evaluation protocol", reg["evaluators"]
+    )
+    out: dict[str, Any] = {"protocol": name}
+    params, _ = _signature(reg["evaluators"][name].obj)
+    fields = _dataclass_fields(Protocol)
+    fields.pop("name", None)
+    for k, v in section.items():
+        dotted = f"evaluate.{k}"
+        if k == "datasets":
+            out[k] = _eval_datasets(v, reg)
+        elif k == "templates":
+            out[k] = _templates(v, dotted, reg, descriptions=True)
+        elif k == "attacks":
+            out[k] = _eval_attacks(v, reg)
+        elif k in params:
+            out[k] = coerce(v, params[k], dotted)
+        elif k in fields:
+            out[k] = coerce(v, fields[k], dotted)
+        else:
+            raise _unknown_key(dotted, ["protocol", *params, *fields])
+    try:
+        protocol_from_dict(out)
+    except ClipxUsageError as exc:
+        raise ClipxUsageError(f"evaluate: {exc}") from None
+    return out
+
+
+def _eval_datasets(value: Any, reg: _Registries) -> list[Any]:
+    if isinstance(value, (str, dict)):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ClipxUsageError(f"evaluate.datasets: expected a non-empty array, got {value!r}")
+    out = []
+    for i, item in enumerate(value):
+        key = f"evaluate.datasets.{i}"
+        if isinstance(item, str):
+            out.append(_name(item, key, "dataset", reg["datasets"]))
+        else:
+            out.append(_dataset(item, key, reg, extra=("n", "templates")))
+    return out
+
+
+def _eval_attacks(value: Any, reg: _Registries) -> list[Any]:
+    """Attack names, or {name, label?, params?, **params}; parameter names are checked against
+    the attack's factory (budgets such as alpha may be 'eps/4' expressions: values pass as is)."""
+    if isinstance(value, (str, dict)):
+        value = [value]
+    if not isinstance(value, list):
+        raise ClipxUsageError(f"evaluate.attacks: expected an array, got {value!r}")
+    out: list[Any] = []
+    for i, item in enumerate(value):
+        key = f"evaluate.attacks.{i}"
+        if isinstance(item, str):
+            out.append(_name(item, key, "attack", reg["attacks"]))
+            continue
+        item = dict(_table(item, key))
+        _require(item, "name", key, "an attack registry name")
+        name = _name(item.pop("name"), f"{key}.name", "attack", reg["attacks"])
+        spec: dict[str, Any] = {"name": name}
+        if "label" in item:
+            spec["label"] = coerce(item.pop("label"), str, f"{key}.label")
+        given = dict(_table(item.pop("params", {}), f"{key}.params"))
+        given.update(item)
+        accepted, var_kw = _signature(reg["attacks"][name].obj)
+        accepted.pop("model", None)
+        for k in given:
+            if k not in accepted and not var_kw and k != "eps":  # eps: the protocol explains
+                raise _unknown_key(f"{key}.{k}", ["name", "label", "params", *accepted])
+        spec["params"] = given
+        out.append(spec)
+    return out
+
+
+def validate(doc: dict[str, Any], reg: _Registries | None = None) -> dict[str, Any]:
+    """Check a merged recipe (profiles already applied) and return its normalised form."""
+    reg = reg or _Registries()
+    for key in doc:
+        if key not in SECTIONS:
+            raise _unknown_key(key, SECTIONS)
+    head = dict(_table(doc.get("recipe", {}), "recipe"))
+    for key in head:
+        if key not in RECIPE_KEYS:
+            raise _unknown_key(f"recipe.{key}", RECIPE_KEYS)
+    name = coerce(head.get("name", ""), str, "recipe.name")
+    if not name or not _LABEL.match(name):
+        raise ClipxUsageError(
+            f"recipe.name: {name!r} must be a simple name (letters, digits, - _ .)"
+        )
+    seed = coerce(head.get("seed", 0), int, "recipe.seed")
+    device = coerce(head.get("device", "auto"), str, "recipe.device")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        raise ClipxUsageError(f"recipe.device: {device!r}; use auto, cpu, cuda, cuda:N or mps")
+    out: dict[str, Any] = {
+        "recipe": {
+            "name": name,
+            "description": coerce(head.get("description", ""), str, "recipe.description"),
+            "seed": seed,
+            "device": device,
+        }
+    }
+    if "model" not in doc:
+        raise ClipxUsageError("model: missing section [model] (the starting model)")
+    out["model"] = _model(doc["model"], reg)
+    needs_training = any(k in doc for k in ("pretrain", "defense", "baselines"))
+    if "data" in doc:
+        out["data"] = _dataset(doc["data"], "data", reg, extra=("templates", "n"))
+    elif needs_training:
+        raise ClipxUsageError("data: missing section [data] (the training data)")
+    if "pretrain" in doc:
+        out["pretrain"] = _method(doc["pretrain"], "pretrain", reg, seed, "pretrain")
+    if "defense" in doc:
+        out["defense"] = _method(doc["defense"], "defense", reg, seed)
+    if "baselines" in doc:
+        if not isinstance(doc["baselines"], list):
+            raise ClipxUsageError("baselines: expected an array of tables ([[baselines]])")
+        out["baselines"] = [
+            _method(b, f"baselines.{i}", reg, seed) for i, b in enumerate(doc["baselines"])
+        ]
+    labels = [m["label"] for m in _methods(out)]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise ClipxUsageError(
+            f"baselines: label '{dupes[0]}' is used twice; set label = \"...\" to tell them apart"
+        )
+    if "evaluate" in doc:
+        out["evaluate"] = _evaluate(doc["evaluate"], reg)
+    present = {
+        "pretrain": "pretrain" in out,
+        "defend": bool(_methods(out, include_pretrain=False)),
+        "evaluate": "evaluate" in out,
+    }
+    default = [s for s in STAGES if present[s]]
+    if "stages" not in head and not default:
+        raise ClipxUsageError(
+            "recipe: nothing to do; add [defense], [[baselines]], [pretrain] or [evaluate]"
+        )
+    stages = head.get("stages", default)
+    if not isinstance(stages, list) or not stages:
+        raise ClipxUsageError(
+            f"recipe.stages: expected a non-empty array of {list(STAGES)}, got {stages!r}"
+        )
+    for i, stage in enumerate(stages):
+        if stage not in STAGES:
+            raise ClipxUsageError(
+                f"recipe.stages.{i}: unknown stage {stage!r}{closest(str(stage), STAGES)}; stages: {', '.join(STAGES)}"
+            )
+        needed = {"pretrain": "pretrain", "evaluate": "evaluate"}.get(stage)
+        if needed and needed not in out:
+            raise ClipxUsageError(f"recipe.stages: stage '{stage}' needs a [{needed}] section")
+        if stage == "defend" and not _methods(out, include_pretrain=False):
+            raise ClipxUsageError("recipe.stages: stage 'defend' needs [defense] or [[baselines]]")
+    out["recipe"]["stages"] = sorted(set(stages), key=STAGES.index)
+    return out
+
+
+def _methods(doc: dict[str, Any], include_pretrain: bool = True) -> list[dict[str, Any]]:
+    methods = [doc["pretrain"]] if include_pretrain and "pretrain" in doc else []
+    if "defense" in doc:
+        methods.append(doc["defense"])
+    return methods + list(doc.get("baselines", []))
+
+
+# --------------------------------------------------------------------------------------------
+# the resolved recipe
+
+
+@dataclass
+class ResolvedRecipe:
+    """A validated recipe: `doc` is JSON-safe and itself a valid recipe."""
+
+    name: str
+    profile: str
+    source: str
+    doc: dict[str, Any]
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def seed(self) -> int:
+        return self.doc["recipe"]["seed"]
+
+    @property
+    def stages(self) -> list[str]:
+        return self.doc["recipe"]["stages"]
+
+    @property
+    def methods(self) -> list[dict[str, Any]]:
+        """[defense] then [[baselines]] (not pretrain), each {name, label, train, params}."""
+        return _methods(self.doc, include_pretrain=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self.doc)
+
+    def to_json(self) -> str:
+        return json.dumps(self.doc, indent=2) + "\n"
+
+    def to_toml(self) -> str:
+        return dump_toml(self.doc)
+
+    def fingerprint(self, *sections: str) -> str:
+        """Hash of the whole recipe or of some sections (what a stored result depends on)."""
+        part = {k: self.doc.get(k) for k in sections} if sections else self.doc
+        text = json.dumps(part, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _error_in(exc: ClipxUsageError, doc: dict[str, Any]) -> bool:
+    """Whether the dotted key an error message starts with exists in `doc` (a profile)."""
+    key = str(exc).split(":", 1)[0]
+    node: Any = doc
+    for part in key.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False
+    return True
+
+
+def load_raw(name_or_path: str | Path) -> tuple[Path, dict[str, Any]]:
+    path = find_recipe(name_or_path)
+    return path, read_toml(path)
+
+
+def resolve(
+    name_or_path: str | Path,
+    profile: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> ResolvedRecipe:
+    """Load, apply profile and --set overrides, validate. Errors are ClipxUsageError."""
+    path, raw = load_raw(name_or_path)
+    try:
+        return _resolve(path, raw, profile, list(overrides))
+    except ClipxUsageError as exc:
+        message = str(exc)
+        if not message.startswith(str(path)):
+            message = f"{path.name}: {message}"
+        raise ClipxUsageError(message) from None
+
+
+def _resolve(
+    path: Path, raw: dict[str, Any], profile: str | None, overrides: list[str]
+) -> ResolvedRecipe:
+    profiles = _table(raw.get("profiles", {}), "profiles")
+    base = {k: v for k, v in raw.items() if k != "profiles"}
+    head = base.setdefault("recipe", {})
+    if isinstance(head, dict):
+        head.setdefault("name", path.stem)
+        head.pop("profile", None)  # informational in resolved recipes
+    reg = _Registries()
+    validate(base, reg)  # the base is the default profile: it must stand on its own
+    for pname, partial in profiles.items():
+        _table(partial, f"profiles.{pname}")
+        try:
+            validate(merge_profile(base, partial, pname), reg)
+        except ClipxUsageError as exc:
+            if _error_in(exc, partial):
+                raise ClipxUsageError(f"profiles.{pname}.{exc}") from None
+            raise
+    doc = base
+    if profile not in (None, "", "default"):
+        if profile not in profiles:
+            raise unknown_name("profile", profile, ["default", *profiles])
+        doc = merge_profile(base, profiles[profile], profile)
+    for item in overrides:
+        parts, value = parse_set(item)
+        if parts[0] == "profiles":
+            raise ClipxUsageError(f"--set {item}: select a profile with --profile instead")
+        apply_set(doc, parts, value)
+    try:
+        out = validate(doc, reg)
+    except ClipxUsageError as exc:
+        raise ClipxUsageError(f"{exc}" + (" (after --set)" if overrides else "")) from None
+    pname = profile if profile not in (None, "") else "default"
+    out["recipe"]["profile"] = pname
+    return ResolvedRecipe(out["recipe"]["name"], pname, str(path), out, overrides)
+
+
+def list_recipes() -> list[dict[str, Any]]:
+    """name, description, profiles, plugin, path of every registered recipe."""
+    out = []
+    for name, entry in entries("recipes").items():
+        profiles: list[str] = []
+        try:
+            raw = read_toml(Path(entry.obj))
+            profiles = (
+                sorted(raw.get("profiles", {})) if isinstance(raw.get("profiles"), dict) else []
+            )
+        except ClipxUsageError:
+            pass
+        out.append(
+            {
+                "name": name,
+                "description": entry.description,
+                "profiles": ["default", *profiles],
+                "plugin": entry.plugin,
+                "path": str(entry.obj),
+            }
+        )
+    return sorted(out, key=lambda d: d["name"])
+
+
+# --------------------------------------------------------------------------------------------
+# a small TOML writer (resolved recipes): tables, arrays of tables, inline values
+
+
+def _toml_str(text: str) -> str:
+    """A TOML basic string: quotes, backslashes and control characters escaped."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_str(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        inner = ", ".join(f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in value.items())
+        return "{ " + inner + " }" if inner else "{}"
+    if value is None:
+        raise ValueError("TOML has no null")
+    return _toml_str(str(value))
+
+
+def dump_toml(doc: dict[str, Any]) -> str:
+    lines: list[str] = []
+
+    def table(prefix: str, node: dict[str, Any], header: str | None) -> None:
+        scalars = {
+            k: v
+            for k, v in node.items()
+            if not _is_table(v) and not _is_table_array(v) and v is not None
+        }
+        if header is not None:
+            lines.append(header)
+        for k, v in scalars.items():
+            lines.append(f"{_toml_key(str(k))} = {_toml_value(v)}")
+        if header is not None or scalars:
+            lines.append("")
+        for k, v in node.items():
+            path = f"{prefix}.{_toml_key(str(k))}" if prefix else _toml_key(str(k))
+            if _is_table(v):
+                table(path, v, f"[{path}]")
+            elif _is_table_array(v):
+                for item in v:
+                    table(path, item, f"[[{path}]]")
+
+    table("", doc, None)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _is_table(v: Any) -> bool:
+    return isinstance(v, dict)
+
+
+def _is_table_array(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+
+def run_recipe(recipe, profile=None, run_dir=None, resume=False, overrides=()):
+    """Resolve (if needed) and run a recipe; see clip_robust_ext.runner.run_recipe."""
+    from .runner import run_recipe as _run
+
+    return _run(recipe, profile=profile, run_dir=run_dir, resume=resume, overrides=overrides)

@@ -1,0 +1,589 @@
+"""Running a resolved recipe: pretrain -> defend -> evaluate, resumable, one run dir per run.
+
+Run directory layout:
+    recipe.resolved.json / .toml   the exact recipe (profile and --set applied)
+    versions.json, seed            package and plugin versions, the seed
+    run.lock                       held while running; a second run on the same dir is refused
+    pretrain/ <label>/             per trained model: checkpoint.pt (resume), final.pt (open_clip
+                                   format), metrics.jsonl, done.json once finished
+    eval/                          the evaluation engine's per-dataset records (resumable)
+    results.json / .md / .csv      all records and the human tables
+Re-running the same resolved recipe recomputes nothing that finished; after a crash, --resume
+continues training from the last checkpoint and evaluation from the last finished dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ClipxError, ClipxUsageError
+from .recipes import START_LABEL, ResolvedRecipe, resolve
+from .utils.io import atomic_write_json, atomic_write_text
+
+LOCK_NAME = "run.lock"
+
+
+def log(message: str) -> None:
+    print(f"clipx: {message}", file=sys.stderr, flush=True)
+
+
+# -------------------------------------------------------------------------------------- lock
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child not yet reaped is a zombie: not running
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class RunLock:
+    """run_dir/run.lock: refuses a second run on the same dir, unless resuming a dead one."""
+
+    def __init__(self, run_dir: Path, resume: bool, what: str = "run"):
+        self.path = Path(run_dir) / LOCK_NAME
+        self.resume, self.what = resume, what
+        self.held = False
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def _mine(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            self._take_over()
+            return
+        with os.fdopen(fd, "w") as fh:
+            json.dump(self._mine(), fh)
+        self.held = True
+
+    def _take_over(self) -> None:
+        try:
+            owner = json.loads(self.path.read_text())
+            pid, host = int(owner.get("pid", -1)), str(owner.get("host", ""))
+        except (OSError, ValueError, TypeError, AttributeError):
+            owner, pid, host = {}, -1, ""
+        here = host == socket.gethostname()
+        if pid == os.getpid() and here:
+            raise ClipxUsageError(f"{self.path.parent} is already in use by this process")
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("started", 0) or 0))
+        if (here and pid > 0 and _pid_alive(pid)) or (not here and not self.resume):
+            where = "" if here else f" on {host}"
+            raise ClipxUsageError(
+                f"{self.path.parent} is in use by clipx process {pid}{where} (since {started}); "
+                f"wait for it, or choose another --run-dir"
+            )
+        if not self.resume:
+            raise ClipxUsageError(
+                f"{self.path.parent}: an earlier {self.what} (pid {pid}, started {started}) did not "
+                "finish; pass --resume to continue it, or choose another --run-dir"
+            )
+        atomic_write_json(self.path, self._mine())
+        self.held = True
+        log(f"resuming the interrupted {self.what} in {self.path.parent}")
+
+    def release(self) -> None:
+        if self.held:
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+            self.held = False
+
+
+# --------------------------------------------------------------------------------- building
+
+
+def device_of(spec: str):
+    import torch
+
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ClipxUsageError(f"device {spec!r} requested but CUDA is not available here")
+    return device
+
+
+def build_model(spec: dict[str, Any], device: Any = None, seed: int | None = None):
+    """The model of a validated [model] table (seeded: random-init weights are reproducible)."""
+    from .models import load_into_clip, read_state_dict
+    from .registry import get
+    from .utils.seeding import seed_everything
+
+    if seed is not None:
+        seed_everything(seed)
+    kwargs = {k: v for k, v in spec.items() if k not in ("source", "checkpoint")}
+    loaded = get("models", spec["source"]).obj(**kwargs)
+    if spec.get("checkpoint"):
+        path = Path(spec["checkpoint"]).expanduser()
+        if not path.is_file():
+            raise ClipxUsageError(f"model.checkpoint: file not found: {path}")
+        load_into_clip(loaded.model, read_state_dict(path), str(path))
+        loaded.info["checkpoint"] = str(path.resolve())
+    if device is not None:
+        loaded.model.to(device)
+    return loaded
+
+
+def load_weights(loaded, path: Path):
+    from .models import load_into_clip, read_state_dict
+
+    load_into_clip(loaded.model, read_state_dict(path), str(path))
+    loaded.info["checkpoint"] = str(path)
+    return loaded
+
+
+class _Subset:
+    """A deterministic subset that keeps `classnames` and `caption(i)` of its dataset."""
+
+    def __init__(self, dataset: Any, indices: list[int]):
+        self.dataset, self.indices = dataset, indices
+        self.classnames = getattr(dataset, "classnames", None)
+        if callable(getattr(dataset, "caption", None)):
+            self.caption = lambda i: dataset.caption(self.indices[i])
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.dataset[self.indices[i]]
+
+
+def build_dataset(spec: dict[str, Any], seed: int):
+    """(dataset, classnames, templates) of a validated [data] table."""
+    from .data import sample_indices
+    from .registry import get
+
+    kwargs = {k: v for k, v in spec.items() if k not in ("dataset", "templates", "n")}
+    dataset = get("datasets", spec["dataset"]).obj(**kwargs)
+    if spec.get("n") is not None and spec["n"] < len(dataset):
+        dataset = _Subset(dataset, sample_indices(len(dataset), spec["n"], seed))
+    if len(dataset) == 0:
+        raise ClipxUsageError(f"data: dataset '{spec['dataset']}' is empty")
+    classnames = getattr(dataset, "classnames", None)
+    if not classnames:
+        raise ClipxUsageError(f"data: dataset '{spec['dataset']}' has no class names")
+    return dataset, list(classnames), template_list(spec.get("templates"), "data.templates")
+
+
+def template_list(value: Any, key: str) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return value
+    from .registry import get
+
+    templates = get("templates", value).obj
+    if isinstance(templates, dict):
+        raise ClipxUsageError(
+            f"{key}: '{value}' is a description set; a list of '{{}}' templates is needed here"
+        )
+    return list(templates)
+
+
+def build_defense(method: dict[str, Any]):
+    from .registry import get
+
+    defense = get("defenses", method["name"]).obj(**method["params"])
+    if not hasattr(defense, "loss"):
+        raise ClipxError(
+            f"defense '{method['name']}': its factory returned {type(defense).__name__}, not a Defense"
+        )
+    return defense
+
+
+def train_config(method: dict[str, Any]):
+    from .recipes import _train_config_type
+
+    return _train_config_type().from_dict(dict(method["train"]))
+
+
+# ------------------------------------------------------------------------------------ result
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    records: list[dict[str, Any]]
+    table: str
+    recipe: dict[str, Any] | None = None  # the resolved recipe, or the `clipx eval` request
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    kind: str = "recipe"
+
+    def to_dict(self) -> dict[str, Any]:
+        head = {"run_dir": str(self.run_dir), self.kind: self.recipe}
+        if self.kind == "recipe":
+            head["checkpoints"] = self.checkpoints
+        return {**head, "records": self.records}
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _diff(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _diff(x, y, f"{prefix}.{i}")]
+    return [] if a == b else [prefix or "(root)"]
+
+
+def _check_same_recipe(run_dir: Path, resolved: ResolvedRecipe) -> None:
+    path = run_dir / "recipe.resolved.json"
+    if not path.is_file():
+        return
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise ClipxUsageError(f"{path} is unreadable; choose another --run-dir") from None
+    changed = [k for k in _diff(previous, resolved.doc) if k != "recipe.description"]
+    if changed:
+        raise ClipxUsageError(
+            f"{run_dir} holds a run of a different recipe (differs at {', '.join(changed[:5])}); "
+            "choose another --run-dir"
+        )
+
+
+def _write_run_files(run_dir: Path, resolved: ResolvedRecipe) -> None:
+    from .plugins import plugin_versions
+    from .utils.versions import versions
+
+    atomic_write_json(run_dir / "recipe.resolved.json", resolved.doc)
+    atomic_write_text(run_dir / "recipe.resolved.toml", resolved.to_toml())
+    atomic_write_json(
+        run_dir / "versions.json", {"packages": versions(), "plugins": plugin_versions()}
+    )
+    atomic_write_text(run_dir / "seed", f"{resolved.seed}\n")
+
+
+# ------------------------------------------------------------------------------------ stages
+
+
+def _train_one(
+    resolved: ResolvedRecipe,
+    method: dict[str, Any],
+    start_ckpt: Path | None,
+    run_dir: Path,
+    device: Any,
+    prepared: dict[str, Any],
+) -> Path:
+    """Train one method from the start model; returns its open_clip checkpoint (final.pt)."""
+    from .training.checkpoint import FINAL_NAME
+    from .training.trainer import train
+
+    label = method["label"]
+    out = run_dir / label
+    done = out / "done.json"
+    key = resolved.fingerprint("model", "data", "pretrain") + ":" + _method_key(method)
+    final = out / FINAL_NAME
+    if done.is_file() and final.is_file():
+        try:
+            if json.loads(done.read_text()).get("fingerprint") == key:
+                log(f"{label}: already trained ({final})")
+                return final
+        except ValueError:
+            pass
+    log(f"{label}: training defense '{method['name']}' into {out}")
+    loaded = build_model(resolved.doc["model"], device, seed=resolved.seed)
+    if start_ckpt is not None:
+        load_weights(loaded, start_ckpt)
+    dataset, classnames, templates = prepared["data"]
+    started = time.perf_counter()
+    train(
+        loaded,
+        prepared["defenses"][label],
+        dataset,
+        prepared["configs"][label],
+        out,
+        classnames=classnames,
+        templates=templates,
+        resume=True,
+    )
+    atomic_write_json(
+        done,
+        {
+            "fingerprint": key,
+            "checkpoint": str(final),
+            "seconds": round(time.perf_counter() - started, 2),
+        },
+    )
+    return final
+
+
+def _method_key(method: dict[str, Any]) -> str:
+    import hashlib
+
+    text = json.dumps(method, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _prepare(resolved: ResolvedRecipe) -> dict[str, Any]:
+    """Build everything cheap up front (data, defenses, configs, protocol), so bad values fail
+    before hours of training, not after."""
+    prepared: dict[str, Any] = {"defenses": {}, "configs": {}}
+    doc = resolved.doc
+    trained = ([doc["pretrain"]] if "pretrain" in resolved.stages else []) + (
+        resolved.methods if "defend" in resolved.stages else []
+    )
+    if trained:
+        prepared["data"] = build_dataset(doc["data"], resolved.seed)
+    for method in trained:
+        prepared["defenses"][method["label"]] = build_defense(method)
+        prepared["configs"][method["label"]] = train_config(method)
+    if "evaluate" in resolved.stages:
+        from .evaluation import protocol_from_dict
+
+        prepared["protocol"] = protocol_from_dict(doc["evaluate"])
+    return prepared
+
+
+def run_recipe(
+    recipe: str | Path | ResolvedRecipe,
+    profile: str | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> RunResult:
+    """Resolve (unless given resolved) and run a recipe into run_dir; see the module docstring."""
+    resolved = recipe if isinstance(recipe, ResolvedRecipe) else resolve(recipe, profile, overrides)
+    run_dir = Path(run_dir) if run_dir else Path("runs") / f"{resolved.name}-{resolved.profile}"
+    from .training import distributed as D
+
+    info = D.init_distributed()
+    if not info.is_main:
+        return _run(resolved, run_dir, main=False)
+    _check_same_recipe(run_dir, resolved)
+    with RunLock(run_dir, resume):
+        _check_writable(run_dir)
+        return _run(resolved, run_dir, main=True)
+
+
+def _check_writable(run_dir: Path) -> None:
+    import shutil
+
+    probe = run_dir / ".write-test"
+    try:
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ClipxError(f"run dir {run_dir} is not writable: {exc.strerror or exc}") from None
+    free = shutil.disk_usage(run_dir).free
+    if free < 50 * 2**20:
+        raise ClipxError(f"run dir {run_dir}: only {free // 2**20} MiB free; need at least 50 MiB")
+
+
+def _run(resolved: ResolvedRecipe, run_dir: Path, main: bool) -> RunResult:
+    doc = resolved.doc
+    prepared = _prepare(resolved)
+    if main:
+        _write_run_files(run_dir, resolved)
+    device = device_of(doc["recipe"]["device"])
+    start_ckpt: Path | None = None
+    checkpoints: dict[str, str] = {}
+    if "pretrain" in resolved.stages:
+        start_ckpt = _train_one(resolved, doc["pretrain"], None, run_dir, device, prepared)
+        checkpoints[doc["pretrain"]["label"]] = str(start_ckpt)
+    elif "pretrain" in doc and (run_dir / doc["pretrain"]["label"] / "done.json").is_file():
+        start_ckpt = run_dir / doc["pretrain"]["label"] / "final.pt"
+    trained: dict[str, Path] = {}
+    for method in resolved.methods:
+        if "defend" in resolved.stages:
+            ckpt = _train_one(resolved, method, start_ckpt, run_dir, device, prepared)
+        elif (run_dir / method["label"] / "done.json").is_file():  # trained by an earlier run
+            ckpt = run_dir / method["label"] / "final.pt"
+        else:
+            continue
+        trained[method["label"]] = ckpt
+        checkpoints[method["label"]] = str(ckpt)
+    records: list[dict[str, Any]] = []
+    table = ""
+    if "evaluate" in resolved.stages:
+        models = [(START_LABEL, start_ckpt)] + list(trained.items())
+        protocol = prepared["protocol"]
+        if main:
+            atomic_write_json(run_dir / "protocol.json", protocol.to_dict())
+        for label, ckpt in models:
+            loaded = build_model(doc["model"], device, seed=resolved.seed)
+            if ckpt is not None:
+                load_weights(loaded, ckpt)
+            log(f"{label}: evaluating under protocol '{protocol.name}'")
+            records += evaluate_loaded(loaded, protocol, run_dir, label)
+        if main:
+            table = write_results(run_dir, records)
+    return RunResult(run_dir, records, table, resolved.to_dict(), checkpoints)
+
+
+def evaluate_loaded(loaded: Any, protocol: Any, run_dir: Path, label: str) -> list[dict[str, Any]]:
+    from .evaluation import evaluate
+
+    return evaluate(loaded, protocol, run_dir, label)
+
+
+def write_results(run_dir: Path, records: list[dict[str, Any]]) -> str:
+    """results.json (every record), results.md / results.csv (tables); returns the markdown."""
+    from .evaluation import markdown_table, write_reports
+
+    atomic_write_json(run_dir / "results.json", records)
+    write_reports(run_dir, records)
+    return markdown_table(records)
+
+
+# ------------------------------------------------------------------------------ clipx eval
+
+
+def _kv(items: tuple[str, ...] | list[str], what: str) -> dict[str, Any]:
+    from .recipes import parse_set
+
+    out: dict[str, Any] = {}
+    for item in items:
+        parts, value = parse_set(item)
+        if len(parts) != 1:
+            raise ClipxUsageError(f"{what} {item!r}: expected KEY=VALUE with a plain key")
+        out[parts[0]] = value
+    return out
+
+
+def eval_model_spec(
+    model: str,
+    arch: str | None = None,
+    pretrained: str | None = None,
+    checkpoint: str | None = None,
+    model_args: tuple[str, ...] = (),
+) -> tuple[dict[str, Any], str]:
+    """--model & co -> a [model] table and a default label."""
+    from .errors import unknown_name
+    from .registry import entries
+
+    models = entries("models")
+    extra = _kv(model_args, "--model-arg")
+    if model in models:
+        spec: dict[str, Any] = {"source": model, **extra}
+        from .recipes import _signature
+
+        accepted, var_kw = _signature(models[model].obj)
+        for key, value in (("arch", arch), ("pretrained", pretrained)):
+            if value is None:
+                continue
+            if key in accepted or var_kw:
+                spec[key] = value
+            elif key == "pretrained" and checkpoint is None:
+                checkpoint = value  # a checkpoint for a source that builds its own architecture
+            else:
+                raise ClipxUsageError(f"--{key}: model source '{model}' takes no {key}")
+        label = arch if model == "open_clip" and arch else model
+    elif Path(model).expanduser().is_file():
+        if not arch:
+            raise ClipxUsageError(
+                f"--model {model}: a checkpoint file needs --arch (its open_clip architecture)"
+            )
+        spec = {"source": "open_clip", "arch": arch, "pretrained": model, **extra}
+        label = Path(model).stem
+    else:
+        import open_clip
+
+        if model not in open_clip.list_models():
+            choices = list(models) + open_clip.list_models()
+            raise unknown_name(
+                "model (clipx model source or open_clip architecture)", model, choices
+            )
+        if arch and arch != model:
+            raise ClipxUsageError(
+                f"--model {model} is an open_clip architecture; drop --arch {arch}"
+            )
+        spec = {"source": "open_clip", "arch": model, **extra}
+        if pretrained:
+            spec["pretrained"] = pretrained
+        label = model
+    if checkpoint is not None:
+        spec["checkpoint"] = checkpoint
+        label = (
+            Path(checkpoint).stem
+            if Path(checkpoint).stem not in ("final", "checkpoint")
+            else Path(checkpoint).parent.name or label
+        )
+    elif pretrained and Path(pretrained).expanduser().is_file():
+        label = Path(pretrained).stem
+    return spec, label
+
+
+def run_eval(
+    model: str,
+    protocol: str,
+    arch: str | None = None,
+    pretrained: str | None = None,
+    checkpoint: str | None = None,
+    model_args: tuple[str, ...] = (),
+    attacks: tuple[str, ...] = (),
+    eps: tuple[str, ...] = (),
+    datasets: tuple[str, ...] = (),
+    n_samples: int | None = None,
+    templates: str | None = None,
+    seed: int | None = None,
+    overrides: tuple[str, ...] = (),
+    label: str | None = None,
+    run_dir: str | Path | None = None,
+    device: str = "auto",
+) -> RunResult:
+    """Evaluate one model under a protocol (`clipx eval`). Earlier results in run_dir (other
+    datasets, other models) are kept and appear in the tables; finished datasets are reused."""
+    import re
+
+    from .evaluation import load_records, protocol_from_dict
+    from .recipes import _evaluate, _model, _Registries, apply_set, parse_set
+
+    reg = _Registries()
+    raw_spec, default_label = eval_model_spec(model, arch, pretrained, checkpoint, model_args)
+    spec = _model(raw_spec, reg)
+    section: dict[str, Any] = {"protocol": protocol}
+    for key, value in (
+        ("attacks", list(attacks)),
+        ("eps", list(eps)),
+        ("datasets", list(datasets)),
+    ):
+        if value:
+            section[key] = value
+    for key, value in (("n_samples", n_samples), ("templates", templates), ("seed", seed)):
+        if value is not None:
+            section[key] = value
+    for item in overrides:
+        parts, value = parse_set(item)
+        if parts[0] == "evaluate":
+            parts = parts[1:]
+        apply_set(section, parts, value)
+    section = _evaluate(section, reg)
+    proto = protocol_from_dict(section)
+    label = label or re.sub(r"[^A-Za-z0-9_.+-]", "-", default_label)
+    run_dir = Path(run_dir) if run_dir else Path("runs") / f"eval-{label}"
+    with RunLock(run_dir, resume=True, what="evaluation"):
+        _check_writable(run_dir)
+        loaded = build_model(spec, device_of(device), seed=0)
+        log(f"{label}: evaluating under protocol '{proto.name}' into {run_dir}")
+        records = evaluate_loaded(loaded, proto, run_dir, label)
+        everything = load_records(run_dir)
+        table = write_results(run_dir, everything)
+    request = {"label": label, "model": spec, "evaluate": section}
+    return RunResult(run_dir, records, table, request, kind="request")

@@ -1,0 +1,147 @@
+"""TrainConfig: every knob of the Trainer engine, with paper-lineage defaults.
+
+Fields left as None are filled from the defense's `train_defaults` (e.g. TeCoA: SGD momentum 0.9;
+FARE: AdamW), then from GLOBAL_DEFAULTS, so a recipe names only what it changes."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ClipxUsageError, closest
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cosine", "constant")
+AMP_MODES = ("off", "bf16", "fp16")
+
+GLOBAL_DEFAULTS: dict[str, Any] = {
+    "optimizer": "sgd",
+    "lr": 1e-5,
+    "momentum": 0.9,
+    "betas": (0.9, 0.999),
+    "eps": 1e-8,
+    "weight_decay": 0.0,
+    "trainable": "visual",
+}
+
+# Fields that do not change the trained weights: they may differ between a run and its resume.
+NON_SEMANTIC = ("checkpoint_every", "eval_every", "log_every", "num_workers")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1
+    max_steps: int | None = None  # total optimiser steps; overrides epochs (data cycles as needed)
+    batch_size: int = 32  # global batch (split evenly across ranks under torchrun)
+    lr: float | None = None
+    optimizer: str | None = None  # sgd | adam | adamw
+    momentum: float | None = None  # sgd
+    betas: tuple[float, float] | None = None  # adam / adamw
+    eps: float | None = None  # adam / adamw epsilon (not an attack budget)
+    weight_decay: float | None = None  # not applied to gains, biases, embeddings, logit_scale
+    schedule: str = "cosine"  # cosine (linear warm-up, then cosine to 0) | constant (after warm-up)
+    warmup_steps: int = 0
+    trainable: str | None = None  # visual | text | both | last-k:N  (None: the defense's choice)
+    amp: str = "off"  # off | bf16 | fp16 (autocast on the loss; attacks always run in fp32)
+    grad_clip: float | None = None  # max global grad norm
+    clamp_logit_scale: bool = True  # clamp logit_scale to [0, ln 100] after every step (TeCoA lineage)
+    checkpoint_every: int = 0  # steps; 0 = only at the end
+    eval_every: int = 0  # steps; 0 = never (needs eval_fn)
+    log_every: int = 1  # steps
+    num_workers: int = 0
+    seed: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)  # free-form, stored with checkpoints
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def fields(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a mapping; unknown keys are errors naming the closest field."""
+        known = cls.fields()
+        for key in values:
+            if key not in known:
+                raise ClipxUsageError(f"unknown training option '{key}'{closest(key, known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        if out["betas"] is not None:
+            out["betas"] = list(out["betas"])
+        return out
+
+    def validate(self) -> None:
+        def positive_int(name: str, value: Any, allow_zero: bool = False) -> None:
+            ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+            if not ok:
+                raise ClipxUsageError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer, got {value!r}")
+
+        positive_int("epochs", self.epochs)
+        positive_int("batch_size", self.batch_size)
+        if self.max_steps is not None:
+            positive_int("max_steps", self.max_steps)
+        for name in ("warmup_steps", "checkpoint_every", "eval_every", "num_workers"):
+            positive_int(name, getattr(self, name), allow_zero=True)
+        positive_int("log_every", self.log_every)
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise ClipxUsageError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}{closest(str(self.optimizer), OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ClipxUsageError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}{closest(str(self.schedule), SCHEDULES)}")
+        if self.amp is True:
+            self.amp = "bf16"
+        if self.amp in (False, None):
+            self.amp = "off"
+        if self.amp not in AMP_MODES:
+            raise ClipxUsageError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        for name in ("lr", "momentum", "eps", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ClipxUsageError(f"{name} must be a non-negative number, got {value!r}")
+            setattr(self, name, float(value))
+        if self.lr is not None and self.lr <= 0:
+            raise ClipxUsageError(f"lr must be positive, got {self.lr!r}")
+        if self.betas is not None:
+            betas = tuple(self.betas)
+            if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+                raise ClipxUsageError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+            self.betas = (float(betas[0]), float(betas[1]))
+        if self.trainable is not None:
+            parse_trainable(self.trainable)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ClipxUsageError(f"seed must be an integer, got {self.seed!r}")
+
+    def resolved(self, defense: Any = None) -> TrainConfig:
+        """A copy with None fields filled: defense.train_defaults, then GLOBAL_DEFAULTS."""
+        values = self.to_dict()
+        defense_defaults = dict(getattr(defense, "train_defaults", None) or {})
+        if defense is not None and getattr(defense, "trainable", None):
+            defense_defaults.setdefault("trainable", defense.trainable)
+        for key, default in GLOBAL_DEFAULTS.items():
+            if values.get(key) is None:
+                values[key] = defense_defaults.get(key, default)
+        for key, value in defense_defaults.items():
+            if key not in GLOBAL_DEFAULTS and key in values and values[key] is None:
+                values[key] = value
+        return TrainConfig.from_dict(values)
+
+
+def parse_trainable(spec: str) -> tuple[str, int | None]:
+    """'visual' | 'text' | 'both' | 'last-k:N' -> (kind, N)."""
+    if spec in ("visual", "text", "both"):
+        return spec, None
+    if isinstance(spec, str) and spec.startswith("last-k:"):
+        try:
+            k = int(spec.split(":", 1)[1])
+        except ValueError:
+            k = 0
+        if k > 0:
+            return "last-k", k
+    raise ClipxUsageError(f"trainable must be visual, text, both or last-k:N (N > 0), got {spec!r}")

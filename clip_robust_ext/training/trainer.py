@@ -1,0 +1,459 @@
+"""The Trainer engine: a defense supplies the per-batch loss, this module owns the loop.
+
+train() selects the trainable parameters, builds optimiser + schedule (+ AMP scaler), provides the
+TrainContext (zero-shot model, frozen reference, fp32 attacks), shards data under torchrun,
+averages gradients with DDP, clamps the logit scale, logs metrics, evaluates periodically, and
+writes atomic checkpoints from which a killed run resumes bit-exactly.
+
+Distributed design: DDP wraps a small module whose forward() *is* the defense loss. DDP only
+averages gradients of computations made inside its forward(); defenses call encode_image,
+encode_text, attacks and the reference model freely, so wrapping the bare CLIP would miss them.
+Wrapping the loss keeps DDP's bucketed all-reduce overlapped with backward and needs nothing from
+defense authors. Attacks inside the loss run with the parameters frozen (attack_mode), so their
+inner backward passes never touch DDP's gradient hooks. find_unused_parameters=True because a
+trainable parameter may legitimately get no gradient (e.g. the text tower under TeCoA, whose
+class matrix is computed without grad).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..attacks import attack_mode, build_attack, verify_adversarial
+from ..errors import ClipxError, ClipxUsageError
+from ..models import DEFAULT_TEMPLATES, LoadedCLIP, ZeroShotClassifier, save_open_clip_checkpoint
+from ..utils.io import atomic_write_text
+from ..utils.seeding import seed_everything
+from . import distributed as D
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    FINAL_NAME,
+    load_checkpoint,
+    plain,
+    rng_state_tensors,
+    save_checkpoint,
+    set_rng_state_tensors,
+)
+from .config import NON_SEMANTIC, TrainConfig
+from .defense import Batch, Defense, TrainContext
+from .schedule import build_optimizer, build_scheduler, set_trainable
+
+METRICS_NAME = "metrics.jsonl"
+LOGIT_SCALE_MAX = math.log(100.0)
+EvalFn = Callable[[LoadedCLIP, int], Any]
+
+
+# -- small pieces ------------------------------------------------------------------------------
+class _Fp32Attack:
+    """A built attack that always runs in fp32 with autocast off and the model frozen in eval
+    mode, and whose image outputs are checked against the threat model."""
+
+    def __init__(self, built: Any, model: nn.Module):
+        self.built, self.model = built, model
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.built, name)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor):
+        with attack_mode(self.model), torch.autocast(images.device.type, enabled=False):
+            out = self.built(images.float(), labels)
+        eps = getattr(self.built, "eps", None)
+        if out.images is not images and eps is not None and math.isfinite(float(eps)):
+            verify_adversarial(images.float(), out.images, float(eps), getattr(self.built, "norm", "Linf"),
+                               getattr(self.built, "name", "attack"))
+        return out
+
+
+def fp32_attack_builder(name: str, model: nn.Module, **params: Any) -> _Fp32Attack:
+    """ctx.build_attack used by the Trainer: registered attack, fp32, frozen, verified."""
+    return _Fp32Attack(build_attack(name, model, **params), model)
+
+
+class _DefenseLoss(nn.Module):
+    """forward(batch) = defense.loss(batch, ctx): the unit DDP wraps (see module docstring)."""
+
+    def __init__(self, model: ZeroShotClassifier, defense: Defense, ctx: TrainContext):
+        super().__init__()
+        self.model = model
+        if isinstance(defense, nn.Module):
+            self.defense = defense  # a defense with its own trainable parameters (prompts, heads)
+        self._defense, self._ctx = defense, ctx
+
+    def forward(self, batch: Batch):
+        return self._defense.loss(batch, self._ctx)
+
+
+class _Indexed(Dataset):
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        image, label = self.dataset[i][:2]
+        return image, int(label), i
+
+
+def _collate(items):
+    images, labels, index = zip(*items)
+    return torch.stack(images).float(), torch.tensor(labels), torch.tensor(index)
+
+
+def caption_function(dataset: Any, classnames: list[str], templates: list[str]) -> Callable[[int, int], str]:
+    """caption(index, label): the dataset's own caption when it has one, else a template picked
+    deterministically from the index (crc32, so the choice does not correlate with i mod C)."""
+    own = getattr(dataset, "caption", None)
+    if callable(own):
+        return lambda i, label: own(i)
+    return lambda i, label: templates[zlib.crc32(str(i).encode()) % len(templates)].format(classnames[label])
+
+
+def _as_defense(defense: Defense | str) -> Defense:
+    if isinstance(defense, str):
+        from ..registry import get
+
+        return get("defenses", defense).obj()
+    if not hasattr(defense, "loss"):
+        raise ClipxUsageError(f"defense must be a Defense or a registered defense name, got {type(defense).__name__}")
+    return defense
+
+
+def _as_config(config: TrainConfig | dict | None) -> TrainConfig:
+    if config is None:
+        return TrainConfig()
+    if isinstance(config, dict):
+        return TrainConfig.from_dict(config)
+    if not isinstance(config, TrainConfig):
+        raise ClipxUsageError(f"config must be a TrainConfig or a dict, got {type(config).__name__}")
+    return config
+
+
+def _device_for(loaded: LoadedCLIP, info: D.DistInfo) -> torch.device:
+    if info.enabled and info.backend == "nccl":
+        return torch.device("cuda", info.local_rank)
+    return next(loaded.model.parameters()).device
+
+
+def _fingerprint(config: TrainConfig, defense: Defense, loaded: LoadedCLIP, n: int, classnames: list[str]) -> dict:
+    semantic = {k: v for k, v in config.to_dict().items() if k not in NON_SEMANTIC}
+    return plain({
+        "config": semantic,
+        "defense": {"name": defense.name, "config": defense.config()},
+        "arch": loaded.arch,
+        "dataset_size": n,
+        "classnames": classnames,
+    })
+
+
+def _check_resumable(state: dict, fingerprint: dict, path: Path) -> None:
+    old = state.get("fingerprint", {})
+    diffs = []
+    for key in fingerprint:
+        if key == "config":
+            keys = set(old.get("config", {})) | set(fingerprint["config"])
+            diffs += [f"{k}: {old.get('config', {}).get(k)!r} -> {fingerprint['config'].get(k)!r}"
+                      for k in sorted(keys) if old.get("config", {}).get(k) != fingerprint["config"].get(k)]
+        elif old.get(key) != fingerprint[key]:
+            diffs.append(f"{key} differs")
+    if diffs:
+        raise ClipxUsageError(
+            f"{path} was written by a different training setup ({'; '.join(diffs[:4])}); "
+            "use another run directory or resume=False"
+        )
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop records logged after the checkpoint (they will be logged again)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by the kill
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
+
+class _Logger:
+    """metrics.jsonl (+ TensorBoard when installed) on rank 0."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = run_dir / METRICS_NAME
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except Exception:  # tensorboard is optional
+                self.tb = None
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record, default=str) + "\n")
+        if self.tb is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self.tb.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+@contextlib.contextmanager
+def _rng_fork():
+    """Run evaluation without moving the training RNG streams (resume stays exact)."""
+    saved = rng_state_tensors()
+    try:
+        yield
+    finally:
+        set_rng_state_tensors(saved)
+
+
+# -- the engine --------------------------------------------------------------------------------
+def train(
+    loaded: LoadedCLIP,
+    defense: Defense | str,
+    dataset: Dataset,
+    config: TrainConfig | dict | None,
+    run_dir: str | Path,
+    classnames: list[str] | None = None,
+    templates: list[str] | None = None,
+    resume: bool = True,
+    eval_fn: EvalFn | None = None,
+    progress: bool = True,
+) -> LoadedCLIP:
+    """Train `loaded` in place with `defense` on `dataset` ((image01, label) items); returns it.
+
+    classnames default to dataset.classnames; templates (default "This is a photo of a {}") build
+    the zero-shot head ctx.model and the captions of datasets without `caption(i)`. With resume,
+    an existing run_dir/checkpoint.pt of the same setup is continued (a finished one is loaded and
+    returned at once). Writes run_dir/{checkpoint.pt, final.pt (open_clip format), metrics.jsonl}.
+    eval_fn(loaded, step) -> dict|list runs every config.eval_every steps on every rank (so it may
+    shard), in eval mode, without disturbing the training RNG; rank 0 logs what it returns."""
+    defense = _as_defense(defense)
+    config = _as_config(config).resolved(defense)
+    info = D.init_distributed()
+    run_dir = Path(run_dir)
+    if classnames is None:
+        classnames = getattr(dataset, "classnames", None)
+        if not classnames:
+            raise ClipxUsageError("train(): the dataset has no `classnames`; pass classnames=")
+    classnames = list(classnames)
+    templates = list(templates) if templates else list(DEFAULT_TEMPLATES)
+    n = len(dataset)
+    spe = D.ShardedBatchSampler.steps_per_epoch(n, config.batch_size)
+    if spe == 0:
+        raise ClipxUsageError(f"the dataset has {n} samples, fewer than one batch of {config.batch_size}")
+    total = config.max_steps if config.max_steps is not None else config.epochs * spe
+
+    device = _device_for(loaded, info)
+    model = loaded.model.to(device)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    fingerprint = _fingerprint(config, defense, loaded, n, classnames)
+    state = load_checkpoint(ckpt_path, map_location=device) if resume and ckpt_path.is_file() else None
+    if state is not None:
+        _check_resumable(state, fingerprint, ckpt_path)
+
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    seed_everything(config.seed + info.rank)
+    # the reference is the *starting* model, copied before any resumed weights are loaded
+    reference = None
+    if defense.needs_reference:
+        ref_loaded = copy.deepcopy(loaded)
+        ref_loaded.model.eval().requires_grad_(False)
+        reference = ZeroShotClassifier(ref_loaded, classnames, templates).to(device).eval()
+    if state is not None:
+        model.load_state_dict(state["model"])
+    logger = _Logger(run_dir, info.is_main)
+    try:
+        if state is not None and state["step"] >= total:
+            _finish(loaded, run_dir, info, defense, total)
+            return loaded
+        params = set_trainable(model, config.trainable)
+        zs = ZeroShotClassifier(loaded, classnames, templates).to(device)
+        ctx = TrainContext(model=zs, reference=reference, classnames=classnames, templates=templates,
+                           device=device, build_attack=fp32_attack_builder,
+                           extras={"dist": info, "config": config, "run_dir": run_dir})
+        defense.setup(ctx)
+        if isinstance(defense, nn.Module):
+            defense.to(device)
+            params += [p for p in defense.parameters() if p.requires_grad]
+        module = _DefenseLoss(zs, defense, ctx)
+        optimizer = build_optimizer(module, config)
+        scheduler = build_scheduler(optimizer, config, total)
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
+        scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
+
+        step = epoch = step_in_epoch = 0
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            if isinstance(defense, nn.Module) and state.get("defense_state"):
+                defense.load_state_dict(state["defense_state"])
+            step, epoch, step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
+            rngs = state.get("rng") or []
+            if len(rngs) == info.world_size:
+                set_rng_state_tensors(rngs[info.rank])
+            else:  # resumed with another process count: data order stays exact, noise does not
+                print(f"clipx: resuming with {info.world_size} processes (checkpoint: {len(rngs)}); "
+                      "attack noise will differ from an uninterrupted run", file=sys.stderr)
+                seed_everything(config.seed + info.rank + 7919 * step)
+            if info.is_main:
+                _truncate_metrics(logger.path, step)
+
+        runner: nn.Module = module
+        if info.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            runner = DDP(module, device_ids=[device.index] if device.type == "cuda" else None,
+                         find_unused_parameters=True)
+
+        def checkpoint() -> None:
+            rngs = D.gather_objects(rng_state_tensors())
+            if info.is_main:
+                save_checkpoint(ckpt_path, {
+                    "step": step, "epoch": epoch, "step_in_epoch": step_in_epoch, "total_steps": total,
+                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "defense_state": defense.state_dict() if isinstance(defense, nn.Module) else None,
+                    "rng": rngs, "world_size": info.world_size, "fingerprint": fingerprint,
+                    "config": plain(config.to_dict()), "arch": loaded.arch,
+                })
+            D.barrier()
+
+        caption_of = caption_function(dataset, classnames, templates)
+        bar = _progress(total, step, progress and info.is_main, defense.name)
+        started = time.perf_counter()
+        model.train()
+        zs.train()
+        while step < total:
+            sampler = D.ShardedBatchSampler(n, config.batch_size, config.seed, epoch, step_in_epoch,
+                                            info.rank, info.world_size)
+            loader = DataLoader(_Indexed(dataset), batch_sampler=sampler, num_workers=config.num_workers,
+                                collate_fn=_collate,
+                                # own generator: creating a loader must not consume the global RNG
+                                generator=torch.Generator().manual_seed(config.seed * 31 + epoch))
+            for images, labels, index in loader:
+                captions = [caption_of(int(i), int(y)) for i, y in zip(index, labels)]
+                batch = Batch(images.to(device), labels.to(device), captions, index)
+                ctx.step, ctx.epoch = step, epoch
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    loss, metrics = runner(batch)
+                names = sorted(metrics)
+                values = torch.tensor([_scalar(loss)] + [_scalar(metrics[k]) for k in names],
+                                      dtype=torch.float64, device=device)
+                values = D.all_reduce_mean(values)
+                if not torch.isfinite(values[0]):
+                    last = f"the last good checkpoint (step {_ckpt_step(ckpt_path)}) is kept in {ckpt_path}" \
+                        if ckpt_path.is_file() else "no checkpoint had been written yet"
+                    raise ClipxError(f"{defense.name}: non-finite loss ({float(values[0])}) at step {step + 1}; "
+                                     f"training stopped, {last}")
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+                if config.grad_clip:
+                    if scaler is not None:
+                        scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                lr = optimizer.param_groups[0]["lr"]
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                scheduler.step()
+                if config.clamp_logit_scale and hasattr(model, "logit_scale"):
+                    with torch.no_grad():
+                        model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+                step += 1
+                step_in_epoch += 1
+                if step_in_epoch >= spe:
+                    epoch, step_in_epoch = epoch + 1, 0
+                record = {"step": step, "epoch": epoch, "lr": lr, "loss": float(values[0]),
+                          **{k: float(v) for k, v in zip(names, values[1:].tolist())}}
+                if step % config.log_every == 0 or step == total:
+                    logger.log({**record, "time_s": round(time.perf_counter() - started, 3)})
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                if eval_fn is not None and config.eval_every and (step % config.eval_every == 0 or step == total):
+                    _evaluate(eval_fn, loaded, zs, step, logger)
+                if step >= total:
+                    break
+                if config.checkpoint_every and step % config.checkpoint_every == 0:
+                    checkpoint()
+            # an epoch boundary reached inside the loop already advanced (epoch, step_in_epoch)
+        bar.close()
+        checkpoint()
+        _finish(loaded, run_dir, info, defense, total)
+        return loaded
+    finally:
+        logger.close()
+        for name, p in model.named_parameters():
+            p.requires_grad_(flags.get(name, True))
+        model.eval()
+
+
+def _scalar(value: Any) -> float:
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+
+
+def _ckpt_step(path: Path) -> int | str:
+    try:
+        return load_checkpoint(path)["step"]
+    except Exception:
+        return "?"
+
+
+def _progress(total: int, initial: int, enabled: bool, name: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, file=sys.stderr, desc=f"train {name}",
+                dynamic_ncols=True, leave=False)
+
+
+def _evaluate(eval_fn: EvalFn, loaded: LoadedCLIP, zs: ZeroShotClassifier, step: int, logger: _Logger) -> None:
+    loaded.model.eval()
+    try:
+        with _rng_fork():
+            result = eval_fn(loaded, step)
+    finally:
+        loaded.model.train()
+        zs.train()
+    if result is not None:
+        logger.log({"step": step, "eval": result})
+
+
+def _finish(loaded: LoadedCLIP, run_dir: Path, info: D.DistInfo, defense: Defense, total: int) -> None:
+    if info.is_main:
+        save_open_clip_checkpoint(loaded.model, run_dir / FINAL_NAME)
+    D.barrier()
+    loaded.info.update({"trained_by": defense.name, "train_steps": total, "run_dir": str(run_dir),
+                        "checkpoint": str(run_dir / FINAL_NAME)})

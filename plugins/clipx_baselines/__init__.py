@@ -1,0 +1,20 @@
+"""Built-in plugin: the baseline defenses (FT-standard, TeCoA, PMG-AFT, FARE) and the offline
+small CLIP pre-trained on the procedural shapes ("procedural-small")."""
+
+from clip_robust_ext import hookimpl
+
+from .defenses import DEFENSES, factory
+
+
+@hookimpl
+def register_defenses(register):
+    for name, cls in DEFENSES.items():
+        register(name, factory(cls), description=(cls.__doc__ or "").strip().splitlines()[0])
+
+
+@hookimpl
+def register_models(register):
+    from clip_robust_ext.training.pretrain import procedural_small
+
+    register("procedural-small", procedural_small,
+             description="clipx-tiny contrastively pre-trained on ProceduralShapes (cached by content hash)")

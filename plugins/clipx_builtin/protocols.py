@@ -1,0 +1,126 @@
+"""Named evaluation protocols (ANCHORS.md E). Each factory takes overrides of Protocol fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clip_robust_ext.evaluation.protocols import Protocol
+
+
+def _tecoa16() -> list[str]:
+    from clip_robust_ext.data.suite import TECOA_16  # torchvision: imported only when built
+
+    return list(TECOA_16)
+
+
+# FARE / RobustVLM zero-shot suite as far as the dataset registry has it (CLIP_benchmark names
+# mapped to ours; ImageNet-R and ImageNet-Sketch are not in the registry).
+FARE_DATASETS = (
+    "imagenet", "caltech101", "stanford_cars", "cifar10", "cifar100", "dtd", "eurosat",
+    "fgvc_aircraft", "flowers102", "oxfordpets", "pcam", "stl10",
+)
+AA_LITE = {"name": "autoattack", "params": {"version": "custom", "attacks": ["apgd-ce", "apgd-t"]}}
+
+
+def tecoa16(**overrides: Any) -> Protocol:
+    return Protocol(
+        name="tecoa-16",
+        attacks=[{"name": "pgd", "label": "pgd-100",
+                  "params": {"steps": 100, "alpha": "1/255", "random_start": True}}],
+        eps=["1/255"],
+        templates=["This is a photo of a {}"],
+        datasets=_tecoa16(),
+        n_samples=None,
+        description="TeCoA/PMG-AFT/TGA-ZSR/SAFT: PGD-100 (step 1/255, 1 restart, CE), Linf 1/255, "
+                    "full test sets, 'This is a photo of a {}'",
+    ).with_overrides(**overrides)
+
+
+def autoattack(**overrides: Any) -> Protocol:
+    return Protocol(
+        name="autoattack",
+        attacks=[AA_LITE],
+        eps=["1/255"],
+        templates=["This is a photo of a {}"],
+        datasets=_tecoa16(),
+        description="AutoAttack APGD-CE + APGD-T (100 iterations, 1 restart, 9 targets; APGD-CE "
+                    "only for 2-class sets), Linf 1/255, TeCoA suite and template",
+    ).with_overrides(**overrides)
+
+
+def autoattack_full(**overrides: Any) -> Protocol:
+    return Protocol(
+        name="autoattack-full",
+        attacks=[{"name": "autoattack", "params": {"version": "standard"}}],
+        eps=["1/255"],
+        templates=["This is a photo of a {}"],
+        datasets=_tecoa16(),
+        description="AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square), Linf 1/255",
+    ).with_overrides(**overrides)
+
+
+def fare_aa(**overrides: Any) -> Protocol:
+    return Protocol(
+        name="fare-aa",
+        attacks=[AA_LITE],
+        eps=["1/255", "2/255", "4/255"],
+        n_samples=1000,
+        templates="openai-imagenet",
+        datasets=list(FARE_DATASETS),
+        description="FARE/RobustBench-CLIP: APGD-CE + APGD-T 100 iterations, Linf 1, 2, 4 /255, "
+                    "1000 samples per dataset, template ensemble",
+    ).with_overrides(**overrides)
+
+
+def pgd(steps: int = 10, alpha: str | float | None = None, random_start: bool = True,
+        **overrides: Any) -> Protocol:
+    """PGD-`steps` with step `alpha` (default 2.5 * eps / steps, Madry et al.)."""
+    alpha = alpha if alpha is not None else f"2.5*eps/{steps}"
+    return Protocol(
+        name="pgd",
+        attacks=[{"name": "pgd", "label": f"pgd-{steps}",
+                  "params": {"steps": steps, "alpha": alpha, "random_start": random_start}}],
+        eps=["1/255"],
+        templates=["This is a photo of a {}"],
+        datasets=["cifar10"],
+        description="PGD (configurable steps / alpha), Linf",
+    ).with_overrides(**overrides)
+
+
+def clean(**overrides: Any) -> Protocol:
+    return Protocol(name="clean", attacks=[], templates=["This is a photo of a {}"],
+                    datasets=["cifar10"], description="clean zero-shot accuracy only"
+                    ).with_overrides(**overrides)
+
+
+def mmcoa(**overrides: Any) -> Protocol:
+    return Protocol(
+        name="mmcoa",
+        attacks=[
+            {"name": "pgd", "label": "image-pgd-100",
+             "params": {"steps": 100, "alpha": "1/255", "random_start": True}},
+            {"name": "text-attack", "label": "text"},
+            {"name": "multimodal", "label": "multimodal"},
+        ],
+        eps=["1/255"],
+        templates=["This is a photo of a {}"],
+        datasets=[d for d in _tecoa16() if d != "tinyimagenet"],
+        description="MMCoA: clean, image PGD-100, text attack, multimodal attack (Linf 1/255); "
+                    "text/multimodal attacks come from the clipx_mmcoa plugin",
+    ).with_overrides(**overrides)
+
+
+PRESETS = {
+    "tecoa-16": (tecoa16, "PGD-100 step 1/255, Linf 1/255, TeCoA 16-dataset suite, one template"),
+    "autoattack": (autoattack, "APGD-CE + APGD-T (fra31 settings), Linf 1/255, TeCoA suite"),
+    "autoattack-full": (autoattack_full, "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square)"),
+    "fare-aa": (fare_aa, "APGD-CE + APGD-T at 1, 2, 4 /255 on 1000 samples per dataset (FARE)"),
+    "pgd": (pgd, "PGD with configurable steps/alpha (default PGD-10, step 2.5 eps/steps)"),
+    "clean": (clean, "clean zero-shot accuracy only"),
+    "mmcoa": (mmcoa, "clean, image PGD-100, text and multimodal attacks (MMCoA)"),
+}
+
+
+def register_all(register) -> None:
+    for name, (factory, description) in PRESETS.items():
+        register(name, factory, description=description)

@@ -1,0 +1,41 @@
+"""LAAT (Li et al., CVPR 2024): language-driven anchors for zero-shot adversarial robustness.
+
+Two uses, one plugin: the `laat` defense (CLIP mode: fine-tune the CLIP image tower against
+expanded text anchors, run by the recipe runner) and `clipx laat paper` (paper mode: a small
+backbone trained from scratch against frozen anchors, zero-shot on novel classes)."""
+
+from clip_robust_ext import hookimpl
+
+from .expansion import (
+    Expansion,
+    apply_expansion,
+    fit_expansion,
+    invert_expansion,
+    mean_pairwise_cosine,
+)
+from .losses import ace_loss, laat_loss, smoothing_loss
+
+__all__ = [
+    "Expansion",
+    "ace_loss",
+    "apply_expansion",
+    "fit_expansion",
+    "invert_expansion",
+    "laat_loss",
+    "mean_pairwise_cosine",
+    "smoothing_loss",
+]
+
+
+@hookimpl
+def register_defenses(register):
+    from .defense import LAAT
+
+    register("laat", LAAT, description=LAAT.__doc__.strip().splitlines()[0])
+
+
+@hookimpl
+def register_commands(cli):
+    from .cli import register
+
+    register(cli)

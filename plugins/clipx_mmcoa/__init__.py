@@ -1,0 +1,21 @@
+"""MMCoA (Zhou et al., "Revisiting the Adversarial Robustness of Vision Language Models: a
+Multimodal Perspective"): the text attack on CLIP (TextAttack), the multimodal attack and the
+MMCoA defense. Registered through the `clipx` entry point `mmcoa`, like any third-party plugin."""
+
+from clip_robust_ext import hookimpl
+
+from .attacks import multimodal, text_attack
+from .defense import MMCoA, factory
+
+
+@hookimpl
+def register_attacks(register):
+    register("text-attack", text_attack, modality="text",
+             description="TextAttack word swap on the class prompts (bert-mlm | wordnet | charswap; KL or zero-shot goal)")
+    register("multimodal", multimodal, modality="multimodal",
+             description="image PGD against the classifier over text-attacked class prompts (MMCoA setting 3)")
+
+
+@hookimpl
+def register_defenses(register):
+    register("mmcoa", factory, description=(MMCoA.__doc__ or "").strip().splitlines()[0])

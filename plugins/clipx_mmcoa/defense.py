@@ -1,0 +1,139 @@
+"""The MMCoA defense: multimodal contrastive adversarial training (METHODS.md section 4).
+
+loss = lambda_img * [CE(S(x_adv, T)) + CE(S(x_adv, T)^T)] + lambda_txt * [CE(S(x, T_adv)) + CE(S(x, T_adv)^T)]
+S = logit_scale * cosine (N x N) between images and the batch captions T; identity targets, or
+same-class targets with class_aware=True (plain in-batch targets treat two images of one class
+as negatives). x_adv: PGD on the zero-shot CE over all class prompts ("text-supervised image
+adversarial examples"). T_adv: the text attack on the captions (target "captions", label-free KL
+goal: "image-supervised text adversarial examples"). Both towers are trained by default.
+
+T_adv is cached per caption string and recomputed against the current weights once per epoch
+(or every `text_refresh_steps` steps): templated captions repeat, and re-running TextAttack on
+every batch would dominate training time. MMCoA's code re-attacks every batch; a refresh of 1
+step reproduces that.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from clip_robust_ext.attacks import verify_adversarial
+from clip_robust_ext.attacks.text import CaptionAttackCache, CLIPTextAttacker, TextAttackConfig
+from clip_robust_ext.errors import ClipxUsageError, closest
+from clip_robust_ext.training import Batch, Defense, TrainContext, clip_contrastive_loss
+from clip_robust_ext.utils.eps import format_eps, parse_eps
+
+
+class MMCoA(Defense):
+    """MMCoA (Zhou et al. 2024): contrastive loss on (adversarial images, captions) + (images, adversarial captions)."""
+
+    name = "mmcoa"
+    trainable = "both"
+    # MMCoA.py: Adam betas (0.9, 0.98), eps 1e-6, weight decay 0.2, lr 1e-6, full CLIP
+    train_defaults = {"optimizer": "adam", "lr": 1e-6, "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.2}
+
+    def __init__(
+        self,
+        eps: float | str = "1/255",
+        alpha: float | str = "1/255",
+        steps: int = 10,
+        lambda_img: float = 0.5,
+        lambda_txt: float = 0.5,
+        class_aware: bool = False,
+        transformation: str = "bert-mlm",
+        max_words: int = 1,
+        max_candidates: int = 10,
+        masked_lm: Any = "bert-base-uncased",
+        tokenizer: Any = None,
+        min_confidence: float | None = 0.3,
+        text_refresh_steps: int = 0,
+        text_seed: int = 0,
+    ):
+        self.eps = parse_eps(eps, name="eps")
+        self.alpha = parse_eps(alpha, name="alpha")
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ClipxUsageError(f"mmcoa: steps must be a positive integer, got {steps!r}")
+        self.steps = steps
+        for name, value in (("lambda_img", lambda_img), ("lambda_txt", lambda_txt)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ClipxUsageError(f"mmcoa: {name} must be a non-negative number, got {value!r}")
+        self.lambda_img, self.lambda_txt = float(lambda_img), float(lambda_txt)
+        if not isinstance(class_aware, bool):
+            raise ClipxUsageError(f"mmcoa: class_aware must be true or false, got {class_aware!r}")
+        self.class_aware = class_aware
+        if not isinstance(text_refresh_steps, int) or text_refresh_steps < 0:
+            raise ClipxUsageError(f"mmcoa: text_refresh_steps must be >= 0 (0 = once per epoch), got {text_refresh_steps!r}")
+        self.text_refresh_steps = text_refresh_steps
+        lm_name = masked_lm if isinstance(masked_lm, str) else TextAttackConfig.masked_lm
+        self.text_config = TextAttackConfig(
+            transformation=transformation, goal="kl",
+            max_words=max_words, max_candidates=max_candidates, masked_lm=lm_name,
+            min_confidence=min_confidence, seed=text_seed,
+        )
+        self._masked_lm = None if isinstance(masked_lm, str) else masked_lm
+        self._tokenizer = tokenizer
+        self._captions: CaptionAttackCache | None = None
+
+    def _caption_cache(self, ctx: TrainContext) -> CaptionAttackCache:
+        if self._captions is None or self._captions.attacker.classifier is not ctx.model:
+            attacker = CLIPTextAttacker(ctx.model, self.text_config, masked_lm=self._masked_lm, tokenizer=self._tokenizer)
+            self._captions = CaptionAttackCache(attacker)
+        cache = self._captions
+        cache.refresh(ctx.epoch if self.text_refresh_steps == 0 else ctx.step // self.text_refresh_steps)
+        return cache
+
+    def loss(self, batch: Batch, ctx: TrainContext):
+        model = ctx.model
+        attack = ctx.attack("pgd", eps=self.eps, alpha=self.alpha, steps=self.steps, random_start=True)
+        x_adv = attack(batch.images, batch.labels).images
+        verify_adversarial(batch.images, x_adv, self.eps, "Linf", "mmcoa/pgd")
+        records = self._caption_cache(ctx)(batch.captions)
+        adv_captions = [r.perturbed for r in records]
+
+        scale = model.logit_scale()
+        labels = batch.labels if self.class_aware else None
+        img_adv = model.encode_image(x_adv)
+        txt = model.encode_text(batch.captions)
+        # clip_contrastive_loss is (CE + CE^T) / 2; MMCoA sums the two directions
+        l_img = 2 * clip_contrastive_loss(img_adv, txt, scale, labels)
+        img = model.encode_image(batch.images)
+        txt_adv = model.encode_text(adv_captions)
+        l_txt = 2 * clip_contrastive_loss(img, txt_adv, scale, labels)
+        loss = self.lambda_img * l_img + self.lambda_txt * l_txt
+        with torch.no_grad():
+            adv_acc = (scale * img_adv @ model.class_matrix().t()).argmax(1).eq(batch.labels).float().mean()
+        perturbed = [r for r in records if r.status == "perturbed"]
+        return loss, {
+            "loss_img": float(l_img.detach()),
+            "loss_txt": float(l_txt.detach()),
+            "adv_acc": float(adv_acc),
+            "captions_perturbed": len(perturbed) / max(len(records), 1),
+            "caption_kl": sum(r.score for r in perturbed) / max(len(perturbed), 1),
+        }
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "eps": format_eps(self.eps), "alpha": format_eps(self.alpha), "steps": self.steps,
+            "lambda_img": self.lambda_img, "lambda_txt": self.lambda_txt, "class_aware": self.class_aware,
+            "text_refresh_steps": self.text_refresh_steps, "text": self.text_config.to_dict(),
+            "masked_lm_object": None if self._masked_lm is None else type(self._masked_lm).__name__,
+        }
+
+
+def factory(**params: Any) -> MMCoA:
+    """mmcoa(**params) -> MMCoA; unknown parameters name the closest accepted one."""
+    accepted = [p for p in inspect.signature(MMCoA.__init__).parameters if p != "self"]
+    for key in params:
+        if key not in accepted:
+            raise ClipxUsageError(f"defense 'mmcoa': unknown parameter '{key}'{closest(key, accepted)}; accepted: {accepted}")
+    return MMCoA(**params)
+
+
+factory.__doc__ = MMCoA.__doc__
+# recipes check parameter names and types against this before any work starts
+factory.__signature__ = inspect.signature(MMCoA.__init__, eval_str=True).replace(
+    parameters=[p for name, p in inspect.signature(MMCoA.__init__, eval_str=True).parameters.items() if name != "self"]
+)

@@ -1,0 +1,86 @@
+"""SAFT (Zhang et al., 2026): description sets, the semantic-ensemble attack, the SAFT defense,
+TGA-ZSR as a baseline, and the attack-text x evaluation-text protocol.
+
+Registered through the `clipx` entry point `saft`, like any third-party plugin."""
+
+from clip_robust_ext import hookimpl
+
+from .attack import DescriptionBank, SemanticEnsemblePGD, semantic_ensemble
+from .defense import SAFT, TGAZSR
+from .descriptions import (
+    SHIPPED,
+    ClassDescriptions,
+    build_class_descriptions,
+    load_description_file,
+    match_classes,
+    refine_by_name_similarity,
+    shipped_sets,
+)
+from .protocol import evaluate_grid, grid_markdown, saft_ensemble, saft_template
+
+__all__ = [
+    "SAFT",
+    "TGAZSR",
+    "ClassDescriptions",
+    "DescriptionBank",
+    "SemanticEnsemblePGD",
+    "build_class_descriptions",
+    "evaluate_grid",
+    "grid_markdown",
+    "load_description_file",
+    "match_classes",
+    "refine_by_name_similarity",
+    "semantic_ensemble",
+    "shipped_sets",
+]
+
+
+@hookimpl
+def register_templates(register):
+    for name, data in shipped_sets().items():
+        register(name, data, description=SHIPPED[name][1], kind="descriptions")
+
+
+@hookimpl
+def register_attacks(register):
+    register(
+        "semantic-ensemble",
+        semantic_ensemble,
+        modality="image",
+        description="SAFT's PGD on the mean CE over K description classifiers (eps, alpha, steps, descriptions, k)",
+    )
+
+
+@hookimpl
+def register_defenses(register):
+    register(
+        "saft",
+        SAFT,
+        description="semantic-aware adversarial fine-tuning (ensemble CE + attention terms)",
+    )
+    register(
+        "tga-zsr",
+        TGAZSR,
+        description="TGA-ZSR: TeCoA + text-guided attention refinement/constraint",
+    )
+
+
+@hookimpl
+def register_evaluators(register):
+    register(
+        "saft-template",
+        saft_template,
+        description="template PGD + semantic-ensemble attack, scored with the single template (PGD-100, 1/255)",
+    )
+    register(
+        "saft-ensemble",
+        saft_ensemble,
+        description="template PGD + semantic-ensemble attack, scored with a description set (set descriptions=)",
+    )
+
+
+@hookimpl
+def register_commands(cli):
+    from .cli import register
+
+    register(cli)

@@ -1,0 +1,129 @@
+"""The recipe runner: run dir contents, resume without recomputation, the run-dir lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+from test_recipes import ToyPlugin
+
+from clip_robust_ext import ClipxUsageError
+from clip_robust_ext.cli import cli
+from clip_robust_ext.runner import LOCK_NAME, RunLock
+
+RECIPE = """
+[recipe]
+name = "toyrun"
+seed = 1
+
+[model]
+source = "open_clip"
+arch = "clipx-tiny"
+
+[data]
+dataset = "procedural-shapes"
+split = "train"
+n = 16
+templates = "shapes"
+
+[defense]
+name = "toy-ce"
+max_steps = 2
+batch_size = 8
+lr = 1e-3
+
+[evaluate]
+protocol = "clean"
+templates = "shapes"
+n_samples = 16
+datasets = [{ dataset = "procedural-shapes", split = "test" }]
+"""
+
+
+@pytest.fixture
+def toy_recipe(tmp_path, register_plugin):
+    register_plugin(ToyPlugin(), "toy-run")
+    path = tmp_path / "toyrun.toml"
+    path.write_text(textwrap.dedent(RECIPE))
+    return path
+
+
+def _run(*args: str):
+    return CliRunner().invoke(cli, ["recipe", "run", *args])
+
+
+@pytest.mark.slow
+def test_run_writes_the_run_dir_and_reruns_recompute_nothing(toy_recipe, tmp_path):
+    run_dir = tmp_path / "run"
+    first = _run(str(toy_recipe), "--run-dir", str(run_dir))
+    assert first.exit_code == 0, first.output
+    assert "| clip |" in first.stdout and "| toy-ce |" in first.stdout
+    resolved = json.loads((run_dir / "recipe.resolved.json").read_text())
+    assert resolved["defense"]["train"] == {"max_steps": 2, "batch_size": 8, "lr": 1e-3, "seed": 1}
+    assert (run_dir / "seed").read_text() == "1\n"
+    assert "torch" in json.loads((run_dir / "versions.json").read_text())["packages"]
+    records = json.loads((run_dir / "results.json").read_text())
+    assert [r["label"] for r in records] == ["clip", "toy-ce"]
+    assert all(r["n"] == 16 for r in records)
+    metrics = (run_dir / "toy-ce" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 2
+
+    stamp = (run_dir / "toy-ce" / "final.pt").stat().st_mtime_ns
+    second = _run(str(toy_recipe), "--run-dir", str(run_dir))
+    assert second.exit_code == 0, second.output
+    assert "toy-ce: already trained" in second.stderr
+    assert (run_dir / "toy-ce" / "final.pt").stat().st_mtime_ns == stamp
+    assert json.loads((run_dir / "results.json").read_text()) == records
+
+    changed = _run(str(toy_recipe), "--run-dir", str(run_dir), "--set", "defense.max_steps=3")
+    assert changed.exit_code == 2
+    assert "differs at defense.train.max_steps" in changed.stderr
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_lock_refuses_a_live_run_and_needs_resume_for_a_dead_one(tmp_path):
+    lock = tmp_path / LOCK_NAME
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(json.dumps({"pid": sleeper.pid, "host": os.uname().nodename, "started": 0}))
+        for resume in (False, True):
+            with pytest.raises(ClipxUsageError, match=f"in use by clipx process {sleeper.pid}"):
+                RunLock(tmp_path, resume=resume).acquire()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    lock.write_text(json.dumps({"pid": _dead_pid(), "host": os.uname().nodename, "started": 0}))
+    with pytest.raises(ClipxUsageError, match="did not finish; pass --resume"):
+        RunLock(tmp_path, resume=False).acquire()
+    with RunLock(tmp_path, resume=True):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
+    with RunLock(tmp_path, resume=False):  # no lock left: a fresh run may start
+        assert lock.exists()
+
+
+def test_cli_reports_a_locked_run_dir_with_exit_2(toy_recipe, tmp_path):
+    run_dir = tmp_path / "busy"
+    run_dir.mkdir()
+    (run_dir / LOCK_NAME).write_text(json.dumps({"pid": _dead_pid(), "host": os.uname().nodename}))
+    result = _run(str(toy_recipe), "--run-dir", str(run_dir))
+    assert result.exit_code == 2
+    assert "did not finish; pass --resume" in result.stderr and "Traceback" not in result.output
+
+
+def test_unwritable_run_dir_is_a_runtime_error_before_any_work(toy_recipe, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = _run(str(toy_recipe), "--run-dir", str(blocker / "run"))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: ") and len(result.stderr.strip().splitlines()) == 1

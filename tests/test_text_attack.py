@@ -1,0 +1,209 @@
+"""Text attacks on CLIP through TextAttack: threat model, guards, targets, caching, masked-LM path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import tiny_clip
+
+from clip_robust_ext.attacks import build_attack, verify_adversarial
+from clip_robust_ext.attacks.text import (
+    CLIPTextAttacker,
+    TextAttackConfig,
+    attack_class_prompts,
+    stopwords,
+)
+from clip_robust_ext.errors import ClipxUsageError
+from clip_robust_ext.models import ZeroShotClassifier
+
+CLASSES = ["cat", "dog", "airplane", "circle"]
+TEMPLATES = ["This is a photo of a {}", "a drawing of a {}."]
+
+
+@pytest.fixture(scope="module")
+def zs():
+    return ZeroShotClassifier(tiny_clip(seed=1), CLASSES, TEMPLATES)
+
+
+@pytest.fixture
+def images():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(4, 3, 32, 32, generator=g), torch.tensor([0, 1, 2, 3])
+
+
+def _calls() -> int:
+    from clip_robust_ext.attacks.text.attacker import TEXTATTACK_CALLS
+
+    return TEXTATTACK_CALLS["n"]
+
+
+def _words(text: str) -> list[str]:
+    from clip_robust_ext.attacks.text.attacker import words_of
+
+    return words_of(text)
+
+
+def _check_threat_model(records, max_words: int = 1) -> None:
+    stop = stopwords()
+    for r in records:
+        before, after = _words(r.original), _words(r.perturbed)
+        assert len(before) == len(after)
+        diff = [i for i, (a, b) in enumerate(zip(before, after)) if a != b]
+        assert len(diff) == len(r.changed) <= max_words
+        assert all(before[i].lower() not in stop for i in diff), (r.original, r.perturbed)
+
+
+def test_wordnet_kl_changes_one_non_stop_word_and_reports_the_kl(zs, images):
+    pytest.importorskip("nltk")
+    try:
+        from clip_robust_ext.attacks.text.env import require_wordnet
+
+        require_wordnet()
+    except ClipxUsageError as exc:
+        pytest.skip(str(exc))
+    x, y = images
+    attack = build_attack("text-attack", zs, transformation="wordnet", goal="kl")
+    out = attack(x, y)
+    assert out.images is x and out.model is not zs
+    records = [r for row in attack.impl.result.records for r in row]
+    _check_threat_model(records)
+    perturbed = [r for r in records if r.status == "perturbed"]
+    assert perturbed, "WordNet has synonyms for these class names"
+    assert all(r.score > 0 and r.succeeded for r in perturbed)
+    assert out.info["goal"] == "kl" and out.info["words_changed_max"] == 1
+    assert out.info["goal_score_mean"] == pytest.approx(sum(r.score for r in perturbed) / len(perturbed))
+    # the returned classifier scores with the perturbed prompts, sharing the CLIP
+    assert out.model.clip is zs.clip
+    assert out.model.prompts == [[r.perturbed for r in row] for row in attack.impl.result.records]
+    assert out.model.prompts != zs.prompts
+    assert out.model(x).shape == (4, len(CLASSES))
+
+
+def test_short_and_stop_word_prompts_are_skipped_not_crashed(zs):
+    clf = ZeroShotClassifier(zs.loaded, prompts=[["cat"], ["this is a"], ["This is a photo of a dog"]])
+    attacker = CLIPTextAttacker(clf, TextAttackConfig(transformation="charswap"))
+    records = attack_class_prompts(clf, attacker).records
+    (one_word,), (stop_only,), (normal,) = records
+    assert (one_word.status, one_word.reason, one_word.perturbed) == ("skipped", "fewer than 2 words", "cat")
+    assert (stop_only.status, stop_only.reason, stop_only.perturbed) == ("skipped", "only stop words", "this is a")
+    assert normal.status == "perturbed"
+    _check_threat_model([normal])
+    assert attacker.textattack_calls == 1  # the guarded prompts never reach TextAttack
+
+
+def test_charswap_is_deterministic_per_seed(zs):
+    texts = ["This is a photo of a airplane", "a drawing of a circle."]
+    a = CLIPTextAttacker(zs, TextAttackConfig(transformation="charswap", seed=3)).attack_texts(texts)
+    b = CLIPTextAttacker(zs, TextAttackConfig(transformation="charswap", seed=3)).attack_texts(texts)
+    assert [r.perturbed for r in a] == [r.perturbed for r in b]
+    assert all(r.status == "perturbed" for r in a)
+    _check_threat_model(a)
+
+
+def test_class_prompts_are_attacked_once_for_every_batch(zs, images):
+    x, y = images
+    before = _calls()
+    attack = build_attack("text-attack", zs, transformation="charswap", seed=11)
+    first = attack(x, y)
+    n_prompts = len(CLASSES) * len(TEMPLATES)
+    assert _calls() - before == n_prompts
+    for _ in range(5):
+        again = attack(x, y)
+        assert again.model is first.model
+    assert _calls() - before == n_prompts
+    # a second attack object on the same classifier and config is served from the cache too
+    other = build_attack("text-attack", zs, transformation="charswap", seed=11)
+    assert other(x[:1], y[:1]).model.prompts == first.model.prompts
+    assert _calls() - before == n_prompts
+    # new text-tower weights invalidate it
+    with torch.no_grad():
+        zs.clip.token_embedding.weight.add_(0.01)
+    attack(x, y)
+    assert _calls() - before == 2 * n_prompts
+
+
+def test_zero_shot_goal_moves_prompts_off_their_class(zs):
+    attacker_cfg = {"transformation": "charswap", "goal": "zero-shot", "seed": 0}
+    attack = build_attack("text-attack", zs, **attacker_cfg)
+    out = attack(torch.rand(2, 3, 32, 32), torch.tensor([0, 1]))
+    records = [r for row in attack.impl.result.records for r in row]
+    _check_threat_model(records)
+    anchors = zs.class_matrix()
+    for r in records:
+        if r.succeeded:
+            with torch.no_grad():
+                pred = (zs.encode_text([r.perturbed]) @ anchors.t()).argmax().item()
+            assert pred != r.label
+            assert 0 <= r.score <= 1
+    assert out.info["goal"] == "zero-shot"
+    assert out.info["prompts_succeeded"] == sum(r.succeeded for r in records)
+
+
+def test_bert_mlm_path_runs_offline_with_a_tiny_masked_lm(zs, tmp_path):
+    """A tiny randomly initialised BertForMaskedLM over the real bert-base-uncased vocabulary:
+    TextAttack's BERT-Attack transformation end to end on CLIP prompts, with nothing downloaded
+    (HF_HUB_OFFLINE=1 from conftest); also loaded from a local folder by path."""
+    from helpers import assets
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+
+    vocab = assets() / "bert-base-uncased-vocab.txt"
+    tok = BertTokenizer(vocab_file=str(vocab))
+    torch.manual_seed(0)
+    mlm = BertForMaskedLM(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64))
+    clf = ZeroShotClassifier(zs.loaded, ["cat", "airplane"], ["This is a photo of a {}"])
+    attack = build_attack("text-attack", clf, transformation="bert-mlm", masked_lm=mlm, tokenizer=tok,
+                          max_candidates=5, min_confidence=None)
+    out = attack(torch.rand(1, 3, 32, 32), torch.tensor([0]))
+    records = [r for row in attack.impl.result.records for r in row]
+    _check_threat_model(records)
+    assert all(r.status == "perturbed" for r in records)
+    assert all(c["new"] in tok.vocab for r in records for c in r.changed)
+    assert out.info["transformation"] == "bert-mlm"
+
+    folder = tmp_path / "tiny-bert"
+    mlm.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    by_path = build_attack("text-attack", clf, transformation="bert-mlm", masked_lm=str(folder), max_candidates=5,
+                           min_confidence=None)
+    assert by_path(torch.rand(1, 3, 32, 32), torch.tensor([0])).model.prompts == out.model.prompts
+
+    # Co-Attack's logit threshold drops every candidate of this near-uniform random MLM
+    strict = CLIPTextAttacker(clf, TextAttackConfig(transformation="bert-mlm", min_confidence=50.0),
+                              masked_lm=mlm, tokenizer=tok)
+    assert strict.attack_one("This is a photo of a cat").status == "unchanged"
+
+
+def test_a_missing_masked_lm_is_a_clear_error_not_a_fallback(zs):
+    attack = build_attack("text-attack", zs, transformation="bert-mlm", masked_lm="no-such-org/no-such-bert")
+    with pytest.raises(ClipxUsageError, match="wordnet' or 'charswap"):
+        attack(torch.rand(1, 3, 32, 32), torch.tensor([0]))
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"transformation": "bert"}, "transformation must be one of"),
+        ({"goal": "targeted"}, "goal must be one of"),
+        ({"target": "captions"}, "class prompts"),
+        ({"max_words": 0}, "max_words"),
+        ({"eps": "1/255"}, "unknown parameter"),
+    ],
+)
+def test_bad_text_attack_parameters_are_usage_errors(zs, params, message):
+    with pytest.raises(ClipxUsageError, match=message):
+        build_attack("text-attack", zs, **params)
+
+
+def test_multimodal_attack_perturbs_images_within_eps_against_the_perturbed_classifier(zs, images):
+    x, y = images
+    text = build_attack("text-attack", zs, transformation="charswap", seed=5)
+    multi = build_attack("multimodal", zs, eps="2/255", alpha="1/255", steps=3, transformation="charswap", seed=5)
+    calls = _calls()
+    out = multi(x, y)
+    verify_adversarial(x, out.images, 2 / 255, "Linf", "multimodal")
+    assert not torch.equal(out.images, x)
+    assert out.model.prompts == text(x, y).model.prompts
+    assert _calls() == calls or _calls() - calls == len(CLASSES) * len(TEMPLATES)
+    assert out.info["eps"] == pytest.approx(2 / 255) and "goal_score_mean" in out.info
+    assert multi.eps == pytest.approx(2 / 255)
