@@ -38,6 +38,7 @@ SECTIONS = ("recipe", "model", "data", "pretrain", "defense", "baselines", "eval
 RECIPE_KEYS = ("name", "description", "seed", "stages", "device", "profile")
 METHOD_KEYS = ("name", "label", "train", "params")  # + TrainConfig fields + factory parameters
 START_LABEL = "clip"
+RESERVED_LABELS = (START_LABEL, "eval")  # the start model's label; the evaluation folder
 _EPS_LIKE = re.compile(r"(^|_)(eps|epsilon|alpha|step_size)($|_)")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -490,10 +491,10 @@ def _method(
     _require(section, "name", key, "a defense registry name")
     name = _name(section.pop("name"), f"{key}.name", "defense", reg["defenses"])
     label = section.pop("label", default_label or name)
-    if not isinstance(label, str) or not _LABEL.match(label) or label == START_LABEL:
+    if not isinstance(label, str) or not _LABEL.match(label) or label in RESERVED_LABELS:
         raise ClipxUsageError(
             f"{key}.label: {label!r} must be a simple name (letters, digits, - _ . +) other than "
-            f"'{START_LABEL}'"
+            f"{', '.join(repr(x) for x in RESERVED_LABELS)}"
         )
     factory = reg["defenses"][name].obj
     params, var_kw = _signature(factory)

@@ -323,14 +323,15 @@ def _train_one(
         templates=templates,
         resume=True,
     )
-    atomic_write_json(
-        done,
-        {
-            "fingerprint": key,
-            "checkpoint": str(final),
-            "seconds": round(time.perf_counter() - started, 2),
-        },
-    )
+    if prepared["main"]:
+        atomic_write_json(
+            done,
+            {
+                "fingerprint": key,
+                "checkpoint": str(final),
+                "seconds": round(time.perf_counter() - started, 2),
+            },
+        )
     return final
 
 
@@ -344,7 +345,7 @@ def _method_key(method: dict[str, Any]) -> str:
 def _prepare(resolved: ResolvedRecipe) -> dict[str, Any]:
     """Build everything cheap up front (data, defenses, configs, protocol), so bad values fail
     before hours of training, not after."""
-    prepared: dict[str, Any] = {"defenses": {}, "configs": {}}
+    prepared: dict[str, Any] = {"defenses": {}, "configs": {}, "main": True}
     doc = resolved.doc
     trained = ([doc["pretrain"]] if "pretrain" in resolved.stages else []) + (
         resolved.methods if "defend" in resolved.stages else []
@@ -399,6 +400,7 @@ def _check_writable(run_dir: Path) -> None:
 def _run(resolved: ResolvedRecipe, run_dir: Path, main: bool) -> RunResult:
     doc = resolved.doc
     prepared = _prepare(resolved)
+    prepared["main"] = main
     if main:
         _write_run_files(run_dir, resolved)
     device = device_of(doc["recipe"]["device"])

@@ -90,32 +90,45 @@ def _direct(zs, x, y, seed, bs, eps=1 / 255):
     """fra31's code as a user calls it: custom APGD-CE + APGD-T with the standard settings."""
     from pyautoattack import AutoAttack
 
-    aa = AutoAttack(zs, attacks=["apgd-ce", "apgd-t"], version="custom", eps=eps, seed=seed, device="cpu")
+    aa = AutoAttack(
+        zs, attacks=["apgd-ce", "apgd-t"], version="custom", eps=eps, seed=seed, device="cpu"
+    )
     aa.apgd.n_restarts = 1  # 'custom' keeps the constructor's 5; fra31 standard uses 1
     return aa.run_standard_evaluation(x, y, batch_size=bs)
 
 
 @pytest.mark.slow
 def test_engine_equals_pyautoattack_called_directly(c10, tmp_path):
-    n, seed = 24, 1
+    n, seed, eps = 16, 1, 2 / 255
     x, y = cifar10_batch(n, seed=seed)  # the engine draws the same samples with the protocol seed
     zs = ZeroShotClassifier(c10, CIFAR10_CLASSES).eval()
 
-    x_adv_direct, y_adv_direct = _direct(zs, x, y, seed=7, bs=n)
-    direct_acc = 100 * float((y_adv_direct == y).float().mean())
+    x_adv_direct, y_adv_direct = _direct(zs, x, y, seed=7, bs=n, eps=eps)
+    n_direct = int((y_adv_direct == y).sum())
 
-    adapter = build_attack("autoattack", zs, eps="1/255", seed=7)
+    adapter = build_attack("autoattack", zs, eps=eps, seed=7)
     assert torch.equal(adapter(x, y).images, x_adv_direct)  # same tensors, not just same accuracy
+    assert adapter.impl.info["attacks"] == ["apgd-ce", "apgd-t"]
 
-    proto = Protocol(name="aa", attacks=[{"name": "autoattack", "params": {"seed": 7}}], eps=["1/255"],
-                     datasets=[{"dataset": "cifar10-jpegs", "n": n}], seed=seed, batch_size=n)
+    proto = Protocol(
+        name="aa",
+        attacks=[{"name": "autoattack", "params": {"seed": 7}}],
+        eps=[eps],
+        datasets=[{"dataset": "cifar10-jpegs", "n": n}],
+        seed=seed,
+        batch_size=n,
+    )
     rec = evaluate(c10, proto, tmp_path / "one", label="c10", progress=False)[0]
-    assert rec["robust_acc"] == pytest.approx(direct_acc, abs=1e-9)
+    assert rec["robust_acc"] == pytest.approx(100 * n_direct / n, abs=1e-3)
     assert rec["attacks"][0]["backend"].startswith("pyautoattack")
-    assert rec["robust_acc"] < rec["clean_acc"]
+    assert 0 < n_direct < round(rec["clean_acc"] * n / 100)  # APGD-T had survivors to work on
 
     # streamed in batches of 8: equal to pyautoattack on each batch of 8 with the same seed
-    chunks = [_direct(zs, x[i : i + 8], y[i : i + 8], seed=7, bs=8)[1] for i in range(0, n, 8)]
-    chunked_acc = 100 * float((torch.cat(chunks) == y).float().mean())
-    rec8 = evaluate(c10, proto.with_overrides(batch_size=8), tmp_path / "eight", label="c10", progress=False)[0]
-    assert rec8["robust_acc"] == pytest.approx(chunked_acc, abs=1e-9)
+    chunks = [
+        _direct(zs, x[i : i + 8], y[i : i + 8], seed=7, bs=8, eps=eps)[1] for i in range(0, n, 8)
+    ]
+    n_chunked = int((torch.cat(chunks) == y).sum())
+    rec8 = evaluate(
+        c10, proto.with_overrides(batch_size=8), tmp_path / "eight", label="c10", progress=False
+    )[0]
+    assert rec8["robust_acc"] == pytest.approx(100 * n_chunked / n, abs=1e-3)

@@ -200,11 +200,13 @@ def test_register_commands_hook_and_exit_codes(command_plugin):
 
 def test_console_entry_point_never_prints_a_traceback():
     out = subprocess.run(
-        [sys.executable, "-m", "clip_robust_ext", "recipe", "show", "tecoaa"],
+        [sys.executable, "-m", "clip_robust_ext", "recipe", "show", "/no/such/recipe.toml"],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines()[-1].startswith("Error: unknown recipe 'tecoaa'")
+    assert (
+        out.stderr.strip().splitlines()[-1] == "Error: recipe file not found: /no/such/recipe.toml"
+    )
     assert "Traceback" not in out.stderr and out.stdout == ""

@@ -31,8 +31,13 @@ C10 = {"dataset": "cifar10-jpegs", "split": "test"}
 def test_presets_encode_the_paper_protocols():
     t = get_protocol("tecoa-16")
     assert t.eps == [1 / 255] and t.norm == "Linf" and t.n_samples is None
-    assert t.attacks == [{"name": "pgd", "label": "pgd-100",
-                          "params": {"steps": 100, "alpha": "1/255", "random_start": True}}]
+    assert t.attacks == [
+        {
+            "name": "pgd",
+            "label": "pgd-100",
+            "params": {"steps": 100, "alpha": "1/255", "random_start": True},
+        }
+    ]
     assert t.templates == ["This is a photo of a {}"] and len(t.datasets) == 16
 
     aa = get_protocol("autoattack")
@@ -47,12 +52,20 @@ def test_presets_encode_the_paper_protocols():
 
     pgd = get_protocol("pgd", steps=5, eps="4/255")
     assert pgd.attacks[0]["params"]["steps"] == 5 and pgd.eps == [4 / 255]
-    assert resolve_budget_expr(pgd.attacks[0]["params"]["alpha"], 4 / 255) == pytest.approx(2.5 * 4 / 255 / 5)
+    assert resolve_budget_expr(pgd.attacks[0]["params"]["alpha"], 4 / 255) == pytest.approx(
+        2.5 * 4 / 255 / 5
+    )
 
 
 def test_protocol_from_recipe_table_and_bad_input():
-    p = protocol_from_dict({"protocol": "autoattack", "eps": ["1/255", "2/255"], "n_samples": 50,
-                            "datasets": [{"dataset": "procedural-shapes", "n": 20}, "cifar10-jpegs"]})
+    p = protocol_from_dict(
+        {
+            "protocol": "autoattack",
+            "eps": ["1/255", "2/255"],
+            "n_samples": 50,
+            "datasets": [{"dataset": "procedural-shapes", "n": 20}, "cifar10-jpegs"],
+        }
+    )
     assert p.name == "autoattack" and p.eps == [1 / 255, 2 / 255] and p.n_samples == 50
     assert p.datasets[0] == {"dataset": "procedural-shapes", "n": 20, "split": "test"}
     assert p.n_for(p.datasets[0]) == 20 and p.n_for(p.datasets[1]) == 50
@@ -115,7 +128,9 @@ def test_attacks(register_plugin):
         register("train-mode", _TrainMode, modality="image")
         register("swap-prompts", _SwapPrompts, modality="text")
 
-    return register_plugin(SimpleNamespace(register_attacks=hookimpl(register_attacks)), "eval-test-attacks")
+    return register_plugin(
+        SimpleNamespace(register_attacks=hookimpl(register_attacks)), "eval-test-attacks"
+    )
 
 
 def _proto(**kw):
@@ -132,9 +147,13 @@ def c10():
 
 
 def test_worst_case_per_attack_and_files(c10, tmp_path, test_attacks):
-    proto = _proto(attacks=[{"name": "pgd", "label": "pgd-2", "params": {"steps": 2, "alpha": "eps/2"}},
-                            {"name": "swap-prompts", "label": "swap"}],
-                   eps=["1/255", "8/255"])
+    proto = _proto(
+        attacks=[
+            {"name": "pgd", "label": "pgd-2", "params": {"steps": 2, "alpha": "eps/2"}},
+            {"name": "swap-prompts", "label": "swap"},
+        ],
+        eps=["1/255", "8/255"],
+    )
     recs = evaluate(c10, proto, tmp_path, label="c10", progress=False)
     assert [r["eps_str"] for r in recs] == ["1/255", "8/255"]
     data = json.loads(result_path(tmp_path, "c10", "t", "cifar10-jpegs_test").read_text())
@@ -146,11 +165,17 @@ def test_worst_case_per_attack_and_files(c10, tmp_path, test_attacks):
         swap = [c == "1" for c in s["attacks"]["swap"]]
         robust = [c and p and w for c, p, w in zip(clean, pgd, swap)]
         assert rec["clean_acc"] == pytest.approx(100 * sum(clean) / 24)
-        assert rec["per_attack"]["pgd-2"] == pytest.approx(100 * sum(c and p for c, p in zip(clean, pgd)) / 24)
+        assert rec["per_attack"]["pgd-2"] == pytest.approx(
+            100 * sum(c and p for c, p in zip(clean, pgd)) / 24
+        )
         assert rec["robust_acc"] == pytest.approx(100 * sum(robust) / 24)
         assert rec["units"] == "percent" and rec["attack"] == "pgd-2+swap"
-        assert {"versions", "seed", "templates", "protocol_params", "elapsed_s", "formulas"} <= set(rec)
-        assert rec["per_attack"]["swap"] == 0.0  # rotated prompts: every clean-correct image is misread
+        assert {"versions", "seed", "templates", "protocol_params", "elapsed_s", "formulas"} <= set(
+            rec
+        )
+        assert (
+            rec["per_attack"]["swap"] == 0.0
+        )  # rotated prompts: every clean-correct image is misread
     assert recs[0]["clean_acc"] > 30
     assert recs[1]["per_attack"]["pgd-2"] <= recs[0]["per_attack"]["pgd-2"]
 
@@ -175,16 +200,25 @@ def test_violations_are_errors(c10, tmp_path, test_attacks):
     with pytest.raises(AdversarialCheckError, match="train mode"):
         evaluate(c10, _proto(attacks=["train-mode"]), tmp_path / "b", progress=False)
     with pytest.raises(AdversarialCheckError, match="text attack changed the images"):
-        evaluate(c10, _proto(attacks=[{"name": "swap-prompts", "move_images": True}]), tmp_path / "c",
-                 progress=False)
+        evaluate(
+            c10,
+            _proto(attacks=[{"name": "swap-prompts", "move_images": True}]),
+            tmp_path / "c",
+            progress=False,
+        )
     assert not list((tmp_path).rglob("cifar10-jpegs_test.json"))  # nothing counted
 
 
 def test_fp32_is_enforced_unless_asked(tmp_path):
     loaded = tiny_clip()
     loaded.model.to(torch.bfloat16)
-    proto = Protocol(name="t", attacks=["fgsm"], datasets=[{"dataset": "procedural-shapes", "n": 8}],
-                     templates="shapes", batch_size=8)
+    proto = Protocol(
+        name="t",
+        attacks=["fgsm"],
+        datasets=[{"dataset": "procedural-shapes", "n": 8}],
+        templates="shapes",
+        batch_size=8,
+    )
     with pytest.raises(ClipxUsageError, match="fp32"):
         evaluate(loaded, proto, tmp_path, progress=False)
 
@@ -192,8 +226,13 @@ def test_fp32_is_enforced_unless_asked(tmp_path):
 def test_resume_skips_finished_datasets_and_adds_new_ones(tmp_path):
     loaded = tiny_clip()
     ds = [{"dataset": "procedural-shapes", "n": 8, "seed": s} for s in (1, 2, 3)]
-    proto = Protocol(name="t", attacks=[{"name": "pgd", "params": {"steps": 1}}], datasets=ds[:2],
-                     templates="shapes", batch_size=8)
+    proto = Protocol(
+        name="t",
+        attacks=[{"name": "pgd", "params": {"steps": 1}}],
+        datasets=ds[:2],
+        templates="shapes",
+        batch_size=8,
+    )
     first = evaluate(loaded, proto, tmp_path, label="m", progress=False)
     again = evaluate(loaded, proto.with_overrides(datasets=ds), tmp_path, label="m", progress=False)
     assert again[:2] == first
@@ -247,7 +286,10 @@ def test_interrupted_dataset_resumes_from_finished_batches(c10, tmp_path, regist
     evaluate(c10, proto, tmp_path / "full", label="m", progress=False)
     cut = json.loads(final.read_text())
     full = json.loads(result_path(tmp_path / "full", "m", "t", "cifar10-jpegs_test").read_text())
-    assert cut["samples"] == full["samples"] and cut["records"][0]["robust_acc"] == full["records"][0]["robust_acc"]
+    assert (
+        cut["samples"] == full["samples"]
+        and cut["records"][0]["robust_acc"] == full["records"][0]["robust_acc"]
+    )
 
 
 def test_evaluate_model_for_training_loops(c10, tmp_path):
@@ -255,8 +297,12 @@ def test_evaluate_model_for_training_loops(c10, tmp_path):
 
     ds = build_dataset(C10)
     zs = build_classifier(c10, ds.classnames, "tecoa").train()
-    out = evaluate_model(zs, ds, _proto(attacks=[{"name": "pgd", "params": {"steps": 2}}], n_samples=16),
-                         indices=list(range(16)))
+    out = evaluate_model(
+        zs,
+        ds,
+        _proto(attacks=[{"name": "pgd", "params": {"steps": 2}}], n_samples=16),
+        indices=list(range(16)),
+    )
     assert len(out) == 1 and out[0]["n"] == 16 and 0 <= out[0]["robust_acc"] <= out[0]["clean_acc"]
     assert zs.training  # mode restored
     assert not list(tmp_path.iterdir())
@@ -264,14 +310,28 @@ def test_evaluate_model_for_training_loops(c10, tmp_path):
 
 # -- tables --------------------------------------------------------------------------------------
 def _rec(label, ds, eps, clean, robust):
-    return {"protocol": "p", "label": label, "dataset": ds, "dataset_key": ds, "eps": eps,
-            "eps_str": f"{round(eps * 255)}/255", "norm": "Linf", "n": 10, "seed": 0, "attack": "pgd",
-            "clean_acc": clean, "robust_acc": robust}
+    return {
+        "protocol": "p",
+        "label": label,
+        "dataset": ds,
+        "dataset_key": ds,
+        "eps": eps,
+        "eps_str": f"{round(eps * 255)}/255",
+        "norm": "Linf",
+        "n": 10,
+        "seed": 0,
+        "attack": "pgd",
+        "clean_acc": clean,
+        "robust_acc": robust,
+    }
 
 
 def test_tables_and_plot(tmp_path):
-    recs = [_rec("clip", "a", 1 / 255, 80.0, 10.0), _rec("clip", "b", 1 / 255, 60.0, 20.0),
-            _rec("tecoa", "a", 1 / 255, 70.0, 40.0)]
+    recs = [
+        _rec("clip", "a", 1 / 255, 80.0, 10.0),
+        _rec("clip", "b", 1 / 255, 60.0, 20.0),
+        _rec("tecoa", "a", 1 / 255, 70.0, 40.0),
+    ]
     md = markdown_table(recs)
     assert "| model | a clean | a robust | b clean | b robust | avg clean | avg robust |" in md
     assert "| clip | 80.00 | 10.00 | 60.00 | 20.00 | 70.00 | 15.00 |" in md
@@ -279,7 +339,9 @@ def test_tables_and_plot(tmp_path):
     paths = write_reports(tmp_path, recs)
     assert "plot" not in paths  # one eps: no sweep plot
     csv_lines = paths["csv"].read_text().splitlines()
-    assert csv_lines[0].startswith("protocol,model,a clean") and csv_lines[1].startswith("p,clip,80.0000")
+    assert csv_lines[0].startswith("protocol,model,a clean") and csv_lines[1].startswith(
+        "p,clip,80.0000"
+    )
     sweep = recs + [_rec("clip", "a", 4 / 255, 80.0, 1.0), _rec("clip", "b", 4 / 255, 60.0, 0.0)]
     paths = write_reports(tmp_path, sweep)
     assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
@@ -288,8 +350,13 @@ def test_tables_and_plot(tmp_path):
 
 def test_load_records_reads_finished_results(tmp_path):
     loaded = tiny_clip()
-    proto = Protocol(name="t", attacks=[], datasets=[{"dataset": "procedural-shapes", "n": 8}],
-                     templates="shapes", batch_size=8)
+    proto = Protocol(
+        name="t",
+        attacks=[],
+        datasets=[{"dataset": "procedural-shapes", "n": 8}],
+        templates="shapes",
+        batch_size=8,
+    )
     recs = evaluate(loaded, proto, tmp_path, label="clean-only", progress=False)
     assert recs[0]["robust_acc"] is None and recs[0]["attack"] == "clean"
     assert load_records(tmp_path) == recs

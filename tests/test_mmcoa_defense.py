@@ -23,12 +23,19 @@ def data():
 
 def _ctx(classnames, seed=0):
     zs = ZeroShotClassifier(tiny_clip(seed), classnames, ["a photo of a {}."])
-    return TrainContext(model=zs, reference=None, classnames=list(classnames), templates=["a photo of a {}."],
-                        device=torch.device("cpu"))
+    return TrainContext(
+        model=zs,
+        reference=None,
+        classnames=list(classnames),
+        templates=["a photo of a {}."],
+        device=torch.device("cpu"),
+    )
 
 
 def _mmcoa(**params):
-    return get("defenses", "mmcoa").obj(transformation="charswap", steps=2, eps="2/255", alpha="1/255", **params)
+    return get("defenses", "mmcoa").obj(
+        transformation="charswap", steps=2, eps="2/255", alpha="1/255", **params
+    )
 
 
 def test_loss_trains_both_towers_and_reports_both_terms(data):
@@ -39,12 +46,19 @@ def test_loss_trains_both_towers_and_reports_both_terms(data):
     ctx.model.train()
     loss, metrics = defense.loss(batch, ctx)
     assert torch.isfinite(loss)
-    assert loss.item() == pytest.approx(0.5 * metrics["loss_img"] + 0.5 * metrics["loss_txt"], rel=1e-5)
+    assert loss.item() == pytest.approx(
+        0.5 * metrics["loss_img"] + 0.5 * metrics["loss_txt"], rel=1e-5
+    )
     assert 0 < metrics["captions_perturbed"] <= 1 and metrics["caption_kl"] > 0
     loss.backward()
     clip = ctx.model.clip
-    assert clip.visual.conv1.weight.grad is not None and clip.visual.conv1.weight.grad.abs().sum() > 0
-    assert clip.token_embedding.weight.grad is not None and clip.token_embedding.weight.grad.abs().sum() > 0
+    assert (
+        clip.visual.conv1.weight.grad is not None and clip.visual.conv1.weight.grad.abs().sum() > 0
+    )
+    assert (
+        clip.token_embedding.weight.grad is not None
+        and clip.token_embedding.weight.grad.abs().sum() > 0
+    )
 
 
 def test_text_term_uses_adversarial_captions_and_image_term_adversarial_images(data):
@@ -57,9 +71,12 @@ def test_text_term_uses_adversarial_captions_and_image_term_adversarial_images(d
     assert adv != batch.captions
     with torch.no_grad():
         m = ctx.model
-        expected = 2 * clip_contrastive_loss(m.encode_image(batch.images), m.encode_text(adv), m.logit_scale())
-        clean_text = 2 * clip_contrastive_loss(m.encode_image(batch.images), m.encode_text(batch.captions),
-                                               m.logit_scale())
+        expected = 2 * clip_contrastive_loss(
+            m.encode_image(batch.images), m.encode_text(adv), m.logit_scale()
+        )
+        clean_text = 2 * clip_contrastive_loss(
+            m.encode_image(batch.images), m.encode_text(batch.captions), m.logit_scale()
+        )
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert loss.item() != pytest.approx(clean_text.item(), rel=1e-5)
 
@@ -89,8 +106,11 @@ def test_captions_are_attacked_once_per_string_per_epoch(data):
 def test_class_aware_targets_make_same_class_pairs_positives(data):
     ds = ProceduralShapes("train", n=14, seed=0)
     idx = [0, 1, 2, 3, 10, 11, 12, 13]  # two images of each of 4 classes
-    dup = Batch(torch.stack([ds[i][0] for i in idx]), torch.tensor([ds[i][1] for i in idx]),
-                [ds.caption(i) for i in idx])
+    dup = Batch(
+        torch.stack([ds[i][0] for i in idx]),
+        torch.tensor([ds[i][1] for i in idx]),
+        [ds.caption(i) for i in idx],
+    )
     assert dup.labels.tolist() == [0, 1, 2, 3] * 2
     ctx = _ctx(ds.classnames)
     aware = _mmcoa(class_aware=True, lambda_img=0.0, lambda_txt=1.0)
@@ -107,8 +127,13 @@ def test_class_aware_targets_make_same_class_pairs_positives(data):
 
 @pytest.mark.parametrize(
     ("params", "message"),
-    [({"lamda_img": 0.5}, "did you mean 'lambda_img'"), ({"steps": 0}, "steps"), ({"transformation": "bert"}, "transformation"),
-     ({"class_aware": "yes"}, "class_aware"), ({"lambda_txt": -1}, "lambda_txt")],
+    [
+        ({"lamda_img": 0.5}, "did you mean 'lambda_img'"),
+        ({"steps": 0}, "steps"),
+        ({"transformation": "bert"}, "transformation"),
+        ({"class_aware": "yes"}, "class_aware"),
+        ({"lambda_txt": -1}, "lambda_txt"),
+    ],
 )
 def test_bad_parameters_are_usage_errors(params, message):
     with pytest.raises(ClipxUsageError, match=message):
@@ -123,7 +148,14 @@ def test_trainer_runs_mmcoa_on_both_towers(tmp_path):
     before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
     ds = ProceduralShapes("train", n=16, seed=0)
     defense = _mmcoa()
-    train(loaded, defense, ds, TrainConfig(max_steps=2, batch_size=8, lr=1e-4), tmp_path, progress=False)
+    train(
+        loaded,
+        defense,
+        ds,
+        TrainConfig(max_steps=2, batch_size=8, lr=1e-4),
+        tmp_path,
+        progress=False,
+    )
     after = loaded.model.state_dict()
     assert not torch.equal(before["visual.conv1.weight"], after["visual.conv1.weight"])
     assert not torch.equal(before["token_embedding.weight"], after["token_embedding.weight"])

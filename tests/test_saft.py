@@ -355,8 +355,35 @@ def test_saft_fails_fast_on_a_missing_description_file(tmp_path):
 def test_descriptions_command_lists_the_sets():
     from click.testing import CliRunner
 
-    from clip_robust_ext.cli import main
+    from clip_robust_ext.cli import cli
 
-    out = CliRunner().invoke(main, ["saft", "descriptions"])
+    out = CliRunner().invoke(cli, ["saft", "descriptions"])
     assert out.exit_code == 0, out.output
     assert "cifar100-descriptions\t100 classes, 10-10 per class" in out.output
+
+
+def test_saft_trains_with_the_trainer_engine(tmp_path):
+    from clip_robust_ext.data import ProceduralShapes
+    from clip_robust_ext.training.trainer import train
+
+    loaded = tiny_clip(seed=1)
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    ds = ProceduralShapes(split="train", n=32, seed=0)
+    defense = get("defenses", "saft").obj(eps="4/255", alpha="2/255", steps=1, k=3)
+    train(
+        loaded,
+        defense,
+        ds,
+        {"max_steps": 2, "batch_size": 16, "lr": 1e-2},
+        tmp_path,
+        progress=False,
+    )
+    after = loaded.model.state_dict()
+    assert not torch.equal(before["visual.conv1.weight"], after["visual.conv1.weight"])
+    assert torch.equal(before["token_embedding.weight"], after["token_embedding.weight"])
+    # the logit-scale clamp after each step must not make the descriptions be re-encoded
+    assert defense._attack.bank.text_calls == 1
+    written = json.loads((tmp_path / "descriptions.json").read_text())
+    assert written["descriptions"] == "shapes-descriptions" and len(written["classes"]["star"]) == 3
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {"ce", "attn_adv", "attn_clean"} <= set(metrics[-1])

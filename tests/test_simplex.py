@@ -49,9 +49,14 @@ def _double_scores(zs: ZeroShotClassifier):
 # -- geometry ----------------------------------------------------------------------------------
 def test_triangle_moments_match_uniform_sampling():
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(4, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)
+    a, b = (
+        torch.randn(4, generator=g, dtype=torch.float64),
+        torch.randn(4, generator=g, dtype=torch.float64),
+    )
     lam = sample_barycentric(200_000, generator=g, dtype=torch.float64)
-    assert (lam >= 0).all() and torch.allclose(lam.sum(-1), torch.ones(len(lam), dtype=torch.float64))
+    assert (lam >= 0).all() and torch.allclose(
+        lam.sum(-1), torch.ones(len(lam), dtype=torch.float64)
+    )
     u = lam[:, 1:2] * a + lam[:, 2:3] * b
     outer = u[:, :, None] * u[:, None, :]
     se_mean = u.std(0) / math.sqrt(len(u))
@@ -106,7 +111,11 @@ def _exact_quadratic_expectation(model: _Linear, x, deltas, target):
         jac = 2 * w.t() @ e
         for i in range(deltas.shape[0] - 1):
             a, b = deltas[i, n].flatten(), deltas[i + 1, n].flatten()
-            out[i, n] = e @ e + jac @ triangle_mean(a, b) + 0.5 * torch.trace(hess @ triangle_second_moment(a, b))
+            out[i, n] = (
+                e @ e
+                + jac @ triangle_mean(a, b)
+                + 0.5 * torch.trace(hess @ triangle_second_moment(a, b))
+            )
     return out
 
 
@@ -123,7 +132,9 @@ def test_closed_form_is_exact_for_a_quadratic_loss(derivatives):
     assert terms.value.shape == (3, 3)
     torch.testing.assert_close(terms.value, exact, rtol=1e-10, atol=1e-12)
     # Monte Carlo agrees within its standard error, and the Taylor remainder is zero pointwise
-    mc = monte_carlo(model, div, x, deltas, target, 4000, generator=torch.Generator().manual_seed(1))
+    mc = monte_carlo(
+        model, div, x, deltas, target, 4000, generator=torch.Generator().manual_seed(1)
+    )
     z = (mc.mean - exact).abs() / mc.stderr
     assert z.max() < 4.5, z
     assert mc.remainder(terms).abs().max() < 1e-9 * exact.abs().max()
@@ -143,17 +154,26 @@ def test_closed_form_matches_monte_carlo_on_clip_within_taylor_error(reference):
         torch.manual_seed(3)
         deltas = pgd_trajectory(zs, x, y, eps, eps, 3) - x
         terms = closed_form(zs, div, x, deltas, target, create_graph=False)
-        fd = closed_form(zs, div, x, deltas, target, derivatives="finite-difference", create_graph=False)
+        fd = closed_form(
+            zs, div, x, deltas, target, derivatives="finite-difference", create_graph=False
+        )
         with torch.no_grad():
-            mc = monte_carlo(zs, div, x, deltas, target, 64, generator=torch.Generator().manual_seed(0))
+            mc = monte_carlo(
+                zs, div, x, deltas, target, 64, generator=torch.Generator().manual_seed(0)
+            )
         if reference == "current":  # KL minimum: D(x) = 0 and J = 0 at the clean point
-            assert terms.zeroth.abs().max() < 1e-6 and (terms.first.abs() < 1e-2 * terms.second).all()
+            assert (
+                terms.zeroth.abs().max() < 1e-6 and (terms.first.abs() < 1e-2 * terms.second).all()
+            )
         # E[D] - closed form, sampled with low variance (the quadratic part is integrated exactly),
         # relative to the second-order term: O(eps^3) / O(eps^2) = O(eps)
         remainder = mc.remainder(terms).mean(1)
         rel[eps] = float((remainder.abs() / terms.second.abs()).max())
         rel_fd[eps] = float(((fd.value - terms.value).abs() / terms.second.abs()).max())
-        # the plain Monte-Carlo mean agrees within its standard error plus the Taylor error
+        # MC mean - closed form = remainder + sampling error of the quadratic model, and the
+        # closed form is that model's exact expectation
+        quad = terms.at(mc.lam)
+        assert ((quad.mean(1) - terms.value).abs() <= 4 * quad.std(1) / 8).all()
         assert ((mc.mean - terms.value).abs() <= 4 * mc.stderr + remainder.abs()).all()
     assert rel[1 / 255] < 0.05, rel
     assert rel[1 / 255] < rel[4 / 255] / 2.5, rel
@@ -177,7 +197,9 @@ def test_batched_hessian_vector_products_match_one_at_a_time():
     with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
         for k in (1, 2):
             _, hv = torch.autograd.functional.hvp(f, x[n], deltas[k, n])
-            torch.testing.assert_close(terms.q_diag[k, n], (hv * deltas[k, n]).sum(), rtol=1e-4, atol=1e-9)
+            torch.testing.assert_close(
+                terms.q_diag[k, n], (hv * deltas[k, n]).sum(), rtol=1e-4, atol=1e-9
+            )
             q = (hv * deltas[k - 1, n]).sum()
             torch.testing.assert_close(terms.q_next[k - 1, n], q, rtol=1e-3, atol=1e-9)
 
@@ -200,9 +222,13 @@ def test_closed_form_is_differentiable_in_the_model_parameters(derivatives):
     h = 1e-4
     with torch.no_grad():
         p.add_(h * direction)
-        up = closed_form(score, div, x, deltas, target, derivatives=derivatives, create_graph=False).second.mean()
+        up = closed_form(
+            score, div, x, deltas, target, derivatives=derivatives, create_graph=False
+        ).second.mean()
         p.sub_(2 * h * direction)
-        down = closed_form(score, div, x, deltas, target, derivatives=derivatives, create_graph=False).second.mean()
+        down = closed_form(
+            score, div, x, deltas, target, derivatives=derivatives, create_graph=False
+        ).second.mean()
         p.add_(h * direction)
     numeric = (up - down) / (2 * h)
     assert abs(float(numeric)) > 0
@@ -211,8 +237,13 @@ def test_closed_form_is_differentiable_in_the_model_parameters(derivatives):
 
 # -- the defense ---------------------------------------------------------------------------------
 def _ctx(zs, reference=None):
-    return TrainContext(model=zs, reference=reference, classnames=CLASSES, templates=["{}"],
-                        device=torch.device("cpu"))
+    return TrainContext(
+        model=zs,
+        reference=reference,
+        classnames=CLASSES,
+        templates=["{}"],
+        device=torch.device("cpu"),
+    )
 
 
 def test_defense_is_registered_and_validates_options():
@@ -243,7 +274,9 @@ def test_defense_loss_trains_the_vision_tower_and_reduces_to_tecoa_at_weight_zer
     batch = Batch(torch.rand(2, 3, 32, 32), torch.tensor([3, 9]), ["c"] * 2)
     torch.manual_seed(0)
     loss, metrics = build(eps="4/255", adv_weight=0.0).loss(batch, _ctx(zs, ref))
-    assert {"ce", "simplex", "simplex_d0", "simplex_first", "simplex_second", "adv_acc"} <= set(metrics)
+    assert {"ce", "simplex", "simplex_d0", "simplex_first", "simplex_second", "adv_acc"} <= set(
+        metrics
+    )
     assert metrics["simplex_d0"] > 0 and metrics["simplex_second"] != 0
     torch.testing.assert_close(loss.detach(), torch.tensor(metrics["simplex"]))
     loss.backward()  # the simplex term alone: gradients flow through the Hessian-vector products
@@ -257,7 +290,9 @@ def test_defense_loss_trains_the_vision_tower_and_reduces_to_tecoa_at_weight_zer
     x_adv = torchattacks.PGD(zs, eps=4 / 255, alpha=1 / 255, steps=3)(batch.images, batch.labels)
     torch.testing.assert_close(tecoa_loss, F.cross_entropy(zs(x_adv), batch.labels))
     # the Monte-Carlo estimator is a drop-in alternative
-    mc_loss, mc_metrics = build(eps="4/255", estimator="mc", mc_samples=2).loss(batch, _ctx(zs, ref))
+    mc_loss, mc_metrics = build(eps="4/255", estimator="mc", mc_samples=2).loss(
+        batch, _ctx(zs, ref)
+    )
     assert torch.isfinite(mc_loss) and mc_loss.requires_grad and mc_metrics["simplex"] > 0
 
 
@@ -267,9 +302,14 @@ def test_composite_layer_norm_is_exact_to_third_order():
     from clipx_simplex.expectation import composite_layer_norm
 
     torch.manual_seed(0)
-    x, w = torch.randn(3, 8, dtype=torch.float64), torch.randn(8, 8, dtype=torch.float64, requires_grad=True)
+    x, w = (
+        torch.randn(3, 8, dtype=torch.float64),
+        torch.randn(8, 8, dtype=torch.float64, requires_grad=True),
+    )
     gain, bias = torch.randn(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
-    torch.testing.assert_close(composite_layer_norm(x, (8,), gain, bias), F.layer_norm(x, (8,), gain, bias))
+    torch.testing.assert_close(
+        composite_layer_norm(x, (8,), gain, bias), F.layer_norm(x, (8,), gain, bias)
+    )
     v = torch.randn(3, 8, dtype=torch.float64)
 
     @torch.enable_grad()

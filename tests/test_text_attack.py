@@ -71,7 +71,9 @@ def test_wordnet_kl_changes_one_non_stop_word_and_reports_the_kl(zs, images):
     assert perturbed, "WordNet has synonyms for these class names"
     assert all(r.score > 0 and r.succeeded for r in perturbed)
     assert out.info["goal"] == "kl" and out.info["words_changed_max"] == 1
-    assert out.info["goal_score_mean"] == pytest.approx(sum(r.score for r in perturbed) / len(perturbed))
+    assert out.info["goal_score_mean"] == pytest.approx(
+        sum(r.score for r in perturbed) / len(perturbed)
+    )
     # the returned classifier scores with the perturbed prompts, sharing the CLIP
     assert out.model.clip is zs.clip
     assert out.model.prompts == [[r.perturbed for r in row] for row in attack.impl.result.records]
@@ -80,12 +82,22 @@ def test_wordnet_kl_changes_one_non_stop_word_and_reports_the_kl(zs, images):
 
 
 def test_short_and_stop_word_prompts_are_skipped_not_crashed(zs):
-    clf = ZeroShotClassifier(zs.loaded, prompts=[["cat"], ["this is a"], ["This is a photo of a dog"]])
+    clf = ZeroShotClassifier(
+        zs.loaded, prompts=[["cat"], ["this is a"], ["This is a photo of a dog"]]
+    )
     attacker = CLIPTextAttacker(clf, TextAttackConfig(transformation="charswap"))
     records = attack_class_prompts(clf, attacker).records
     (one_word,), (stop_only,), (normal,) = records
-    assert (one_word.status, one_word.reason, one_word.perturbed) == ("skipped", "fewer than 2 words", "cat")
-    assert (stop_only.status, stop_only.reason, stop_only.perturbed) == ("skipped", "only stop words", "this is a")
+    assert (one_word.status, one_word.reason, one_word.perturbed) == (
+        "skipped",
+        "fewer than 2 words",
+        "cat",
+    )
+    assert (stop_only.status, stop_only.reason, stop_only.perturbed) == (
+        "skipped",
+        "only stop words",
+        "this is a",
+    )
     assert normal.status == "perturbed"
     _check_threat_model([normal])
     assert attacker.textattack_calls == 1  # the guarded prompts never reach TextAttack
@@ -93,8 +105,12 @@ def test_short_and_stop_word_prompts_are_skipped_not_crashed(zs):
 
 def test_charswap_is_deterministic_per_seed(zs):
     texts = ["This is a photo of a airplane", "a drawing of a circle."]
-    a = CLIPTextAttacker(zs, TextAttackConfig(transformation="charswap", seed=3)).attack_texts(texts)
-    b = CLIPTextAttacker(zs, TextAttackConfig(transformation="charswap", seed=3)).attack_texts(texts)
+    a = CLIPTextAttacker(zs, TextAttackConfig(transformation="charswap", seed=3)).attack_texts(
+        texts
+    )
+    b = CLIPTextAttacker(zs, TextAttackConfig(transformation="charswap", seed=3)).attack_texts(
+        texts
+    )
     assert [r.perturbed for r in a] == [r.perturbed for r in b]
     assert all(r.status == "perturbed" for r in a)
     _check_threat_model(a)
@@ -149,11 +165,26 @@ def test_bert_mlm_path_runs_offline_with_a_tiny_masked_lm(zs, tmp_path):
     vocab = assets() / "bert-base-uncased-vocab.txt"
     tok = BertTokenizer(vocab_file=str(vocab))
     torch.manual_seed(0)
-    mlm = BertForMaskedLM(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1,
-                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64))
+    mlm = BertForMaskedLM(
+        BertConfig(
+            vocab_size=tok.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    )
     clf = ZeroShotClassifier(zs.loaded, ["cat", "airplane"], ["This is a photo of a {}"])
-    attack = build_attack("text-attack", clf, transformation="bert-mlm", masked_lm=mlm, tokenizer=tok,
-                          max_candidates=5, min_confidence=None)
+    attack = build_attack(
+        "text-attack",
+        clf,
+        transformation="bert-mlm",
+        masked_lm=mlm,
+        tokenizer=tok,
+        max_candidates=5,
+        min_confidence=None,
+    )
     out = attack(torch.rand(1, 3, 32, 32), torch.tensor([0]))
     records = [r for row in attack.impl.result.records for r in row]
     _check_threat_model(records)
@@ -164,18 +195,30 @@ def test_bert_mlm_path_runs_offline_with_a_tiny_masked_lm(zs, tmp_path):
     folder = tmp_path / "tiny-bert"
     mlm.save_pretrained(folder)
     tok.save_pretrained(folder)
-    by_path = build_attack("text-attack", clf, transformation="bert-mlm", masked_lm=str(folder), max_candidates=5,
-                           min_confidence=None)
+    by_path = build_attack(
+        "text-attack",
+        clf,
+        transformation="bert-mlm",
+        masked_lm=str(folder),
+        max_candidates=5,
+        min_confidence=None,
+    )
     assert by_path(torch.rand(1, 3, 32, 32), torch.tensor([0])).model.prompts == out.model.prompts
 
     # Co-Attack's logit threshold drops every candidate of this near-uniform random MLM
-    strict = CLIPTextAttacker(clf, TextAttackConfig(transformation="bert-mlm", min_confidence=50.0),
-                              masked_lm=mlm, tokenizer=tok)
+    strict = CLIPTextAttacker(
+        clf,
+        TextAttackConfig(transformation="bert-mlm", min_confidence=50.0),
+        masked_lm=mlm,
+        tokenizer=tok,
+    )
     assert strict.attack_one("This is a photo of a cat").status == "unchanged"
 
 
 def test_a_missing_masked_lm_is_a_clear_error_not_a_fallback(zs):
-    attack = build_attack("text-attack", zs, transformation="bert-mlm", masked_lm="no-such-org/no-such-bert")
+    attack = build_attack(
+        "text-attack", zs, transformation="bert-mlm", masked_lm="no-such-org/no-such-bert"
+    )
     with pytest.raises(ClipxUsageError, match="wordnet' or 'charswap"):
         attack(torch.rand(1, 3, 32, 32), torch.tensor([0]))
 
@@ -198,7 +241,9 @@ def test_bad_text_attack_parameters_are_usage_errors(zs, params, message):
 def test_multimodal_attack_perturbs_images_within_eps_against_the_perturbed_classifier(zs, images):
     x, y = images
     text = build_attack("text-attack", zs, transformation="charswap", seed=5)
-    multi = build_attack("multimodal", zs, eps="2/255", alpha="1/255", steps=3, transformation="charswap", seed=5)
+    multi = build_attack(
+        "multimodal", zs, eps="2/255", alpha="1/255", steps=3, transformation="charswap", seed=5
+    )
     calls = _calls()
     out = multi(x, y)
     verify_adversarial(x, out.images, 2 / 255, "Linf", "multimodal")
@@ -207,3 +252,20 @@ def test_multimodal_attack_perturbs_images_within_eps_against_the_perturbed_clas
     assert _calls() == calls or _calls() - calls == len(CLASSES) * len(TEMPLATES)
     assert out.info["eps"] == pytest.approx(2 / 255) and "goal_score_mean" in out.info
     assert multi.eps == pytest.approx(2 / 255)
+
+
+def test_scoring_with_the_perturbed_classifier_keeps_the_shared_clip_in_eval_mode(zs, images):
+    from clip_robust_ext.attacks import attack_mode
+
+    x, y = images
+    zs.eval()
+    out = build_attack("text-attack", zs, transformation="charswap", seed=5)(x, y)
+    with attack_mode(out.model):
+        pass
+    assert not zs.clip.training and not out.model.training
+    zs.train()
+    try:
+        out = build_attack("text-attack", zs, transformation="charswap", seed=5)(x, y)
+        assert out.model.training and zs.clip.training
+    finally:
+        zs.eval()

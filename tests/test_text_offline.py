@@ -12,16 +12,29 @@ from helpers import REPO
 
 
 def _run(code: str, env: dict[str, str], timeout: int = 240) -> dict:
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
-                         timeout=timeout, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _clean_env(tmp_path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("TA_CACHE_DIR", "NLTK_DATA", "CLIPX_ASSETS", "HF_HOME", "XDG_CACHE_HOME")}
-    env.update(HOME=str(tmp_path / "home"), CLIPX_CACHE=str(tmp_path / "cache"), HF_HOME=str(tmp_path / "hf"))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TA_CACHE_DIR", "NLTK_DATA", "CLIPX_ASSETS", "HF_HOME", "XDG_CACHE_HOME")
+    }
+    env.update(
+        HOME=str(tmp_path / "home"),
+        CLIPX_CACHE=str(tmp_path / "cache"),
+        HF_HOME=str(tmp_path / "hf"),
+    )
     return env
 
 

@@ -81,18 +81,24 @@ class AutoAttackAdapter:
         batch_size: int | None = None,
     ) -> None:
         if version not in (*VERSIONS, "custom"):
-            raise ClipxUsageError(f"autoattack: version must be one of {[*VERSIONS, 'custom']}, got {version!r}")
+            raise ClipxUsageError(
+                f"autoattack: version must be one of {[*VERSIONS, 'custom']}, got {version!r}"
+            )
         if backend not in BACKENDS:
             raise ClipxUsageError(f"autoattack: backend must be one of {BACKENDS}, got {backend!r}")
         if norm not in ("Linf", "L2", "L1"):
             raise ClipxUsageError(f"autoattack: norm must be Linf, L2 or L1, got {norm!r}")
         if seed is None or isinstance(seed, bool) or not isinstance(seed, int):
-            raise ClipxUsageError("autoattack: seed must be an explicit integer (None means wall-clock time)")
+            raise ClipxUsageError(
+                "autoattack: seed must be an explicit integer (None means wall-clock time)"
+            )
         if version == "custom":
             attacks = list(attacks or [])
             bad = sorted(set(attacks) - set(SUB_ATTACKS))
             if bad or not attacks:
-                raise ClipxUsageError(f"autoattack: attacks must be a non-empty subset of {SUB_ATTACKS}, got {attacks}")
+                raise ClipxUsageError(
+                    f"autoattack: attacks must be a non-empty subset of {SUB_ATTACKS}, got {attacks}"
+                )
         else:
             attacks = list(VERSIONS[version])
         if backend == "auto":
@@ -103,7 +109,9 @@ class AutoAttackAdapter:
                 "pip install git+https://github.com/fra31/auto-attack (or use backend='pyautoattack')"
             )
         if backend == "torchattacks" and (version in ("plus", "rand") or norm == "L1"):
-            raise ClipxUsageError("autoattack backend 'torchattacks' supports fra31's standard settings (Linf/L2) only")
+            raise ClipxUsageError(
+                "autoattack backend 'torchattacks' supports fra31's standard settings (Linf/L2) only"
+            )
         self.model = model
         self.eps = parse_eps(eps)
         self.norm = norm
@@ -123,7 +131,11 @@ class AutoAttackAdapter:
     # -- what ran ---------------------------------------------------------------------------
     @property
     def backend(self) -> str:
-        dist = {"pyautoattack": "pyautoattack", "fra31": "autoattack", "torchattacks": "torchattacks"}
+        dist = {
+            "pyautoattack": "pyautoattack",
+            "fra31": "autoattack",
+            "torchattacks": "torchattacks",
+        }
         return f"{self.backend_name} {_version_of(dist[self.backend_name])}"
 
     def settings(self, n_classes: int) -> dict[str, Any]:
@@ -172,15 +184,28 @@ class AutoAttackAdapter:
             from autoattack import AutoAttack
 
             version = self.version if self.version != "custom" else "standard"
-            aa = AutoAttack(self.model, norm=self.norm, eps=self.eps, seed=self.seed, verbose=False,
-                            version=version, device=self.device)
+            aa = AutoAttack(
+                self.model,
+                norm=self.norm,
+                eps=self.eps,
+                seed=self.seed,
+                verbose=False,
+                version=version,
+                device=self.device,
+            )
         else:
             from pyautoattack import AutoAttack
 
             logging.getLogger("auto-attack").setLevel(logging.WARNING)
             version = self.version if self.version != "custom" else "standard"
-            aa = AutoAttack(self.model, device=self.device, eps=self.eps, norm=self.norm,
-                            seed=self.seed, version=version)
+            aa = AutoAttack(
+                self.model,
+                device=self.device,
+                eps=self.eps,
+                norm=self.norm,
+                seed=self.seed,
+                version=version,
+            )
         # 'standard' set fra31's settings (the point of building it that way); now the list to run
         aa.attacks_to_run = list(cfg["attacks"])
         aa.version = self.version
@@ -192,21 +217,39 @@ class AutoAttackAdapter:
                 _set_iterations(sub, cfg["n_iter"])
         return aa
 
-    def _run_torchattacks(self, x: torch.Tensor, y: torch.Tensor, cfg: dict[str, Any]) -> torch.Tensor:
+    def _run_torchattacks(
+        self, x: torch.Tensor, y: torch.Tensor, cfg: dict[str, Any]
+    ) -> torch.Tensor:
         """fra31's order and settings with torchattacks' implementations; first success is kept."""
         import torchattacks as ta
 
         common = {"norm": self.norm, "eps": self.eps, "seed": self.seed}
         steps, targets = cfg["n_iter"], cfg["n_target_classes"]
         build = {
-            "apgd-ce": lambda: ta.APGD(self.model, steps=steps, n_restarts=cfg["apgd_restarts"], loss="ce", **common),
-            "apgd-dlr": lambda: ta.APGD(self.model, steps=steps, n_restarts=cfg["apgd_restarts"], loss="dlr", **common),
+            "apgd-ce": lambda: ta.APGD(
+                self.model, steps=steps, n_restarts=cfg["apgd_restarts"], loss="ce", **common
+            ),
+            "apgd-dlr": lambda: ta.APGD(
+                self.model, steps=steps, n_restarts=cfg["apgd_restarts"], loss="dlr", **common
+            ),
             # torchattacks targets n_classes - 1 classes: n_classes = targets + 1 gives fra31's count
-            "apgd-t": lambda: ta.APGDT(self.model, steps=steps, n_restarts=1, n_classes=targets + 1, **common),
-            "fab": lambda: ta.FAB(self.model, steps=steps, n_restarts=1, n_classes=cfg["n_classes"], **common),
-            "fab-t": lambda: ta.FAB(self.model, steps=steps, n_restarts=1, multi_targeted=True,
-                                    n_classes=targets + 1, **common),
-            "square": lambda: ta.Square(self.model, n_queries=5000, n_restarts=1, resc_schedule=False, **common),
+            "apgd-t": lambda: ta.APGDT(
+                self.model, steps=steps, n_restarts=1, n_classes=targets + 1, **common
+            ),
+            "fab": lambda: ta.FAB(
+                self.model, steps=steps, n_restarts=1, n_classes=cfg["n_classes"], **common
+            ),
+            "fab-t": lambda: ta.FAB(
+                self.model,
+                steps=steps,
+                n_restarts=1,
+                multi_targeted=True,
+                n_classes=targets + 1,
+                **common,
+            ),
+            "square": lambda: ta.Square(
+                self.model, n_queries=5000, n_restarts=1, resc_schedule=False, **common
+            ),
         }
         with torch.no_grad():
             robust = self.model(x).argmax(1) == y

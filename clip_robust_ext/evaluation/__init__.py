@@ -35,4 +35,27 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = sorted(["Protocol", "dataset_key", "get_protocol", "protocol_from_dict", "protocol_names", *_LAZY])
+__all__ = [
+    "FORMULAS",
+    "Protocol",
+    "SCHEMA",
+    "build_classifier",
+    "build_dataset",
+    "csv_table",
+    "dataset_key",
+    "derive_seed",
+    "evaluate",
+    "evaluate_model",
+    "get_protocol",
+    "load_records",
+    "markdown_table",
+    "plan_attacks",
+    "plot_eps",
+    "protocol_from_dict",
+    "protocol_names",
+    "read_log",
+    "resolve_templates",
+    "result_path",
+    "table_rows",
+    "write_reports",
+]

@@ -19,7 +19,11 @@ def maybe_init() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 or not dist.is_available():
         return 0, 1
-    backend = "nccl" if torch.cuda.is_available() and os.environ.get("CLIPX_DIST_BACKEND") != "gloo" else "gloo"
+    backend = (
+        "nccl"
+        if torch.cuda.is_available() and os.environ.get("CLIPX_DIST_BACKEND") != "gloo"
+        else "gloo"
+    )
     dist.init_process_group(backend=backend)
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

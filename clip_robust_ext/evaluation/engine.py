@@ -68,19 +68,29 @@ def resolve_templates(templates: Any) -> list[str] | dict[str, list[str]]:
         return value if isinstance(value, dict) else list(value)
     if isinstance(templates, dict):
         return {str(k): list(v) for k, v in templates.items()}
-    if isinstance(templates, (list, tuple)) and templates and all(isinstance(t, str) for t in templates):
+    if (
+        isinstance(templates, (list, tuple))
+        and templates
+        and all(isinstance(t, str) for t in templates)
+    ):
         return list(templates)
-    raise ClipxUsageError(f"templates must be a set name or a list of '{{}}' strings, got {templates!r}")
+    raise ClipxUsageError(
+        f"templates must be a set name or a list of '{{}}' strings, got {templates!r}"
+    )
 
 
-def build_classifier(loaded: LoadedCLIP, classnames: Sequence[str], templates: Any) -> ZeroShotClassifier:
+def build_classifier(
+    loaded: LoadedCLIP, classnames: Sequence[str], templates: Any
+) -> ZeroShotClassifier:
     """Zero-shot head over `templates` (or per-class descriptions), on the model's device."""
     resolved = resolve_templates(templates)
     if isinstance(resolved, dict):
         missing = [c for c in classnames if c not in resolved]
         if missing:
             raise ClipxUsageError(f"class descriptions missing for {missing[:5]}")
-        zs = ZeroShotClassifier(loaded, classnames=classnames, prompts=[resolved[c] for c in classnames])
+        zs = ZeroShotClassifier(
+            loaded, classnames=classnames, prompts=[resolved[c] for c in classnames]
+        )
     else:
         zs = ZeroShotClassifier(loaded, classnames=classnames, templates=resolved)
     return zs.to(_device_of(loaded.model)).eval()
@@ -121,7 +131,10 @@ def plan_attacks(zs: nn.Module, protocol: Protocol, key: str = "dataset") -> lis
         takes = set(entry.meta.get("protocol_params", ()))
         budgets: list[float | None] = list(protocol.eps) if modality != "text" else [None]
         for eps in budgets:
-            params = {k: resolve_budget_expr(v, eps) if eps is not None else v for k, v in spec["params"].items()}
+            params = {
+                k: resolve_budget_expr(v, eps) if eps is not None else v
+                for k, v in spec["params"].items()
+            }
             if eps is not None:
                 params["eps"] = eps
             if "norm" in takes:
@@ -137,8 +150,18 @@ def plan_attacks(zs: nn.Module, protocol: Protocol, key: str = "dataset") -> lis
                     f"attack '{spec['label']}' is {norm} but protocol '{protocol.name}' is {protocol.norm}"
                 )
             k = spec["label"] if eps is None else f"{spec['label']}@{format_eps(eps)}"
-            plan.append(PlannedAttack(k, spec["label"], spec["name"], modality, eps, params, built,
-                                      _backend_of(built, entry.plugin)))
+            plan.append(
+                PlannedAttack(
+                    k,
+                    spec["label"],
+                    spec["name"],
+                    modality,
+                    eps,
+                    params,
+                    built,
+                    _backend_of(built, entry.plugin),
+                )
+            )
     return plan
 
 
@@ -183,7 +206,9 @@ def run_batch(
                     raise AdversarialCheckError(f"{p.label}: a text attack changed the images")
             else:
                 if protocol.precision == "fp32" and adv.dtype != torch.float32:
-                    raise AdversarialCheckError(f"{p.label}: returned {adv.dtype} images, expected fp32")
+                    raise AdversarialCheckError(
+                        f"{p.label}: returned {adv.dtype} images, expected fp32"
+                    )
                 verify_adversarial(x_in, adv, p.eps, protocol.norm, p.label)
             scorer = res.model if res.model is not None else zs
             with attack_mode(scorer), torch.no_grad():
@@ -207,13 +232,18 @@ def run_samples(
 ) -> dict[str, dict]:
     """Per-batch results for all batches ({str(batch id): result}), gathered across ranks."""
     rank, world = D.world()
-    batches = [list(indices[i : i + protocol.batch_size]) for i in range(0, len(indices), protocol.batch_size)]
+    batches = [
+        list(indices[i : i + protocol.batch_size])
+        for i in range(0, len(indices), protocol.batch_size)
+    ]
     done = dict(done or {})
     mine = [b for b in D.shard(list(range(len(batches))), rank, world) if str(b) not in done]
     local: dict[str, dict] = {}
     device = zs.device
     if mine:
-        loader = DataLoader(dataset, batch_sampler=[batches[b] for b in mine], num_workers=protocol.num_workers)
+        loader = DataLoader(
+            dataset, batch_sampler=[batches[b] for b in mine], num_workers=protocol.num_workers
+        )
         bar = None
         if progress and rank == 0:
             from tqdm.auto import tqdm
@@ -243,11 +273,15 @@ def flatten(batch_results: dict[str, dict], plan: list[PlannedAttack]) -> dict[s
     order = sorted(batch_results, key=int)
     return {
         "clean": "".join(batch_results[b]["clean"] for b in order),
-        "attacks": {p.key: "".join(batch_results[b]["attacks"][p.key] for b in order) for p in plan},
+        "attacks": {
+            p.key: "".join(batch_results[b]["attacks"][p.key] for b in order) for p in plan
+        },
     }
 
 
-def summarize(samples: dict[str, Any], plan: list[PlannedAttack], protocol: Protocol) -> list[dict[str, Any]]:
+def summarize(
+    samples: dict[str, Any], plan: list[PlannedAttack], protocol: Protocol
+) -> list[dict[str, Any]]:
     """One summary per eps (one in all for a clean-only protocol); accuracies in percent."""
     clean = torch.tensor(R.unbits(samples["clean"]), dtype=torch.bool)
     n = len(clean)
@@ -265,22 +299,39 @@ def summarize(samples: dict[str, Any], plan: list[PlannedAttack], protocol: Prot
         clean_acc = pct(clean)
         robust_acc = pct(robust) if chosen else None
         n_clean = int(clean.sum())
-        out.append({
-            "eps": eps,
-            "eps_str": None if eps is None else format_eps(eps),
-            "norm": protocol.norm,
-            "n": n,
-            "clean_acc": clean_acc,
-            "robust_acc": robust_acc,
-            "per_attack": per_attack,
-            "attack": "+".join(p.label for p in chosen) or "clean",
-            "attacks": [p.describe() for p in chosen],
-            "drop": None if robust_acc is None else round(clean_acc - robust_acc, 4),
-            "asr": None if robust_acc is None or n_clean == 0
-            else round(100.0 * int((clean & ~robust).sum()) / n_clean, 4),
-            "units": R.UNITS,
-        })
+        out.append(
+            {
+                "eps": eps,
+                "eps_str": None if eps is None else format_eps(eps),
+                "norm": protocol.norm,
+                "n": n,
+                "clean_acc": clean_acc,
+                "robust_acc": robust_acc,
+                "per_attack": per_attack,
+                "attack": "+".join(p.label for p in chosen) or "clean",
+                "attacks": [p.describe() for p in chosen],
+                "drop": None if robust_acc is None else round(clean_acc - robust_acc, 4),
+                "asr": None
+                if robust_acc is None or n_clean == 0
+                else round(100.0 * int((clean & ~robust).sum()) / n_clean, 4),
+                "units": R.UNITS,
+            }
+        )
     return out
+
+
+class _Checkpoint:
+    """Writes this rank's finished batches at most every `every_s` seconds (atomically)."""
+
+    def __init__(self, path, phash: str, every_s: float) -> None:
+        self.path, self.phash, self.every_s, self.last = path, phash, every_s, time.time()
+
+    def __call__(self, local: dict[str, dict]) -> None:
+        if time.time() - self.last >= self.every_s:
+            R.write_result(
+                self.path, {"schema": R.SCHEMA, "protocol_hash": self.phash, "batches": local}
+            )
+            self.last = time.time()
 
 
 # -- public entry points ------------------------------------------------------------------------
@@ -305,13 +356,20 @@ def evaluate_model(
     zs.eval()
     try:
         plan = plan_attacks(zs, protocol, dataset_key)
-        samples = flatten(run_samples(zs, dataset, indices, protocol, plan, key=dataset_key, progress=progress), plan)
+        samples = flatten(
+            run_samples(zs, dataset, indices, protocol, plan, key=dataset_key, progress=progress),
+            plan,
+        )
     finally:
         zs.train(was_training)
     out = summarize(samples, plan, protocol)
     for rec in out:
-        rec.update(protocol=protocol.name, dataset=dataset_key, seed=protocol.seed,
-                   elapsed_s=round(time.time() - start, 3))
+        rec.update(
+            protocol=protocol.name,
+            dataset=dataset_key,
+            seed=protocol.seed,
+            elapsed_s=round(time.time() - start, 3),
+        )
     return out
 
 
@@ -334,6 +392,9 @@ def evaluate(
     from ..utils.versions import versions
 
     protocol = protocol_from_dict(protocol)
+    custom = getattr(protocol, "evaluate_with", None)
+    if custom is not None:  # protocols that are not per-sample classification (e.g. retrieval)
+        return custom(loaded, run_dir, label, resume=resume, progress=progress)
     rank, world = D.maybe_init()
     fingerprint = R.model_fingerprint(loaded.model)
     stamp = versions()
@@ -343,12 +404,18 @@ def evaluate(
         phash = protocol.dataset_hash(spec, {"model": fingerprint})
         path = R.result_path(run_dir, label, protocol.name, key)
         existing = R.read_json(path) if resume else None
-        reuse = bool(existing and existing.get("schema") == R.SCHEMA and existing.get("protocol_hash") == phash)
+        reuse = bool(
+            existing
+            and existing.get("schema") == R.SCHEMA
+            and existing.get("protocol_hash") == phash
+        )
         reuse = D.broadcast(reuse)
         if reuse:
             out.extend(existing["records"])
             if rank == 0:
-                R.log_event(run_dir, event="skipped", label=label, protocol=protocol.name, dataset=key)
+                R.log_event(
+                    run_dir, event="skipped", label=label, protocol=protocol.name, dataset=key
+                )
             continue
         start = time.time()
         ds = build_dataset(spec)
@@ -364,58 +431,86 @@ def evaluate(
                 if data and data.get("protocol_hash") == phash:
                     done.update(data.get("batches", {}))
         if done and rank == 0:
-            R.log_event(run_dir, event="resumed", label=label, protocol=protocol.name, dataset=key,
-                        batches_done=len(done))
-        mine_path = R.partial_path(path, rank)
-        last = [time.time()]
-
-        def checkpoint(local: dict[str, dict], force: bool = False) -> None:
-            if force or time.time() - last[0] >= checkpoint_s:
-                R.write_result(mine_path, {"schema": R.SCHEMA, "protocol_hash": phash, "batches": local})
-                last[0] = time.time()
-
-        batch_results = run_samples(zs, ds, indices, protocol, plan, key=key, done=done,
-                                    on_batch=checkpoint, progress=progress)
+            R.log_event(
+                run_dir,
+                event="resumed",
+                label=label,
+                protocol=protocol.name,
+                dataset=key,
+                batches_done=len(done),
+            )
+        checkpoint = _Checkpoint(R.partial_path(path, rank), phash, checkpoint_s)
+        batch_results = run_samples(
+            zs,
+            ds,
+            indices,
+            protocol,
+            plan,
+            key=key,
+            done=done,
+            on_batch=checkpoint,
+            progress=progress,
+        )
         samples = flatten(batch_results, plan)
         elapsed = round(time.time() - start, 3)
         records = summarize(samples, plan, protocol)
         for rec in records:
-            rec.update({
-                "schema": R.SCHEMA,
-                "protocol": protocol.name,
-                "protocol_hash": phash,
-                "label": label,
-                "model": {"arch": loaded.arch, "pretrained": loaded.pretrained, "fingerprint": fingerprint},
-                "dataset": spec["dataset"],
-                "split": spec.get("split", "test"),
-                "dataset_key": key,
-                "dataset_params": {k: v for k, v in spec.items() if k not in ("dataset", "split", "n", "templates")},
-                "n_classes": len(ds.classnames),
-                "seed": protocol.seed,
-                "templates": protocol.templates_for(spec),
-                "precision": protocol.precision,
-                "batch_size": protocol.batch_size,
-                "world_size": world,
-                "formulas": R.FORMULAS,
-                "versions": stamp,
-                "elapsed_s": elapsed,
-                "computed_at": R.now(),
-                "protocol_params": protocol.to_dict(),
-            })
+            rec.update(
+                {
+                    "schema": R.SCHEMA,
+                    "protocol": protocol.name,
+                    "protocol_hash": phash,
+                    "label": label,
+                    "model": {
+                        "arch": loaded.arch,
+                        "pretrained": loaded.pretrained,
+                        "fingerprint": fingerprint,
+                    },
+                    "dataset": spec["dataset"],
+                    "split": spec.get("split", "test"),
+                    "dataset_key": key,
+                    "dataset_params": {
+                        k: v
+                        for k, v in spec.items()
+                        if k not in ("dataset", "split", "n", "templates")
+                    },
+                    "n_classes": len(ds.classnames),
+                    "seed": protocol.seed,
+                    "templates": protocol.templates_for(spec),
+                    "precision": protocol.precision,
+                    "batch_size": protocol.batch_size,
+                    "world_size": world,
+                    "formulas": R.FORMULAS,
+                    "versions": stamp,
+                    "elapsed_s": elapsed,
+                    "computed_at": R.now(),
+                    "protocol_params": protocol.to_dict(),
+                }
+            )
         if rank == 0:
-            R.write_result(path, {
-                "schema": R.SCHEMA,
-                "protocol_hash": phash,
-                "label": label,
-                "protocol": protocol.name,
-                "dataset_key": key,
-                "records": records,
-                "samples": {"indices": list(indices), **samples},
-            })
+            R.write_result(
+                path,
+                {
+                    "schema": R.SCHEMA,
+                    "protocol_hash": phash,
+                    "label": label,
+                    "protocol": protocol.name,
+                    "dataset_key": key,
+                    "records": records,
+                    "samples": {"indices": list(indices), **samples},
+                },
+            )
             for part in R.partial_paths(path):
                 part.unlink(missing_ok=True)
-            R.log_event(run_dir, event="computed", label=label, protocol=protocol.name, dataset=key,
-                        elapsed_s=elapsed, batches_reused=len(done))
+            R.log_event(
+                run_dir,
+                event="computed",
+                label=label,
+                protocol=protocol.name,
+                dataset=key,
+                elapsed_s=elapsed,
+                batches_reused=len(done),
+            )
         D.barrier()
         out.extend(records)
     return out

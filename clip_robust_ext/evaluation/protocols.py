@@ -54,7 +54,9 @@ def _dataset_spec(item: Any) -> dict[str, Any]:
     out.setdefault("split", "test")
     n = out.get("n")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n <= 0):
-        raise ClipxUsageError(f"dataset '{out['dataset']}': n must be a positive integer, got {n!r}")
+        raise ClipxUsageError(
+            f"dataset '{out['dataset']}': n must be a positive integer, got {n!r}"
+        )
     return out
 
 
@@ -135,7 +137,9 @@ class Protocol:
         if not self.eps:
             raise ClipxUsageError(f"protocol '{self.name}': eps list is empty")
         if self.norm not in NORMS:
-            raise ClipxUsageError(f"protocol '{self.name}': norm must be one of {NORMS}, got {self.norm!r}")
+            raise ClipxUsageError(
+                f"protocol '{self.name}': norm must be one of {NORMS}, got {self.norm!r}"
+            )
         if isinstance(self.attacks, (str, dict)):
             self.attacks = [self.attacks]
         self.attacks = [_attack_spec(a) for a in self.attacks]
@@ -158,9 +162,13 @@ class Protocol:
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
                 raise ClipxUsageError(f"protocol '{self.name}': {attr} must be an integer >= {lo}")
         if self.n_samples is not None and (
-            isinstance(self.n_samples, bool) or not isinstance(self.n_samples, int) or self.n_samples <= 0
+            isinstance(self.n_samples, bool)
+            or not isinstance(self.n_samples, int)
+            or self.n_samples <= 0
         ):
-            raise ClipxUsageError(f"protocol '{self.name}': n_samples must be a positive integer or omitted")
+            raise ClipxUsageError(
+                f"protocol '{self.name}': n_samples must be a positive integer or omitted"
+            )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ClipxUsageError(f"protocol '{self.name}': seed must be an integer")
         if self.precision not in PRECISIONS:
@@ -186,7 +194,7 @@ class Protocol:
                 )
         data = copy.deepcopy(self.to_dict())
         data.update(copy.deepcopy(overrides))
-        return Protocol(**data)
+        return type(self)(**data)  # subclasses (e.g. retrieval protocols) keep their type
 
     def to_dict(self) -> dict[str, Any]:
         return {f: copy.deepcopy(getattr(self, f)) for f in self.field_names()}

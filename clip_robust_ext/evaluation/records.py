@@ -112,7 +112,9 @@ def unbits(text: str) -> list[bool]:
     return [c == "1" for c in text]
 
 
-def load_records(run_dir: str | os.PathLike, label: str | None = None, protocol: str | None = None) -> list[dict]:
+def load_records(
+    run_dir: str | os.PathLike, label: str | None = None, protocol: str | None = None
+) -> list[dict]:
     """Every record of every finished result file under run_dir/eval (optionally filtered)."""
     out: list[dict] = []
     for path in sorted(eval_dir(run_dir).glob("*/*/*.json")):

@@ -74,6 +74,11 @@ def markdown_table(records: list[dict]) -> str:
     """Markdown: one section per protocol (averages left blank when a dataset is missing)."""
     parts = []
     for proto, recs in _by_protocol(records).items():
+        if recs[0].get("kind") == "retrieval":  # recall tables (clipx_coattack)
+            from .retrieval import retrieval_table
+
+            parts.append(retrieval_table(recs))
+            continue
         header, rows = table_rows(recs)
         first = recs[0]
         eps = sorted({r["eps_str"] for r in recs if r.get("eps_str")})
@@ -96,6 +101,21 @@ def csv_table(records: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
     for proto, recs in _by_protocol(records).items():
+        if recs[0].get("kind") == "retrieval":
+            for r in recs:
+                for k, v in r["recall"].items():
+                    writer.writerow(
+                        [
+                            proto,
+                            r["label"],
+                            r["attack"],
+                            r["eps_str"],
+                            k,
+                            f"{v:.4f}",
+                            f"{r['asr'].get('ASR_' + k, 0.0):.4f}",
+                        ]
+                    )
+            continue
         header, rows = table_rows(recs)
         writer.writerow(["protocol"] + header)
         for row in rows:
@@ -108,7 +128,9 @@ def plot_eps(records: list[dict], path: str | os.PathLike) -> Path | None:
     groups: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
     for r in records:
         if r.get("eps") is not None and r.get("robust_acc") is not None:
-            groups[(r["protocol"], r["label"], r.get("dataset_key", r["dataset"]))].append((r["eps"], r["robust_acc"]))
+            groups[(r["protocol"], r["label"], r.get("dataset_key", r["dataset"]))].append(
+                (r["eps"], r["robust_acc"])
+            )
     groups = {k: sorted(v) for k, v in groups.items() if len(v) > 1}
     if not groups:
         return None
@@ -119,7 +141,12 @@ def plot_eps(records: list[dict], path: str | os.PathLike) -> Path | None:
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for (proto, label, ds), pts in groups.items():
-        ax.plot([e * 255 for e, _ in pts], [a for _, a in pts], marker="o", label=f"{label} / {ds} ({proto})")
+        ax.plot(
+            [e * 255 for e, _ in pts],
+            [a for _, a in pts],
+            marker="o",
+            label=f"{label} / {ds} ({proto})",
+        )
     ax.set_xlabel("eps (x 1/255)")
     ax.set_ylabel("robust accuracy (%)")
     ax.set_ylim(0, 100)
@@ -132,8 +159,9 @@ def plot_eps(records: list[dict], path: str | os.PathLike) -> Path | None:
     return atomic_write(path, lambda fh: fh.write(buf.getvalue()))
 
 
-def write_reports(run_dir: str | os.PathLike, records: list[dict] | None = None,
-                  stem: str = "results") -> dict[str, Path]:
+def write_reports(
+    run_dir: str | os.PathLike, records: list[dict] | None = None, stem: str = "results"
+) -> dict[str, Path]:
     """results.md, results.csv (and results_eps.png after a sweep) in run_dir; returns the paths.
     `records` default: every finished result under run_dir/eval."""
     run_dir = Path(run_dir)

@@ -100,8 +100,12 @@ class ZeroShotClassifier(nn.Module):
 
     # -- the cached zero-shot head ------------------------------------------------------------
     def _text_weights_key(self) -> tuple:
+        # logit_scale / logit_bias do not enter the text matrix; the Trainer clamps logit_scale in
+        # place every step, which bumps its version and would re-encode every prompt per step.
         return tuple(
-            (p.data_ptr(), p._version) for n, p in self.clip.named_parameters() if not n.startswith("visual.")
+            (p.data_ptr(), p._version)
+            for n, p in self.clip.named_parameters()
+            if not n.startswith("visual.") and n not in ("logit_scale", "logit_bias")
         )
 
     def text_matrix(self, prompts: Sequence[Sequence[str]]) -> torch.Tensor:

@@ -16,8 +16,18 @@ def _tecoa16() -> list[str]:
 # FARE / RobustVLM zero-shot suite as far as the dataset registry has it (CLIP_benchmark names
 # mapped to ours; ImageNet-R and ImageNet-Sketch are not in the registry).
 FARE_DATASETS = (
-    "imagenet", "caltech101", "stanford_cars", "cifar10", "cifar100", "dtd", "eurosat",
-    "fgvc_aircraft", "flowers102", "oxfordpets", "pcam", "stl10",
+    "imagenet",
+    "caltech101",
+    "stanford_cars",
+    "cifar10",
+    "cifar100",
+    "dtd",
+    "eurosat",
+    "fgvc_aircraft",
+    "flowers102",
+    "oxfordpets",
+    "pcam",
+    "stl10",
 )
 AA_LITE = {"name": "autoattack", "params": {"version": "custom", "attacks": ["apgd-ce", "apgd-t"]}}
 
@@ -25,14 +35,19 @@ AA_LITE = {"name": "autoattack", "params": {"version": "custom", "attacks": ["ap
 def tecoa16(**overrides: Any) -> Protocol:
     return Protocol(
         name="tecoa-16",
-        attacks=[{"name": "pgd", "label": "pgd-100",
-                  "params": {"steps": 100, "alpha": "1/255", "random_start": True}}],
+        attacks=[
+            {
+                "name": "pgd",
+                "label": "pgd-100",
+                "params": {"steps": 100, "alpha": "1/255", "random_start": True},
+            }
+        ],
         eps=["1/255"],
         templates=["This is a photo of a {}"],
         datasets=_tecoa16(),
         n_samples=None,
         description="TeCoA/PMG-AFT/TGA-ZSR/SAFT: PGD-100 (step 1/255, 1 restart, CE), Linf 1/255, "
-                    "full test sets, 'This is a photo of a {}'",
+        "full test sets, 'This is a photo of a {}'",
     ).with_overrides(**overrides)
 
 
@@ -44,7 +59,7 @@ def autoattack(**overrides: Any) -> Protocol:
         templates=["This is a photo of a {}"],
         datasets=_tecoa16(),
         description="AutoAttack APGD-CE + APGD-T (100 iterations, 1 restart, 9 targets; APGD-CE "
-                    "only for 2-class sets), Linf 1/255, TeCoA suite and template",
+        "only for 2-class sets), Linf 1/255, TeCoA suite and template",
     ).with_overrides(**overrides)
 
 
@@ -68,18 +83,24 @@ def fare_aa(**overrides: Any) -> Protocol:
         templates="openai-imagenet",
         datasets=list(FARE_DATASETS),
         description="FARE/RobustBench-CLIP: APGD-CE + APGD-T 100 iterations, Linf 1, 2, 4 /255, "
-                    "1000 samples per dataset, template ensemble",
+        "1000 samples per dataset, template ensemble",
     ).with_overrides(**overrides)
 
 
-def pgd(steps: int = 10, alpha: str | float | None = None, random_start: bool = True,
-        **overrides: Any) -> Protocol:
+def pgd(
+    steps: int = 10, alpha: str | float | None = None, random_start: bool = True, **overrides: Any
+) -> Protocol:
     """PGD-`steps` with step `alpha` (default 2.5 * eps / steps, Madry et al.)."""
     alpha = alpha if alpha is not None else f"2.5*eps/{steps}"
     return Protocol(
         name="pgd",
-        attacks=[{"name": "pgd", "label": f"pgd-{steps}",
-                  "params": {"steps": steps, "alpha": alpha, "random_start": random_start}}],
+        attacks=[
+            {
+                "name": "pgd",
+                "label": f"pgd-{steps}",
+                "params": {"steps": steps, "alpha": alpha, "random_start": random_start},
+            }
+        ],
         eps=["1/255"],
         templates=["This is a photo of a {}"],
         datasets=["cifar10"],
@@ -88,17 +109,24 @@ def pgd(steps: int = 10, alpha: str | float | None = None, random_start: bool = 
 
 
 def clean(**overrides: Any) -> Protocol:
-    return Protocol(name="clean", attacks=[], templates=["This is a photo of a {}"],
-                    datasets=["cifar10"], description="clean zero-shot accuracy only"
-                    ).with_overrides(**overrides)
+    return Protocol(
+        name="clean",
+        attacks=[],
+        templates=["This is a photo of a {}"],
+        datasets=["cifar10"],
+        description="clean zero-shot accuracy only",
+    ).with_overrides(**overrides)
 
 
 def mmcoa(**overrides: Any) -> Protocol:
     return Protocol(
         name="mmcoa",
         attacks=[
-            {"name": "pgd", "label": "image-pgd-100",
-             "params": {"steps": 100, "alpha": "1/255", "random_start": True}},
+            {
+                "name": "pgd",
+                "label": "image-pgd-100",
+                "params": {"steps": 100, "alpha": "1/255", "random_start": True},
+            },
             {"name": "text-attack", "label": "text"},
             {"name": "multimodal", "label": "multimodal"},
         ],
@@ -106,7 +134,7 @@ def mmcoa(**overrides: Any) -> Protocol:
         templates=["This is a photo of a {}"],
         datasets=[d for d in _tecoa16() if d != "tinyimagenet"],
         description="MMCoA: clean, image PGD-100, text attack, multimodal attack (Linf 1/255); "
-                    "text/multimodal attacks come from the clipx_mmcoa plugin",
+        "text/multimodal attacks come from the clipx_mmcoa plugin",
     ).with_overrides(**overrides)
 
 

@@ -158,7 +158,8 @@ def _resolve_split(classnames: list[str], seen: Sequence[str] | None, novel: Seq
 
 
 def _take(dataset, classnames: list[str], wanted: list[str], per_class: int | None, seed: int):
-    """Decode up to `per_class` images of each wanted class (seeded choice); labels = index in wanted."""
+    """Decode up to `per_class` images of each wanted class (seeded choice); labels = index in wanted.
+    Returned in a seeded random order, so any prefix (e.g. the AutoAttack subset) mixes classes."""
     from clip_robust_ext.data import few_shot_indices, targets_of
 
     targets = targets_of(dataset)
@@ -166,7 +167,8 @@ def _take(dataset, classnames: list[str], wanted: list[str], per_class: int | No
     keep = [i for i, t in enumerate(targets) if t in ids]
     sub_targets = [targets[i] for i in keep]
     chosen = few_shot_indices(sub_targets, per_class, seed) if per_class else list(range(len(keep)))
-    idx = [keep[j] for j in chosen]
+    order = torch.randperm(len(chosen), generator=torch.Generator().manual_seed(seed)).tolist()
+    idx = [keep[chosen[j]] for j in order]
     xs, ys = [], []
     for i in idx:
         x, t = dataset[i]
@@ -463,7 +465,7 @@ def run_paper(
             results["heads"][head] = res
             sn = res.get("seen", {})
             echo(
-                f"[{head}] novel clean {res['novel']['clean_acc']:.3f} robust {res['novel']['robust_acc']:.3f} "
+                f"[{head}] novel clean {_pct(res['novel'], 'clean_acc')} robust {_pct(res['novel'], 'robust_acc')} "
                 f"| seen clean {_pct(sn, 'clean_acc')} robust {_pct(sn, 'robust_acc')} "
                 f"({train_s:.0f}s train)"
             )

@@ -10,10 +10,18 @@ from .defense import MMCoA, factory
 
 @hookimpl
 def register_attacks(register):
-    register("text-attack", text_attack, modality="text",
-             description="TextAttack word swap on the class prompts (bert-mlm | wordnet | charswap; KL or zero-shot goal)")
-    register("multimodal", multimodal, modality="multimodal",
-             description="image PGD against the classifier over text-attacked class prompts (MMCoA setting 3)")
+    register(
+        "text-attack",
+        text_attack,
+        modality="text",
+        description="TextAttack word swap on the class prompts (bert-mlm | wordnet | charswap; KL or zero-shot goal)",
+    )
+    register(
+        "multimodal",
+        multimodal,
+        modality="multimodal",
+        description="image PGD against the classifier over text-attacked class prompts (MMCoA setting 3)",
+    )
 
 
 @hookimpl

@@ -29,7 +29,9 @@ def _text_parameters() -> list[inspect.Parameter]:
 
 
 def _signature(extra: list[inspect.Parameter]) -> inspect.Signature:
-    model = inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=ZeroShotClassifier)
+    model = inspect.Parameter(
+        "model", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=ZeroShotClassifier
+    )
     return inspect.Signature([model, *extra, *_text_parameters()])
 
 
@@ -49,10 +51,12 @@ def multimodal(model: ZeroShotClassifier, **params: Any):
 
 
 text_attack.__signature__ = _signature([])
-multimodal.__signature__ = _signature([
-    inspect.Parameter("eps", _KW, default="1/255", annotation=float | str),
-    inspect.Parameter("alpha", _KW, default="1/255", annotation=float | str),
-    inspect.Parameter("steps", _KW, default=10, annotation=int),
-    inspect.Parameter("image_attack", _KW, default="pgd", annotation=str),
-    inspect.Parameter("random_start", _KW, default=True, annotation=bool),
-])
+multimodal.__signature__ = _signature(
+    [
+        inspect.Parameter("eps", _KW, default="1/255", annotation=float | str),
+        inspect.Parameter("alpha", _KW, default="1/255", annotation=float | str),
+        inspect.Parameter("steps", _KW, default=10, annotation=int),
+        inspect.Parameter("image_attack", _KW, default="pgd", annotation=str),
+        inspect.Parameter("random_start", _KW, default=True, annotation=bool),
+    ]
+)

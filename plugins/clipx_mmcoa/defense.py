@@ -33,7 +33,13 @@ class MMCoA(Defense):
     name = "mmcoa"
     trainable = "both"
     # MMCoA.py: Adam betas (0.9, 0.98), eps 1e-6, weight decay 0.2, lr 1e-6, full CLIP
-    train_defaults = {"optimizer": "adam", "lr": 1e-6, "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.2}
+    train_defaults = {
+        "optimizer": "adam",
+        "lr": 1e-6,
+        "betas": (0.9, 0.98),
+        "eps": 1e-6,
+        "weight_decay": 0.2,
+    }
 
     def __init__(
         self,
@@ -65,13 +71,19 @@ class MMCoA(Defense):
             raise ClipxUsageError(f"mmcoa: class_aware must be true or false, got {class_aware!r}")
         self.class_aware = class_aware
         if not isinstance(text_refresh_steps, int) or text_refresh_steps < 0:
-            raise ClipxUsageError(f"mmcoa: text_refresh_steps must be >= 0 (0 = once per epoch), got {text_refresh_steps!r}")
+            raise ClipxUsageError(
+                f"mmcoa: text_refresh_steps must be >= 0 (0 = once per epoch), got {text_refresh_steps!r}"
+            )
         self.text_refresh_steps = text_refresh_steps
         lm_name = masked_lm if isinstance(masked_lm, str) else TextAttackConfig.masked_lm
         self.text_config = TextAttackConfig(
-            transformation=transformation, goal="kl",
-            max_words=max_words, max_candidates=max_candidates, masked_lm=lm_name,
-            min_confidence=min_confidence, seed=text_seed,
+            transformation=transformation,
+            goal="kl",
+            max_words=max_words,
+            max_candidates=max_candidates,
+            masked_lm=lm_name,
+            min_confidence=min_confidence,
+            seed=text_seed,
         )
         self._masked_lm = None if isinstance(masked_lm, str) else masked_lm
         self._tokenizer = tokenizer
@@ -79,15 +91,21 @@ class MMCoA(Defense):
 
     def _caption_cache(self, ctx: TrainContext) -> CaptionAttackCache:
         if self._captions is None or self._captions.attacker.classifier is not ctx.model:
-            attacker = CLIPTextAttacker(ctx.model, self.text_config, masked_lm=self._masked_lm, tokenizer=self._tokenizer)
+            attacker = CLIPTextAttacker(
+                ctx.model, self.text_config, masked_lm=self._masked_lm, tokenizer=self._tokenizer
+            )
             self._captions = CaptionAttackCache(attacker)
         cache = self._captions
-        cache.refresh(ctx.epoch if self.text_refresh_steps == 0 else ctx.step // self.text_refresh_steps)
+        cache.refresh(
+            ctx.epoch if self.text_refresh_steps == 0 else ctx.step // self.text_refresh_steps
+        )
         return cache
 
     def loss(self, batch: Batch, ctx: TrainContext):
         model = ctx.model
-        attack = ctx.attack("pgd", eps=self.eps, alpha=self.alpha, steps=self.steps, random_start=True)
+        attack = ctx.attack(
+            "pgd", eps=self.eps, alpha=self.alpha, steps=self.steps, random_start=True
+        )
         x_adv = attack(batch.images, batch.labels).images
         verify_adversarial(batch.images, x_adv, self.eps, "Linf", "mmcoa/pgd")
         records = self._caption_cache(ctx)(batch.captions)
@@ -104,7 +122,13 @@ class MMCoA(Defense):
         l_txt = 2 * clip_contrastive_loss(img, txt_adv, scale, labels)
         loss = self.lambda_img * l_img + self.lambda_txt * l_txt
         with torch.no_grad():
-            adv_acc = (scale * img_adv @ model.class_matrix().t()).argmax(1).eq(batch.labels).float().mean()
+            adv_acc = (
+                (scale * img_adv @ model.class_matrix().t())
+                .argmax(1)
+                .eq(batch.labels)
+                .float()
+                .mean()
+            )
         perturbed = [r for r in records if r.status == "perturbed"]
         return loss, {
             "loss_img": float(l_img.detach()),
@@ -116,9 +140,14 @@ class MMCoA(Defense):
 
     def config(self) -> dict[str, Any]:
         return {
-            "eps": format_eps(self.eps), "alpha": format_eps(self.alpha), "steps": self.steps,
-            "lambda_img": self.lambda_img, "lambda_txt": self.lambda_txt, "class_aware": self.class_aware,
-            "text_refresh_steps": self.text_refresh_steps, "text": self.text_config.to_dict(),
+            "eps": format_eps(self.eps),
+            "alpha": format_eps(self.alpha),
+            "steps": self.steps,
+            "lambda_img": self.lambda_img,
+            "lambda_txt": self.lambda_txt,
+            "class_aware": self.class_aware,
+            "text_refresh_steps": self.text_refresh_steps,
+            "text": self.text_config.to_dict(),
             "masked_lm_object": None if self._masked_lm is None else type(self._masked_lm).__name__,
         }
 
@@ -128,12 +157,18 @@ def factory(**params: Any) -> MMCoA:
     accepted = [p for p in inspect.signature(MMCoA.__init__).parameters if p != "self"]
     for key in params:
         if key not in accepted:
-            raise ClipxUsageError(f"defense 'mmcoa': unknown parameter '{key}'{closest(key, accepted)}; accepted: {accepted}")
+            raise ClipxUsageError(
+                f"defense 'mmcoa': unknown parameter '{key}'{closest(key, accepted)}; accepted: {accepted}"
+            )
     return MMCoA(**params)
 
 
 factory.__doc__ = MMCoA.__doc__
 # recipes check parameter names and types against this before any work starts
 factory.__signature__ = inspect.signature(MMCoA.__init__, eval_str=True).replace(
-    parameters=[p for name, p in inspect.signature(MMCoA.__init__, eval_str=True).parameters.items() if name != "self"]
+    parameters=[
+        p
+        for name, p in inspect.signature(MMCoA.__init__, eval_str=True).parameters.items()
+        if name != "self"
+    ]
 )

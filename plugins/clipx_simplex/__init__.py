@@ -38,11 +38,22 @@ No upper-bound variant: the second-order model is not a bound on D (the remainde
 and norm bounds (|J^T v| <= |J||v|, v^T H v <= lambda_max |v|^2) need lambda_max(H), which power
 iteration only under-estimates; we could not justify one, so none is offered.
 
-Cost (PGD-T, batch N, per step, forward/backward passes in units of N images). TeCoA: T forward +
-T input-backward (attack) + 1 forward + 1 backward. AdvSimplex adds 1 reference forward (no grad),
-and for the closed form one forward on (T+1)N replicated images, one backward with create_graph,
-one double backward (the T+1 Hessian-vector products) and the parameter backward through both;
-"finite-difference" replaces these by (4T+3)N forwards and an ordinary backward. bench.py measures.
+Accuracy of the closed form (tests/test_simplex*.py): exact (to 1e-10) for a loss that is
+quadratic in the input; on CLIPs the gap to the Monte-Carlo expectation is the Taylor remainder,
+O(eps) relative. It is small for a random-init clipx-tiny (<2% at 1/255) but large for the
+trained, non-robust clipx-small-c10: the closed form underestimates E[D] by ~20% at 1/255 and
+~50% at 4/255 (summed over triangles), so it is a cheap surrogate, not a precise expectation.
+
+Cost (PGD-T, batch N, per step; images through the vision tower counted by bench.py). TeCoA:
+T forward + T input-backward (attack), 1 forward + 1 backward: (T+1)N images. AdvSimplex adds
+1 reference forward (no grad) and, for the closed form, one forward on (T+1)N replicated images,
+one backward with create_graph, one double backward (the T+1 Hessian-vector products) and the
+parameter backward through both (third-order autograd): (2T+3)N images (N of them through the
+frozen reference), about 2x TeCoA's forwards,
+but measured 5.4x TeCoA's step time (procedural-small, N=16, T=3, CPU). "finite-difference"
+replaces the derivative passes by (4T+3)N forwards and an ordinary backward (3.2x TeCoA).
+Monte Carlo with 100 points per triangle costs 9x the closed form (value + parameter backward).
+Reproduce: python -m clipx_simplex.bench
 """
 
 import inspect

@@ -65,8 +65,15 @@ def _setup(model_name: str, batch: int, seed: int):
     return zs, x, y
 
 
-def bench(model_name: str = "procedural-small", batch: int = 16, eps: float = 4 / 255, steps: int = 3,
-          mc_samples: int = 100, repeats: int = 3, seed: int = 0) -> list[dict[str, Any]]:
+def bench(
+    model_name: str = "procedural-small",
+    batch: int = 16,
+    eps: float = 4 / 255,
+    steps: int = 3,
+    mc_samples: int = 100,
+    repeats: int = 3,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
     zs, x, y = _setup(model_name, batch, seed)
     ref = copy.deepcopy(zs).eval().requires_grad_(False)
     with torch.no_grad():  # a model that has moved from its reference: D(x), J non-zero
@@ -87,9 +94,12 @@ def bench(model_name: str = "procedural-small", batch: int = 16, eps: float = 4 
 
     def cf(backward: bool, derivatives: str = "autograd"):
         def run():
-            terms = closed_form(zs, div, x, deltas, target, derivatives=derivatives, create_graph=backward)
+            terms = closed_form(
+                zs, div, x, deltas, target, derivatives=derivatives, create_graph=backward
+            )
             if backward:
                 torch.autograd.grad(terms.value.mean(), params)
+
         return run
 
     def mc(backward: bool):
@@ -98,47 +108,65 @@ def bench(model_name: str = "procedural-small", batch: int = 16, eps: float = 4 
                 out = monte_carlo(zs, div, x, deltas, target, mc_samples).mean
             if backward:
                 torch.autograd.grad(out.mean(), params)
+
         return run
 
     zs.train()
     add("closed form (autograd), value", cf(False))
     add("closed form (autograd), value + parameter backward", cf(True))
-    add("closed form (finite-difference), value + parameter backward", cf(True, "finite-difference"))
+    add(
+        "closed form (finite-difference), value + parameter backward", cf(True, "finite-difference")
+    )
     add(f"Monte Carlo {mc_samples}/triangle, value", mc(False))
     add(f"Monte Carlo {mc_samples}/triangle, value + parameter backward", mc(True))
 
-    ctx = TrainContext(model=zs, reference=ref, classnames=zs.classnames, templates=zs.templates,
-                       device=x.device)
+    ctx = TrainContext(
+        model=zs, reference=ref, classnames=zs.classnames, templates=zs.templates, device=x.device
+    )
     batch_obj = Batch(x, y, [""] * len(y))
     defenses = {
         "tecoa": get("defenses", "tecoa").obj(eps=eps, alpha=eps / 2, steps=steps),
         "advsimplex": get("defenses", "advsimplex").obj(eps=eps, alpha=eps / 2, steps=steps),
         "advsimplex (finite-difference)": get("defenses", "advsimplex").obj(
-            eps=eps, alpha=eps / 2, steps=steps, derivatives="finite-difference"),
+            eps=eps, alpha=eps / 2, steps=steps, derivatives="finite-difference"
+        ),
     }
     for name, defense in defenses.items():
+
         def step(defense=defense):
             zs.zero_grad(set_to_none=True)
             loss, _ = defense.loss(batch_obj, ctx)
             loss.backward()
+
         add(f"training step: {name} (loss + backward)", step)
     counter.close()
-    base = next(r["seconds"] for r in rows if r["measure"] == "training step: tecoa (loss + backward)")
-    mc_base = next(r["seconds"] for r in rows if r["measure"].endswith("value + parameter backward")
-                   and r["measure"].startswith("Monte"))
+    base = next(
+        r["seconds"] for r in rows if r["measure"] == "training step: tecoa (loss + backward)"
+    )
+    mc_base = next(
+        r["seconds"]
+        for r in rows
+        if r["measure"].endswith("value + parameter backward") and r["measure"].startswith("Monte")
+    )
     for r in rows:
         r["vs_tecoa_step"] = r["seconds"] / base
         r["vs_mc_backward"] = r["seconds"] / mc_base
-        r.update(model=model_name, batch=batch, steps=steps, eps=eps, threads=torch.get_num_threads())
+        r.update(
+            model=model_name, batch=batch, steps=steps, eps=eps, threads=torch.get_num_threads()
+        )
     return rows
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| measure | seconds | images through vision tower | x TeCoA step | x MC-backward |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [
+        "| measure | seconds | images through vision tower | x TeCoA step | x MC-backward |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['measure']} | {r['seconds']:.3f} | {r['images_per_call']:.0f} | "
-                     f"{r['vs_tecoa_step']:.2f} | {r['vs_mc_backward']:.2f} |")
+        lines.append(
+            f"| {r['measure']} | {r['seconds']:.3f} | {r['images_per_call']:.0f} | "
+            f"{r['vs_tecoa_step']:.2f} | {r['vs_mc_backward']:.2f} |"
+        )
     return "\n".join(lines)
 
 

@@ -35,10 +35,19 @@ class AdvSimplex(Defense):
     train_defaults = {"optimizer": "sgd", "momentum": 0.9, "lr": 1e-5, "weight_decay": 0.0}
 
     def __init__(
-        self, eps: float | str = "1/255", alpha: float | str = "1/255", steps: int = 3,
-        random_start: bool = True, weight: float = 1.0, adv_weight: float = 1.0,
-        divergence: str = "kl", reference: str = "frozen", estimator: str = "closed-form",
-        derivatives: str = "autograd", fd_step: float = 1.0, mc_samples: int = 8,
+        self,
+        eps: float | str = "1/255",
+        alpha: float | str = "1/255",
+        steps: int = 3,
+        random_start: bool = True,
+        weight: float = 1.0,
+        adv_weight: float = 1.0,
+        divergence: str = "kl",
+        reference: str = "frozen",
+        estimator: str = "closed-form",
+        derivatives: str = "autograd",
+        fd_step: float = 1.0,
+        mc_samples: int = 8,
         reduction: str = "mean",
     ):
         self.eps = parse_eps(eps, name="eps")
@@ -46,16 +55,26 @@ class AdvSimplex(Defense):
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise ClipxUsageError(f"advsimplex: steps must be a positive integer, got {steps!r}")
         if not isinstance(random_start, bool):
-            raise ClipxUsageError(f"advsimplex: random_start must be true or false, got {random_start!r}")
+            raise ClipxUsageError(
+                f"advsimplex: random_start must be true or false, got {random_start!r}"
+            )
         for key, value in (("weight", weight), ("adv_weight", adv_weight), ("fd_step", fd_step)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ClipxUsageError(f"advsimplex: {key} must be a non-negative number, got {value!r}")
+                raise ClipxUsageError(
+                    f"advsimplex: {key} must be a non-negative number, got {value!r}"
+                )
         if not fd_step > 0:
             raise ClipxUsageError(f"advsimplex: fd_step must be positive, got {fd_step!r}")
         if not isinstance(mc_samples, int) or isinstance(mc_samples, bool) or mc_samples < 1:
-            raise ClipxUsageError(f"advsimplex: mc_samples must be a positive integer, got {mc_samples!r}")
+            raise ClipxUsageError(
+                f"advsimplex: mc_samples must be a positive integer, got {mc_samples!r}"
+            )
         self.steps, self.random_start = steps, random_start
-        self.weight, self.adv_weight, self.fd_step = float(weight), float(adv_weight), float(fd_step)
+        self.weight, self.adv_weight, self.fd_step = (
+            float(weight),
+            float(adv_weight),
+            float(fd_step),
+        )
         self.divergence = _choice("divergence", divergence, DIVERGENCES)
         self.reference = _choice("reference", reference, REFERENCES)
         self.estimator = _choice("estimator", estimator, ESTIMATORS)
@@ -69,7 +88,9 @@ class AdvSimplex(Defense):
         div = get_divergence(self.divergence)
         if self.reference == "frozen":
             if ctx.reference is None:
-                raise ClipxError("advsimplex: reference='frozen' needs the frozen starting model (ctx.reference)")
+                raise ClipxError(
+                    "advsimplex: reference='frozen' needs the frozen starting model (ctx.reference)"
+                )
             ref_model = ctx.reference
         else:
             ref_model = ctx.model
@@ -79,12 +100,22 @@ class AdvSimplex(Defense):
         score_fn = div.score_fn(ctx.model)
         metrics: dict[str, float] = {}
         if self.estimator == "closed-form":
-            terms = closed_form(score_fn, div, x, deltas, target, derivatives=self.derivatives,
-                                create_graph=True, fd_step=self.fd_step)
+            terms = closed_form(
+                score_fn,
+                div,
+                x,
+                deltas,
+                target,
+                derivatives=self.derivatives,
+                create_graph=True,
+                fd_step=self.fd_step,
+            )
             per = terms.value
-            metrics = {"simplex_d0": float(terms.zeroth.detach().mean()),
-                       "simplex_first": float(terms.first.detach().mean()),
-                       "simplex_second": float(terms.second.detach().mean())}
+            metrics = {
+                "simplex_d0": float(terms.zeroth.detach().mean()),
+                "simplex_first": float(terms.first.detach().mean()),
+                "simplex_second": float(terms.second.detach().mean()),
+            }
         else:
             per = monte_carlo(score_fn, div, x, deltas, target, self.mc_samples).mean
         value = per.mean() if self.reduction == "mean" else per.sum(0).mean()
@@ -92,10 +123,15 @@ class AdvSimplex(Defense):
 
     def loss(self, batch: Batch, ctx: TrainContext):
         x, y = batch.images.float(), batch.labels
-        vertices = pgd_trajectory(ctx.model, x, y, self.eps, self.alpha, self.steps, self.random_start)
+        vertices = pgd_trajectory(
+            ctx.model, x, y, self.eps, self.alpha, self.steps, self.random_start
+        )
         logits = ctx.model(vertices[-1])
         ce = F.cross_entropy(logits, y)
-        metrics = {"ce": float(ce.detach()), "adv_acc": float((logits.argmax(1) == y).float().mean())}
+        metrics = {
+            "ce": float(ce.detach()),
+            "adv_acc": float((logits.argmax(1) == y).float().mean()),
+        }
         loss = self.adv_weight * ce
         if self.weight > 0:
             simplex, extra = self.simplex_term(x, vertices, ctx)
@@ -104,6 +140,8 @@ class AdvSimplex(Defense):
         return loss, metrics
 
     def config(self) -> dict[str, Any]:
-        out = {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "needs_reference"}
+        out = {
+            k: v for k, v in vars(self).items() if not k.startswith("_") and k != "needs_reference"
+        }
         out["eps"], out["alpha"] = format_eps(self.eps), format_eps(self.alpha)
         return out

@@ -72,7 +72,11 @@ class _CompositeLayerNorm(TorchFunctionMode):
 @contextlib.contextmanager
 def exact_math(device: torch.device) -> Iterator[None]:
     """fp32, no autocast, attention and layer norm differentiable to third order."""
-    with torch.autocast(device.type, enabled=False), sdpa_kernel([SDPBackend.MATH]), _CompositeLayerNorm():
+    with (
+        torch.autocast(device.type, enabled=False),
+        sdpa_kernel([SDPBackend.MATH]),
+        _CompositeLayerNorm(),
+    ):
         yield
 
 
@@ -116,20 +120,32 @@ class SimplexTerms:
         """The quadratic model at barycentric points lam (T, S, N, 3) -> (T, S, N)."""
         l1, l2 = lam[..., 1], lam[..., 2]
         lin = l1 * self.lin[:-1, None] + l2 * self.lin[1:, None]
-        quad = l1**2 * self.q_diag[:-1, None] + l2**2 * self.q_diag[1:, None] + 2 * l1 * l2 * self.q_next[:, None]
+        quad = (
+            l1**2 * self.q_diag[:-1, None]
+            + l2**2 * self.q_diag[1:, None]
+            + 2 * l1 * l2 * self.q_next[:, None]
+        )
         return self.zeroth + lin + quad / 2
 
 
 def closed_form(
-    score_fn: ScoreFn, divergence: Divergence, x: torch.Tensor, deltas: torch.Tensor,
-    target: torch.Tensor, derivatives: str = "autograd", create_graph: bool = True, fd_step: float = 1.0,
+    score_fn: ScoreFn,
+    divergence: Divergence,
+    x: torch.Tensor,
+    deltas: torch.Tensor,
+    target: torch.Tensor,
+    derivatives: str = "autograd",
+    create_graph: bool = True,
+    fd_step: float = 1.0,
 ) -> SimplexTerms:
     """Second-order terms at x for trajectory offsets deltas (K, N, ...) (delta_k = vertex_k - x).
 
     target: divergence.target(reference scores at x), (N, ...). create_graph=True keeps the
     graph to the model parameters (training); False returns detached values."""
     if deltas.ndim != x.ndim + 1 or deltas.shape[1:] != x.shape:
-        raise ClipxUsageError(f"deltas must be (K, *x.shape), got {tuple(deltas.shape)} for x {tuple(x.shape)}")
+        raise ClipxUsageError(
+            f"deltas must be (K, *x.shape), got {tuple(deltas.shape)} for x {tuple(x.shape)}"
+        )
     if deltas.shape[0] < 2:
         raise ClipxUsageError("a trajectory needs at least two vertices (one triangle)")
     if derivatives not in DERIVATIVES:
@@ -146,7 +162,9 @@ def closed_form(
             with contextlib.nullcontext() if create_graph else torch.no_grad():
                 terms = _fd_terms(score_fn, divergence, x, deltas, target, float(fd_step))
     if not create_graph:
-        terms = SimplexTerms(*(t.detach() for t in (terms.zeroth, terms.lin, terms.q_diag, terms.q_next)))
+        terms = SimplexTerms(
+            *(t.detach() for t in (terms.zeroth, terms.lin, terms.q_diag, terms.q_next))
+        )
     return terms
 
 
@@ -194,7 +212,9 @@ class MonteCarlo:
     @property
     def stderr(self) -> torch.Tensor:
         s = self.values.shape[1]
-        return self.values.std(1) / math.sqrt(s) if s > 1 else torch.full_like(self.mean, float("inf"))
+        return (
+            self.values.std(1) / math.sqrt(s) if s > 1 else torch.full_like(self.mean, float("inf"))
+        )
 
     def remainder(self, terms: SimplexTerms) -> torch.Tensor:
         """(T, S, N) D - quadratic model at the same points: the Taylor remainder samples.
@@ -205,9 +225,15 @@ class MonteCarlo:
 
 
 def monte_carlo(
-    score_fn: ScoreFn, divergence: Divergence, x: torch.Tensor, deltas: torch.Tensor,
-    target: torch.Tensor, n_samples: int, generator: torch.Generator | None = None,
-    chunk: int = 512, lam: torch.Tensor | None = None,
+    score_fn: ScoreFn,
+    divergence: Divergence,
+    x: torch.Tensor,
+    deltas: torch.Tensor,
+    target: torch.Tensor,
+    n_samples: int,
+    generator: torch.Generator | None = None,
+    chunk: int = 512,
+    lam: torch.Tensor | None = None,
 ) -> MonteCarlo:
     """D at n_samples uniform points (Dirichlet(1,1,1)) of every triangle, per sample.
 
@@ -221,16 +247,27 @@ def monte_carlo(
     deltas = deltas.detach().to(x.dtype)
     target = target.detach()
     if lam is None:
-        lam = sample_barycentric(n, (t, n_samples), generator=generator, device=x.device, dtype=x.dtype)
+        lam = sample_barycentric(
+            n, (t, n_samples), generator=generator, device=x.device, dtype=x.dtype
+        )
     if lam.shape != (t, n_samples, n, 3):
-        raise ClipxUsageError(f"lam must be (T, S, N, 3) = {(t, n_samples, n, 3)}, got {tuple(lam.shape)}")
+        raise ClipxUsageError(
+            f"lam must be (T, S, N, 3) = {(t, n_samples, n, 3)}, got {tuple(lam.shape)}"
+        )
     view = (n_samples, n) + (1,) * (x.ndim - 1)
     rows = []
     with exact_math(x.device):
         for i in range(t):
-            z = x + lam[i, ..., 1].reshape(view) * deltas[i] + lam[i, ..., 2].reshape(view) * deltas[i + 1]
+            z = (
+                x
+                + lam[i, ..., 1].reshape(view) * deltas[i]
+                + lam[i, ..., 2].reshape(view) * deltas[i + 1]
+            )
             z = z.reshape(n_samples * n, *x.shape[1:])
             tgt = _replicate(target, n_samples)
-            vals = [divergence(score_fn(z[j : j + chunk]), tgt[j : j + chunk]) for j in range(0, len(z), chunk)]
+            vals = [
+                divergence(score_fn(z[j : j + chunk]), tgt[j : j + chunk])
+                for j in range(0, len(z), chunk)
+            ]
             rows.append(torch.cat(vals).view(n_samples, n))
     return MonteCarlo(torch.stack(rows), lam)

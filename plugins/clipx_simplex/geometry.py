@@ -27,8 +27,11 @@ def triangle_second_moment(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def sample_barycentric(
-    n: int, shape: tuple[int, ...] = (), generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+    n: int,
+    shape: tuple[int, ...] = (),
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """(*shape, n, 3) Dirichlet(1, 1, 1) samples: normalised i.i.d. Exp(1) variables."""
     u = torch.rand((*shape, n, 3), generator=generator, device=device, dtype=torch.float64)

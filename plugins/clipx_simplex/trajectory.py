@@ -42,8 +42,13 @@ class TrajectoryPGD(torchattacks.PGD):
 
 
 def pgd_trajectory(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, alpha: float,
-    steps: int, random_start: bool = True,
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    eps: float,
+    alpha: float,
+    steps: int,
+    random_start: bool = True,
 ) -> torch.Tensor:
     """(T+1, N, C, H, W) PGD vertices; fp32, eval mode, frozen weights; every vertex verified."""
     attack = TrajectoryPGD(model, eps=eps, alpha=alpha, steps=steps, random_start=random_start)

@@ -23,7 +23,8 @@ from ..base import attack_mode
 from .config import TextAttackConfig, TextAttackRecord
 from .env import import_textattack, stopword_variants
 
-TEXTATTACK_CALLS = {"n": 0}  # process-wide count of TextAttack `Attack.attack` calls (tests read it)
+# process-wide count of TextAttack `Attack.attack` calls (tests read it)
+TEXTATTACK_CALLS = {"n": 0}
 
 
 @contextlib.contextmanager
@@ -91,12 +92,16 @@ class CLIPTextAttacker:
 
     def _build(self):
         if self.config.goal == "zero-shot" and self.anchors is None:
-            raise ClipxError("goal 'zero-shot' needs anchors (K, D): reference embeddings the labels index")
+            raise ClipxError(
+                "goal 'zero-shot' needs anchors (K, D): reference embeddings the labels index"
+            )
         if self._attack is None:
             from ...models.text_wrapper import CLIPTextModelWrapper
             from .compose import build_textattack, build_transformation
 
-            self._wrapper = CLIPTextModelWrapper(self.classifier, anchors=self.anchors, batch_size=self.config.batch_size)
+            self._wrapper = CLIPTextModelWrapper(
+                self.classifier, anchors=self.anchors, batch_size=self.config.batch_size
+            )
             transformation = build_transformation(self.config, self.masked_lm, self.tokenizer)
             with _quiet_textattack():
                 self._attack = build_textattack(self._wrapper, self.config, transformation)
@@ -128,20 +133,34 @@ class CLIPTextAttacker:
         self.textattack_calls += 1
         TEXTATTACK_CALLS["n"] += 1
         if isinstance(result, SkippedAttackResult):
-            return TextAttackRecord(text, text, "skipped", float(result.original_result.score), label,
-                                    "already misclassified", queries=result.num_queries)
-        original, perturbed = result.original_result.attacked_text, result.perturbed_result.attacked_text
+            return TextAttackRecord(
+                text,
+                text,
+                "skipped",
+                float(result.original_result.score),
+                label,
+                "already misclassified",
+                queries=result.num_queries,
+            )
+        original, perturbed = (
+            result.original_result.attacked_text,
+            result.perturbed_result.attacked_text,
+        )
         changed = sorted(original.all_words_diff(perturbed))
         record = TextAttackRecord(
             original=text,
             perturbed=perturbed.text,
             status="perturbed" if changed else "unchanged",
-            score=float(result.perturbed_result.score) if changed else float(result.original_result.score),
+            score=float(result.perturbed_result.score)
+            if changed
+            else float(result.original_result.score),
             label=label,
-            changed=[{"index": i, "old": original.words[i], "new": perturbed.words[i]} for i in changed],
+            changed=[
+                {"index": i, "old": original.words[i], "new": perturbed.words[i]} for i in changed
+            ],
             queries=int(result.num_queries),
-            succeeded=isinstance(result, SuccessfulAttackResult) or (self.config.goal == "kl" and bool(changed)
-                                                                      and self.config.kl_threshold is None),
+            succeeded=isinstance(result, SuccessfulAttackResult)
+            or (self.config.goal == "kl" and bool(changed) and self.config.kl_threshold is None),
         )
         self.check(record)
         return record
@@ -158,7 +177,9 @@ class CLIPTextAttacker:
         if bad:
             raise ClipxError(f"text attack changed stop word(s) {bad} in {record.original!r}")
 
-    def attack_texts(self, texts: Sequence[str], labels: Sequence[int] | None = None) -> list[TextAttackRecord]:
+    def attack_texts(
+        self, texts: Sequence[str], labels: Sequence[int] | None = None
+    ) -> list[TextAttackRecord]:
         """One record per text; identical (text, label) pairs are attacked once."""
         labels = list(labels) if labels is not None else [None] * len(texts)
         if len(labels) != len(texts):

@@ -29,7 +29,9 @@ def config_from_params(**params: Any) -> tuple[TextAttackConfig, Any, Any]:
     allowed = set(TextAttackConfig.__dataclass_fields__)
     unknown = sorted(set(params) - allowed)
     if unknown:
-        raise ClipxUsageError(f"text attack: unknown parameter(s) {unknown}; accepted: {sorted(allowed | {'masked_lm', 'tokenizer'})}")
+        raise ClipxUsageError(
+            f"text attack: unknown parameter(s) {unknown}; accepted: {sorted(allowed | {'masked_lm', 'tokenizer'})}"
+        )
     if isinstance(masked_lm, str):
         return TextAttackConfig(masked_lm=masked_lm, **params), None, tokenizer
     return TextAttackConfig(**params), masked_lm, tokenizer
@@ -41,14 +43,18 @@ def class_anchors(classifier: ZeroShotClassifier, anchors: Any) -> torch.Tensor 
     per-class image-embedding centroids (see `image_centroids`)."""
     if isinstance(anchors, torch.Tensor):
         if anchors.ndim != 2 or anchors.shape[0] != classifier.num_classes:
-            raise ClipxUsageError(f"anchors must be ({classifier.num_classes}, D), got {tuple(anchors.shape)}")
+            raise ClipxUsageError(
+                f"anchors must be ({classifier.num_classes}, D), got {tuple(anchors.shape)}"
+            )
         return torch.nn.functional.normalize(anchors.detach().float(), dim=-1)
     if anchors == "text":
         return classifier.class_matrix().detach().clone()
     raise ClipxUsageError(f"anchors must be 'text' or a (C, D) tensor, got {anchors!r}")
 
 
-def image_centroids(classifier: ZeroShotClassifier, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def image_centroids(
+    classifier: ZeroShotClassifier, images: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
     """(C, D) normalised mean image embedding per class (classes without images get zeros)."""
     with torch.no_grad():
         feats = classifier.encode_image(images)
@@ -64,9 +70,17 @@ class TextAttackOnPrompts:
     eps = 0.0  # images are not perturbed
     norm = "Linf"
 
-    def __init__(self, model: ZeroShotClassifier, target: str = "prompts", anchors: Any = "text", **params: Any):
+    def __init__(
+        self,
+        model: ZeroShotClassifier,
+        target: str = "prompts",
+        anchors: Any = "text",
+        **params: Any,
+    ):
         if not isinstance(model, ZeroShotClassifier):
-            raise ClipxUsageError("text-attack needs a ZeroShotClassifier (its class prompts are attacked)")
+            raise ClipxUsageError(
+                "text-attack needs a ZeroShotClassifier (its class prompts are attacked)"
+            )
         if target != "prompts":
             raise ClipxUsageError(
                 f"text-attack on a classifier attacks its class prompts (target='prompts'), got target={target!r}; "
@@ -76,9 +90,12 @@ class TextAttackOnPrompts:
         self.target = target
         self.config, masked_lm, tokenizer = config_from_params(**params)
         self._anchors_spec = anchors
-        self.attacker = CLIPTextAttacker(model, self.config, anchors=None, masked_lm=masked_lm, tokenizer=tokenizer)
+        self.attacker = CLIPTextAttacker(
+            model, self.config, anchors=None, masked_lm=masked_lm, tokenizer=tokenizer
+        )
         self._perturbed: dict[tuple, ZeroShotClassifier] = {}
-        self.result: PromptAttackResult | None = None  # the latest perturbed prompts and their records
+        # the latest perturbed prompts and their records
+        self.result: PromptAttackResult | None = None
 
     def _sync_anchors(self) -> None:
         if self.config.goal == "zero-shot":
@@ -92,9 +109,17 @@ class TextAttackOnPrompts:
             result = self.result = attack_class_prompts(self.model, self.attacker)
             victim = self.model.with_prompts(result.prompts).to(self.model.device)
             self._perturbed = {key: victim}  # one model version at a time
-            self._summary = {"target": self.target, "goal": self.config.goal,
-                             "transformation": self.config.transformation, **result.summary()}
-        return self._perturbed[key], dict(self._summary)
+            self._summary = {
+                "target": self.target,
+                "goal": self.config.goal,
+                "transformation": self.config.transformation,
+                **result.summary(),
+            }
+        victim = self._perturbed[key]
+        # mirror the wrapper's own flag only: .train()/.eval() would recurse into the shared CLIP,
+        # and attack_mode(victim) restores this flag onto that CLIP when it exits
+        victim.training = self.model.training
+        return victim, {**self._summary, "cached": cached}
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> AttackOutput:
         victim, info = self.perturbed_classifier()
@@ -141,7 +166,9 @@ class MultimodalAttack:
         victim, info = self.text.perturbed_classifier()
         adv = self._image_attack_for(victim)(images, labels).images
         verify_adversarial(images, adv, self.eps, "Linf", "multimodal")
-        info.update(image_attack=self.image_attack, eps=self.eps, alpha=self.alpha, steps=self.steps)
+        info.update(
+            image_attack=self.image_attack, eps=self.eps, alpha=self.alpha, steps=self.steps
+        )
         return AttackOutput(images=adv, model=victim, info=info)
 
     def __repr__(self) -> str:

@@ -54,7 +54,9 @@ class CLIPWordSwapMaskedLM(WordSwapMaskedLM):
         self.logit_threshold = logit_threshold
 
     def _bert_attack_replacement_words(self, current_text, index, id_preds, masked_lm_logits):
-        words = super()._bert_attack_replacement_words(current_text, index, id_preds, masked_lm_logits)
+        words = super()._bert_attack_replacement_words(
+            current_text, index, id_preds, masked_lm_logits
+        )
         if self.logit_threshold is None or not words:
             return words
         tok = self._lm_tokenizer
@@ -66,7 +68,9 @@ class CLIPWordSwapMaskedLM(WordSwapMaskedLM):
             return words
         pos = ids.index(tok.mask_token_id)
         return [
-            w for w in words if float(masked_lm_logits[pos, tok.convert_tokens_to_ids(w)]) >= self.logit_threshold
+            w
+            for w in words
+            if float(masked_lm_logits[pos, tok.convert_tokens_to_ids(w)]) >= self.logit_threshold
         ]
 
     def extra_repr_keys(self):
@@ -85,7 +89,9 @@ class OfflineWordSwapWordNet(WordSwapWordNet):
 
 
 def _offline() -> bool:
-    return any(os.environ.get(k, "") not in ("", "0") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(k, "") not in ("", "0") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def load_masked_lm(masked_lm: Any, tokenizer: Any = None) -> tuple[Any, Any]:
@@ -104,12 +110,16 @@ def load_masked_lm(masked_lm: Any, tokenizer: Any = None) -> tuple[Any, Any]:
     local = Path(name).expanduser()
     if local.exists():
         if not local.is_dir():
-            raise ClipxUsageError(f"masked_lm path {name} is not a folder (expected a saved transformers model)")
+            raise ClipxUsageError(
+                f"masked_lm path {name} is not a folder (expected a saved transformers model)"
+            )
         model = AutoModelForMaskedLM.from_pretrained(str(local))
         return model, tokenizer or AutoTokenizer.from_pretrained(str(local), use_fast=True)
     try:
         model = AutoModelForMaskedLM.from_pretrained(name, local_files_only=True)
-        return model, tokenizer or AutoTokenizer.from_pretrained(name, use_fast=True, local_files_only=True)
+        return model, tokenizer or AutoTokenizer.from_pretrained(
+            name, use_fast=True, local_files_only=True
+        )
     except OSError:
         pass
     hint = (
@@ -128,7 +138,9 @@ def load_masked_lm(masked_lm: Any, tokenizer: Any = None) -> tuple[Any, Any]:
 
 def build_transformation(config: TextAttackConfig, masked_lm: Any = None, tokenizer: Any = None):
     if config.transformation == "bert-mlm":
-        model, tok = load_masked_lm(masked_lm if masked_lm is not None else config.masked_lm, tokenizer)
+        model, tok = load_masked_lm(
+            masked_lm if masked_lm is not None else config.masked_lm, tokenizer
+        )
         return CLIPWordSwapMaskedLM(
             method="bert-attack",
             masked_language_model=model,
@@ -156,7 +168,9 @@ def build_transformation(config: TextAttackConfig, masked_lm: Any = None, tokeni
 def build_textattack(wrapper, config: TextAttackConfig, transformation) -> Attack:
     """The TextAttack Attack: goal (KL or zero-shot) + constraints + transformation + greedy WIR."""
     if config.goal == "kl":
-        goal = CLIPEmbeddingKL(wrapper, threshold=config.kl_threshold, model_batch_size=config.batch_size)
+        goal = CLIPEmbeddingKL(
+            wrapper, threshold=config.kl_threshold, model_batch_size=config.batch_size
+        )
     elif config.goal == "zero-shot":
         if wrapper.anchors is None:
             raise ClipxError("goal 'zero-shot' needs a model wrapper with anchors")

@@ -43,13 +43,19 @@ class TextAttackConfig:
                 f"text transformation must be one of {', '.join(TRANSFORMATIONS)}, got {self.transformation!r}"
             )
         if self.goal not in GOALS:
-            raise ClipxUsageError(f"text-attack goal must be one of {', '.join(GOALS)}, got {self.goal!r}")
+            raise ClipxUsageError(
+                f"text-attack goal must be one of {', '.join(GOALS)}, got {self.goal!r}"
+            )
         for name in ("max_words", "max_candidates", "max_length", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ClipxUsageError(f"text-attack {name} must be a positive integer, got {value!r}")
+                raise ClipxUsageError(
+                    f"text-attack {name} must be a positive integer, got {value!r}"
+                )
         if not isinstance(self.min_words, int) or self.min_words < 1:
-            raise ClipxUsageError(f"text-attack min_words must be a positive integer, got {self.min_words!r}")
+            raise ClipxUsageError(
+                f"text-attack min_words must be a positive integer, got {self.min_words!r}"
+            )
 
     def key(self) -> tuple:
         return tuple(sorted(asdict(self).items()))

@@ -140,7 +140,9 @@ def import_textattack() -> ModuleType:
     # TextAttack calls logging.config.dictConfig() at import, which disables every logger that
     # already exists (clipx's, torch's ...): remember which were enabled and re-enable them.
     enabled = [
-        lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger) and not lg.disabled
+        lg
+        for lg in logging.root.manager.loggerDict.values()
+        if isinstance(lg, logging.Logger) and not lg.disabled
     ]
     os.environ["TA_CACHE_DIR"] = str(folder)
     try:

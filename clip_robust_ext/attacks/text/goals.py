@@ -58,7 +58,10 @@ class CLIPEmbeddingKL(GoalFunction):
         return float((p * (self._clean_logp - logq)).sum())
 
     def _is_goal_complete(self, model_output, attacked_text):
-        return self.threshold is not None and self._get_score(model_output, attacked_text) > self.threshold
+        return (
+            self.threshold is not None
+            and self._get_score(model_output, attacked_text) > self.threshold
+        )
 
     def _should_skip(self, model_output, attacked_text):
         return False

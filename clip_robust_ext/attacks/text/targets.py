@@ -23,7 +23,9 @@ from .config import TextAttackRecord
 
 # CLIP module -> {key: PromptAttackResult}. Weak keys: a freed model takes its entries with it, so a
 # new model that happens to reuse memory addresses can never hit a stale entry.
-_PROMPT_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, PromptAttackResult]] = weakref.WeakKeyDictionary()
+_PROMPT_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, PromptAttackResult]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 @dataclass
@@ -69,11 +71,15 @@ def prompt_cache_key(classifier: ZeroShotClassifier, attacker: CLIPTextAttacker)
     )
 
 
-def cached_prompt_attack(classifier: ZeroShotClassifier, attacker: CLIPTextAttacker) -> PromptAttackResult | None:
+def cached_prompt_attack(
+    classifier: ZeroShotClassifier, attacker: CLIPTextAttacker
+) -> PromptAttackResult | None:
     return _PROMPT_CACHE.get(classifier.clip, {}).get(prompt_cache_key(classifier, attacker))
 
 
-def attack_class_prompts(classifier: ZeroShotClassifier, attacker: CLIPTextAttacker) -> PromptAttackResult:
+def attack_class_prompts(
+    classifier: ZeroShotClassifier, attacker: CLIPTextAttacker
+) -> PromptAttackResult:
     """Target "prompts": every class prompt attacked once (label = its class), cached."""
     key = prompt_cache_key(classifier, attacker)
     per_model = _PROMPT_CACHE.setdefault(classifier.clip, {})

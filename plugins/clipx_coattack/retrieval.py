@@ -1,0 +1,187 @@
+"""The `coattack-retrieval` protocol: R@1/5/10 both ways, clean and under image-only KL, text-only
+(KL BERT-Attack family), independent multimodal and Co-Attack, with attack success rates."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from clip_robust_ext.attacks import attack_mode, verify_adversarial
+from clip_robust_ext.data.captions import (
+    CaptionGallery,
+    class_galleries,
+    karpathy_gallery,
+    procedural_galleries,
+)
+from clip_robust_ext.errors import ClipxUsageError
+from clip_robust_ext.evaluation import Protocol
+from clip_robust_ext.evaluation.retrieval import RETRIEVAL_FORMULAS, attack_success, recall_hits
+from clip_robust_ext.models import ZeroShotClassifier
+from clip_robust_ext.utils.eps import format_eps
+from clip_robust_ext.utils.io import atomic_write_json
+from clip_robust_ext.utils.seeding import seed_everything
+from clip_robust_ext.utils.versions import versions
+
+from .attack import CoAttackKL
+
+MODES = ("clean", "image", "text", "multimodal", "coattack")
+
+
+def build_galleries(spec: dict[str, Any], seed: int) -> list[CaptionGallery]:
+    spec = dict(spec)
+    source = spec.pop("source", "procedural")
+    if source == "procedural":
+        return procedural_galleries(seed=seed, **spec)
+    if source == "classes":
+        from clip_robust_ext.registry import get
+
+        ds_name = spec.pop("dataset", "cifar10-jpegs")
+        split = spec.pop("split", "test")
+        dataset = get("datasets", ds_name).obj(split=split)
+        return class_galleries(dataset, seed=seed, **spec)
+    if source == "karpathy":
+        return [karpathy_gallery(**spec)]
+    raise ClipxUsageError(
+        f"retrieval galleries: source must be procedural, classes or karpathy, got {source!r}"
+    )
+
+
+@dataclass
+class RetrievalProtocol(Protocol):
+    """Co-Attack's retrieval protocol (defaults: eps 2/255, 10 steps of 1.25 eps / 10, text weight 3,
+    one word changed by the text attack)."""
+
+    name: str = "coattack-retrieval"
+    galleries: dict[str, Any] = field(default_factory=lambda: {"source": "procedural"})
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    modes: list[str] = field(default_factory=lambda: list(MODES))
+    steps: int = 10
+    text_weight: float = 3.0
+    random_start: str = "positive"
+    text_attack: dict[str, Any] = field(default_factory=lambda: {"transformation": "wordnet"})
+    eps: list[float] = field(default_factory=lambda: [2 / 255])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        bad = [m for m in self.modes if m not in MODES]
+        if bad:
+            raise ClipxUsageError(f"retrieval modes must be among {MODES}, got {bad}")
+
+    def evaluate_with(
+        self, loaded, run_dir, label: str, resume: bool = True, progress: bool = True
+    ) -> list[dict]:
+        from pathlib import Path
+
+        from clip_robust_ext.attacks.text.attacker import CLIPTextAttacker
+        from clip_robust_ext.attacks.text.classifier import config_from_params
+
+        path = Path(run_dir) / "eval" / label / self.name / "retrieval.json"
+        key = repr(sorted(self.to_dict().items()))
+        if resume and path.is_file():
+            import json
+
+            saved = json.loads(path.read_text())
+            if saved.get("protocol_key") == key:
+                return saved["records"]
+        started = time.time()
+        zs = ZeroShotClassifier(loaded, classnames=["object"])
+        zs.eval()
+        config, mlm, tok = config_from_params(goal="kl", seed=self.seed, **self.text_attack)
+        attacker = CLIPTextAttacker(zs, config, masked_lm=mlm, tokenizer=tok)
+        galleries = build_galleries(self.galleries, self.seed)
+        hits: dict[tuple[str, float], dict[str, list[torch.Tensor]]] = {}
+        text_info = {"perturbed": 0, "total": 0, "kl_mean": 0.0}
+        kl_sum = 0.0
+        for g_index, gallery in enumerate(galleries):
+            images, owner = gallery.images.to(zs.device), gallery.text_owner
+            with torch.no_grad():
+                img_clean = zs.encode_image(images)
+                txt_clean = zs.encode_text(gallery.texts)
+            need_text = any(m in ("text", "multimodal", "coattack") for m in self.modes)
+            if need_text:
+                records = attacker.attack_texts(gallery.texts)
+                with torch.no_grad():
+                    txt_adv = zs.encode_text([r.perturbed for r in records])
+                text_info["total"] += len(records)
+                text_info["perturbed"] += sum(r.status == "perturbed" for r in records)
+                kl_sum += sum(r.score for r in records if r.status == "perturbed")
+            for eps in self.eps:
+                sims: dict[str, torch.Tensor] = {"clean": img_clean @ txt_clean.t()}
+                if any(m in ("image", "multimodal") for m in self.modes):
+                    img_only = self._image_attack(zs, images, eps, 0.0, None, g_index, "image")
+                    with torch.no_grad():
+                        e = zs.encode_image(img_only)
+                    sims["image"] = e @ txt_clean.t()
+                    if need_text:
+                        sims["multimodal"] = e @ txt_adv.t()
+                if need_text:
+                    sims["text"] = img_clean @ txt_adv.t()
+                if "coattack" in self.modes:
+                    # each image is pushed away from the mean of its own perturbed captions
+                    own = torch.zeros(len(images), txt_adv.shape[1])
+                    own.index_add_(0, owner, txt_adv.cpu())
+                    own = F.normalize(own, dim=-1).to(zs.device)
+                    co = self._image_attack(
+                        zs, images, eps, self.text_weight, own, g_index, "coattack"
+                    )
+                    with torch.no_grad():
+                        sims["coattack"] = zs.encode_image(co) @ txt_adv.t()
+                for mode in self.modes:
+                    for k, v in recall_hits(sims[mode], owner, self.ks).items():
+                        hits.setdefault((mode, eps), {}).setdefault(k, []).append(v.cpu())
+        if text_info["perturbed"]:
+            text_info["kl_mean"] = kl_sum / text_info["perturbed"]
+        out = []
+        for eps in self.eps:
+            clean = {
+                k: 100.0 * torch.cat(v).float().mean().item()
+                for k, v in hits[("clean", eps)].items()
+            }
+            for mode in self.modes:
+                recall = {
+                    k: 100.0 * torch.cat(v).float().mean().item()
+                    for k, v in hits[(mode, eps)].items()
+                }
+                out.append(
+                    {
+                        "kind": "retrieval",
+                        "protocol": self.name,
+                        "label": label,
+                        "attack": mode,
+                        "dataset": self.galleries.get("source", "procedural"),
+                        "n_images": sum(len(g.images) for g in galleries),
+                        "n_texts": sum(len(g.texts) for g in galleries),
+                        "n": sum(len(g.images) for g in galleries),
+                        "eps": None if mode in ("clean", "text") else eps,
+                        "eps_str": format_eps(eps),
+                        "norm": "Linf",
+                        "recall": recall,
+                        "asr": attack_success(clean, recall),
+                        "text_attack": {**text_info, "config": config.to_dict()}
+                        if mode in ("text", "multimodal", "coattack")
+                        else None,
+                        "steps": self.steps,
+                        "text_weight": self.text_weight,
+                        "seed": self.seed,
+                        "formulas": RETRIEVAL_FORMULAS,
+                        "units": "percent",
+                        "versions": versions(),
+                        "elapsed_s": time.time() - started,
+                    }
+                )
+        atomic_write_json(path, {"protocol_key": key, "records": out})
+        return out
+
+    def _image_attack(self, zs, images, eps, weight, text_emb, g_index, mode) -> torch.Tensor:
+        seed_everything(self.seed * 7919 + g_index * 31 + (1 if mode == "coattack" else 0))
+        atk = CoAttackKL(
+            zs, eps=eps, steps=self.steps, text_weight=weight, random_start=self.random_start
+        )
+        with attack_mode(zs):
+            adv = atk(images, text_emb)
+        verify_adversarial(images, adv, eps, "Linf", f"coattack-retrieval/{mode}")
+        return adv

@@ -1,0 +1,92 @@
+"""LAAT paper mode end to end on the real CIFAR-10 JPEGs (tiny settings: plumbing, not accuracy)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from clipx_laat.cli import load_paper_config
+from clipx_laat.paper import PaperConfig, _resolve_split, run_paper
+from helpers import assets
+
+from clip_robust_ext.errors import ClipxUsageError
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def test_split_defaults_and_errors():
+    assert _resolve_split(CLASSES, None, None) == (CLASSES[:5], CLASSES[5:])
+    assert _resolve_split(CLASSES, None, ["cat", "dog"]) == (
+        [c for c in CLASSES if c not in ("cat", "dog")],
+        ["cat", "dog"],
+    )
+    assert _resolve_split(CLASSES, ["cat", "dog"], None)[1] == [
+        c for c in CLASSES if c not in ("cat", "dog")
+    ]
+    with pytest.raises(ClipxUsageError, match="did you mean 'truck'"):
+        _resolve_split(CLASSES, None, ["truk", "dog"])
+    with pytest.raises(ClipxUsageError, match="overlap"):
+        _resolve_split(CLASSES, ["cat", "dog"], ["dog", "frog"])
+
+
+@pytest.mark.slow
+def test_smoke_profile_runs_both_heads_and_writes_results(tmp_path):
+    assets()
+    doc = load_paper_config(
+        profile="smoke", overrides=['heads=["expanded", "raw"]', "episodes=2", "n_query=4"]
+    )
+    cfg = PaperConfig.from_dict(doc)
+    res = run_paper(cfg, tmp_path, echo=lambda s: None)
+    assert set(res["heads"]) == {"expanded", "raw"}
+    a = res["anchors"]
+    assert a["expanded"]["all"] < a["raw"]["all"] - 0.3 and a["expanded"]["theta_max_deg"] > 30
+    for head in ("expanded", "raw"):
+        nv = res["heads"][head]["novel"]
+        assert (
+            nv["n"] == 5 * 8
+            and nv["classes"] == 5
+            and 0 <= nv["robust_acc"] <= nv["clean_acc"] <= 1
+        )
+        assert res["heads"][head]["episodic"]["episodes"] == 2
+        assert (tmp_path / f"backbone-{head}.pt").is_file()
+    assert json.loads((tmp_path / "results.json").read_text())["novel"] == [
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
+    md = (tmp_path / "results.md").read_text()
+    assert "| expanded |" in md and "| raw |" in md and "mean pairwise cos" in md
+    heads = {
+        json.loads(line)["head"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    }
+    assert heads == {"expanded", "raw"}
+
+
+@pytest.mark.slow
+def test_cli_anchors_reports_the_cosine_drop():
+    assets()
+    from clip_robust_ext.cli import cli
+
+    res = CliRunner().invoke(cli, ["laat", "anchors", "--json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.output[res.output.index("{") :])
+    assert rep["expanded"]["all_mean_pairwise_cos"] < rep["raw"]["all_mean_pairwise_cos"] - 0.3
+    assert rep["novel"] == ["dog", "frog", "horse", "ship", "truck"]
+
+
+def test_take_is_per_class_and_shuffled():
+    from clipx_laat.paper import _take
+
+    from clip_robust_ext.data import ProceduralShapes
+
+    ds = ProceduralShapes(split="test", n=60, seed=0, image_size=16)
+    names = list(ds.classnames)
+    x, y = _take(ds, names, [names[3], names[1], names[7]], per_class=4, seed=0)
+    assert x.shape == (12, 3, 16, 16) and sorted(y.tolist()) == [0] * 4 + [1] * 4 + [2] * 4
+    assert y.tolist() != sorted(y.tolist())  # mixed order: a prefix covers several classes
+    x2, y2 = _take(ds, names, [names[3], names[1], names[7]], per_class=4, seed=0)
+    assert torch.equal(x, x2) and torch.equal(y, y2)
