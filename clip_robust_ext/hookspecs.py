@@ -1,6 +1,9 @@
 """The plugin contract. Every hook receives a `register(name, obj, **meta)` callback
 (the simonw/llm pattern): a plugin calls it zero or more times and returns nothing.
-Specs are keyword-only; an implementation may accept a subset of the arguments."""
+Specs are keyword-only; an implementation may accept a subset of the arguments, so arguments
+can be added later without breaking plugins (never renamed or removed). Factories should
+expose their parameters to `inspect.signature`: recipes validate and route keys by it.
+Author guide: docs/PLUGINS.md."""
 
 from __future__ import annotations
 
@@ -50,4 +53,4 @@ def register_recipes(register):
 
 @hookspec
 def register_commands(cli):
-    """Add click commands or groups to the `clipx` CLI group."""
+    """Add click commands or groups to the `clipx` CLI group (built-in commands stay)."""

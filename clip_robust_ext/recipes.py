@@ -32,6 +32,7 @@ except ImportError:  # pragma: no cover - Python 3.10 with the tomli backport
 
 from .errors import ClipxUsageError, closest, unknown_name
 from .registry import entries
+from .utils.tomlwriter import dump_toml
 
 STAGES = ("pretrain", "defend", "evaluate")
 SECTIONS = ("recipe", "model", "data", "pretrain", "defense", "baselines", "evaluate", "profiles")
@@ -477,9 +478,13 @@ def _dataset(
     for k in extra:
         if k in section and k not in params:
             value = section.pop(k)
-            kind = {"templates": None, "label": str}.get(k, int)
             dotted = f"{key}.{k}"
-            out[k] = _templates(value, dotted, reg) if kind is None else coerce(value, kind, dotted)
+            if k == "templates":
+                out[k] = _templates(value, dotted, reg)
+            else:  # n: a seeded subset
+                out[k] = coerce(value, int, dotted)
+                if out[k] < 1:
+                    raise ClipxUsageError(f"{dotted}: must be a positive integer, got {value!r}")
     out.update(_factory_kwargs(section, factory, key, ("dataset", *extra)))
     return out
 
@@ -831,85 +836,6 @@ def list_recipes() -> list[dict[str, Any]]:
             }
         )
     return sorted(out, key=lambda d: d["name"])
-
-
-# --------------------------------------------------------------------------------------------
-# a small TOML writer (resolved recipes): tables, arrays of tables, inline values
-
-
-def _toml_str(text: str) -> str:
-    """A TOML basic string: quotes, backslashes and control characters escaped."""
-    out = []
-    for ch in text:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def _toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_str(key)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return _toml_str(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        inner = ", ".join(f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in value.items())
-        return "{ " + inner + " }" if inner else "{}"
-    if value is None:
-        raise ValueError("TOML has no null")
-    return _toml_str(str(value))
-
-
-def dump_toml(doc: dict[str, Any]) -> str:
-    lines: list[str] = []
-
-    def table(prefix: str, node: dict[str, Any], header: str | None) -> None:
-        scalars = {
-            k: v
-            for k, v in node.items()
-            if not _is_table(v) and not _is_table_array(v) and v is not None
-        }
-        if header is not None:
-            lines.append(header)
-        for k, v in scalars.items():
-            lines.append(f"{_toml_key(str(k))} = {_toml_value(v)}")
-        if header is not None or scalars:
-            lines.append("")
-        for k, v in node.items():
-            path = f"{prefix}.{_toml_key(str(k))}" if prefix else _toml_key(str(k))
-            if _is_table(v):
-                table(path, v, f"[{path}]")
-            elif _is_table_array(v):
-                for item in v:
-                    table(path, item, f"[[{path}]]")
-
-    table("", doc, None)
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def _is_table(v: Any) -> bool:
-    return isinstance(v, dict)
-
-
-def _is_table_array(v: Any) -> bool:
-    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
 
 
 def run_recipe(recipe, profile=None, run_dir=None, resume=False, overrides=()):

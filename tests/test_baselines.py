@@ -33,11 +33,21 @@ def _setup(needs_reference: bool, n: int = 8, seed: int = 0):
     if needs_reference:
         import copy
 
-        ref = ZeroShotClassifier(copy.deepcopy(loaded), data.classnames).eval().requires_grad_(False)
-    ctx = TrainContext(model=zs, reference=ref, classnames=data.classnames, templates=zs.templates,
-                       device=torch.device("cpu"), build_attack=fp32_attack_builder)
+        ref = (
+            ZeroShotClassifier(copy.deepcopy(loaded), data.classnames).eval().requires_grad_(False)
+        )
+    ctx = TrainContext(
+        model=zs,
+        reference=ref,
+        classnames=data.classnames,
+        templates=zs.templates,
+        device=torch.device("cpu"),
+        build_attack=fp32_attack_builder,
+    )
     xs, ys = zip(*(data[i] for i in range(n)))
-    batch = Batch(torch.stack(xs), torch.tensor(ys), [data.caption(i) for i in range(n)], torch.arange(n))
+    batch = Batch(
+        torch.stack(xs), torch.tensor(ys), [data.caption(i) for i in range(n)], torch.arange(n)
+    )
     return zs, ctx, batch
 
 
@@ -47,7 +57,12 @@ def test_registered_with_paper_defaults():
     assert (tecoa.eps, tecoa.alpha, tecoa.steps, tecoa.trainable) == (1 / 255, 1 / 255, 2, "visual")
     assert tecoa.config() == {"eps": "1/255", "alpha": "1/255", "steps": 2}
     fare = get("defenses", "fare").obj(eps="2/255")
-    assert (fare.eps, fare.steps, fare.needs_reference, fare.train_defaults["optimizer"]) == (2 / 255, 10, True, "adamw")
+    assert (fare.eps, fare.steps, fare.needs_reference, fare.train_defaults["optimizer"]) == (
+        2 / 255,
+        10,
+        True,
+        "adamw",
+    )
     assert get("defenses", "pmg-aft").obj().reduction == "sum"
     assert get("defenses", "ft-standard").obj().trainable == "both"
     with pytest.raises(ClipxUsageError, match="did you mean 'steps'"):
@@ -64,7 +79,9 @@ def test_tecoa_is_ce_on_pgd_examples_and_trains_vision_only():
     torch.manual_seed(0)
     loss, metrics = defense.loss(batch, ctx)
     torch.manual_seed(0)
-    x_adv = ctx.attack("pgd", eps=4 / 255, alpha=2 / 255, steps=3, random_start=True)(batch.images, batch.labels).images
+    x_adv = ctx.attack("pgd", eps=4 / 255, alpha=2 / 255, steps=3, random_start=True)(
+        batch.images, batch.labels
+    ).images
     assert (x_adv - batch.images).abs().max() <= 4 / 255 + 1e-6
     expected = F.cross_entropy(zs(x_adv), batch.labels)
     torch.testing.assert_close(loss, expected)
@@ -85,7 +102,9 @@ def test_pmg_aft_terms_and_reduction():
     # model == reference at the start: KL(P_ref(x_adv) || P(x_adv)) is zero
     assert abs(float(m_sum["kl_ref"])) < 1e-5
     assert float(m_sum["kl_clean"]) > 0
-    assert float(m_sum["kl_clean"]) == pytest.approx(len(batch.labels) * float(m_mean["kl_clean"]), rel=1e-4)
+    assert float(m_sum["kl_clean"]) == pytest.approx(
+        len(batch.labels) * float(m_mean["kl_clean"]), rel=1e-4
+    )
     torch.testing.assert_close(loss_sum, m_sum["ce"] + m_sum["kl_ref"] + m_sum["kl_clean"])
     loss_sum.backward()
     assert zs.clip.visual.conv1.weight.grad is not None
@@ -103,14 +122,20 @@ def test_fare_embedding_attack_and_loss():
     with torch.no_grad():
         d_adv = embedding_l2(zs.encode_image(x_adv, normalize=False), target).mean()
         d_rand = embedding_l2(zs.encode_image(x_rand, normalize=False), target).mean()
-    assert (x_adv - batch.images).abs().max() <= 4 / 255 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert (
+        (x_adv - batch.images).abs().max() <= 4 / 255 + 1e-6
+        and x_adv.min() >= 0
+        and x_adv.max() <= 1
+    )
     assert d_adv > 3 * d_rand  # the inner max finds far worse points than random noise
 
     torch.manual_seed(0)
     loss, metrics = get("defenses", "fare").obj(eps="4/255", steps=5).loss(batch, ctx)
     assert float(loss.detach()) > 0 and "loss_adv" in metrics
     loss.backward()
-    assert zs.clip.visual.conv1.weight.grad is not None and zs.clip.token_embedding.weight.grad is None
+    assert (
+        zs.clip.visual.conv1.weight.grad is not None and zs.clip.token_embedding.weight.grad is None
+    )
     # no budget: x_adv == x and the model equals the reference, so the loss vanishes
     zero, _ = get("defenses", "fare").obj(eps=0, alpha=0, steps=1).loss(batch, ctx)
     assert float(zero.detach()) < 1e-8
@@ -123,7 +148,9 @@ def test_ft_standard_contrastive_loss_and_class_aware_targets():
     txt = zs.encode_text(batch.captions)
     logits = zs.logit_scale() * img @ txt.t()
     eye = torch.arange(12)
-    torch.testing.assert_close(loss, (F.cross_entropy(logits, eye) + F.cross_entropy(logits.t(), eye)) / 2)
+    torch.testing.assert_close(
+        loss, (F.cross_entropy(logits, eye) + F.cross_entropy(logits.t(), eye)) / 2
+    )
     loss.backward()
     assert zs.clip.token_embedding.weight.grad is not None and zs.clip.logit_scale.grad is not None
 
@@ -132,5 +159,8 @@ def test_ft_standard_contrastive_loss_and_class_aware_targets():
     aware = clip_contrastive_loss(feats, feats, torch.tensor(10.0), labels)
     logits = 10 * feats @ feats.t()
     targets = torch.tensor([[0.5, 0.5, 0, 0], [0.5, 0.5, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
-    manual = -(targets * logits.log_softmax(1)).sum(1).mean() / 2 - (targets * logits.t().log_softmax(1)).sum(1).mean() / 2
+    manual = (
+        -(targets * logits.log_softmax(1)).sum(1).mean() / 2
+        - (targets * logits.t().log_softmax(1)).sum(1).mean() / 2
+    )
     torch.testing.assert_close(aware, manual)

@@ -210,3 +210,16 @@ def test_console_entry_point_never_prints_a_traceback():
         out.stderr.strip().splitlines()[-1] == "Error: recipe file not found: /no/such/recipe.toml"
     )
     assert "Traceback" not in out.stderr and out.stdout == ""
+
+
+def test_recipe_show_mmcoa_with_set_prints_the_resolved_recipe():
+    if not (REPO / "recipes" / "mmcoa.toml").is_file():
+        pytest.skip("recipes/mmcoa.toml not written yet")
+    result = invoke("recipe", "show", "mmcoa", "--set", "defense.lr=1e-5", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["recipe"]["name"] == "mmcoa" and doc["defense"]["name"] == "mmcoa"
+    assert doc["defense"]["train"]["lr"] == 1e-5
+    typo = invoke("recipe", "show", "mmcoa", "--set", "defense.lrr=1e-5")
+    assert typo.exit_code == 2
+    assert "defense.lrr: unknown key (did you mean 'lr'?)" in typo.stderr

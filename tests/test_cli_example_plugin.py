@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -39,11 +40,15 @@ def _pip(*args: str) -> None:
 
 @pytest.fixture(scope="module")
 def example_plugin():
-    """pip install -e the example plugin (no deps, no build isolation: works offline); the
-    uninstall at the end leaves the environment as it was found."""
+    """pip install -e the example plugin (no deps); the uninstall at the end leaves the
+    environment as it was found."""
     was_installed = _installed()
     if not was_installed:
-        _pip("install", "--no-deps", "--no-build-isolation", "-q", "-e", str(EXAMPLE))
+        # without build isolation when setuptools is here: no download needed
+        isolation = (
+            [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+        )
+        _pip("install", "--no-deps", *isolation, "-q", "-e", str(EXAMPLE))
     importlib.invalidate_caches()
     try:  # an editable install's .pth file is only read at interpreter start-up
         importlib.import_module("clipx_example_plugin")

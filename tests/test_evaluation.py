@@ -121,12 +121,25 @@ class _SwapPrompts:
         return (x + 0.001 if self.move else x), self.model.with_prompts(prompts)
 
 
+class _SignNoiseAndPrompts:
+    """Multimodal: images moved to a corner of the eps ball, scored with rotated prompts."""
+
+    def __init__(self, model, eps, scale=1.0):
+        self.model, self.step = model, eps * scale
+
+    def __call__(self, x, y):
+        noise = torch.sign(torch.randn_like(x))  # the engine seeds every batch
+        prompts = self.model.prompts[1:] + self.model.prompts[:1]
+        return (x + self.step * noise).clamp(0, 1), self.model.with_prompts(prompts)
+
+
 @pytest.fixture
 def test_attacks(register_plugin):
     def register_attacks(register):
         register("over-eps", _OverEps, modality="image")
         register("train-mode", _TrainMode, modality="image")
         register("swap-prompts", _SwapPrompts, modality="text")
+        register("sign-mm", _SignNoiseAndPrompts, modality="multimodal")
 
     return register_plugin(
         SimpleNamespace(register_attacks=hookimpl(register_attacks)), "eval-test-attacks"
@@ -151,6 +164,7 @@ def test_worst_case_per_attack_and_files(c10, tmp_path, test_attacks):
         attacks=[
             {"name": "pgd", "label": "pgd-2", "params": {"steps": 2, "alpha": "eps/2"}},
             {"name": "swap-prompts", "label": "swap"},
+            {"name": "sign-mm", "label": "mm"},
         ],
         eps=["1/255", "8/255"],
     )
@@ -158,24 +172,26 @@ def test_worst_case_per_attack_and_files(c10, tmp_path, test_attacks):
     assert [r["eps_str"] for r in recs] == ["1/255", "8/255"]
     data = json.loads(result_path(tmp_path, "c10", "t", "cifar10-jpegs_test").read_text())
     s = data["samples"]
-    assert len(s["indices"]) == 24 and set(s["attacks"]) == {"pgd-2@1/255", "pgd-2@8/255", "swap"}
+    assert len(s["indices"]) == 24
+    assert set(s["attacks"]) == {"pgd-2@1/255", "pgd-2@8/255", "swap", "mm@1/255", "mm@8/255"}
     clean = [c == "1" for c in s["clean"]]
     for rec in recs:
         pgd = [c == "1" for c in s["attacks"][f"pgd-2@{rec['eps_str']}"]]
         swap = [c == "1" for c in s["attacks"]["swap"]]
-        robust = [c and p and w for c, p, w in zip(clean, pgd, swap)]
+        mm = [c == "1" for c in s["attacks"][f"mm@{rec['eps_str']}"]]
+        robust = [c and p and w and m for c, p, w, m in zip(clean, pgd, swap, mm)]
         assert rec["clean_acc"] == pytest.approx(100 * sum(clean) / 24)
         assert rec["per_attack"]["pgd-2"] == pytest.approx(
             100 * sum(c and p for c, p in zip(clean, pgd)) / 24
         )
         assert rec["robust_acc"] == pytest.approx(100 * sum(robust) / 24)
-        assert rec["units"] == "percent" and rec["attack"] == "pgd-2+swap"
+        assert rec["units"] == "percent" and rec["attack"] == "pgd-2+swap+mm"
         assert {"versions", "seed", "templates", "protocol_params", "elapsed_s", "formulas"} <= set(
             rec
         )
-        assert (
-            rec["per_attack"]["swap"] == 0.0
-        )  # rotated prompts: every clean-correct image is misread
+        # rotated prompts: every clean-correct image is misread, with or without image noise
+        assert rec["per_attack"]["swap"] == 0.0 and rec["per_attack"]["mm"] == 0.0
+        assert [a["eps"] for a in rec["attacks"]] == [rec["eps"], None, rec["eps"]]
     assert recs[0]["clean_acc"] > 30
     assert recs[1]["per_attack"]["pgd-2"] <= recs[0]["per_attack"]["pgd-2"]
 
@@ -199,6 +215,9 @@ def test_violations_are_errors(c10, tmp_path, test_attacks):
         evaluate(c10, _proto(attacks=["over-eps"]), tmp_path / "a", progress=False)
     with pytest.raises(AdversarialCheckError, match="train mode"):
         evaluate(c10, _proto(attacks=["train-mode"]), tmp_path / "b", progress=False)
+    with pytest.raises(AdversarialCheckError, match="exceeds eps"):
+        proto = _proto(attacks=[{"name": "sign-mm", "scale": 3}])
+        evaluate(c10, proto, tmp_path / "d", progress=False)
     with pytest.raises(AdversarialCheckError, match="text attack changed the images"):
         evaluate(
             c10,

@@ -269,3 +269,42 @@ def test_scoring_with_the_perturbed_classifier_keeps_the_shared_clip_in_eval_mod
         assert out.model.training and zs.clip.training
     finally:
         zs.eval()
+
+
+@pytest.mark.slow
+def test_text_and_multimodal_attacks_break_the_cifar10_clip():
+    """On the real small CIFAR-10 CLIP: one WordNet word per class prompt (KL goal) costs far more
+    than chance, and PGD against the perturbed-prompt classifier is stronger than either alone."""
+    from helpers import CIFAR10_CLASSES, cifar10_batch, small_c10
+
+    from clip_robust_ext.attacks.text.env import require_wordnet
+
+    try:
+        require_wordnet()
+    except ClipxUsageError as exc:
+        pytest.skip(str(exc))
+    zs = ZeroShotClassifier(small_c10(), CIFAR10_CLASSES).eval()
+    x, y = cifar10_batch(64, seed=1)
+
+    def acc(model, images):
+        with torch.no_grad():
+            return (model(images).argmax(1) == y).float().mean().item()
+
+    clean = acc(zs, x)
+    text = build_attack("text-attack", zs, transformation="wordnet")(x, y)
+    torch.manual_seed(0)
+    pgd = build_attack("pgd", zs, eps=1 / 255, alpha=1 / 1020, steps=10)(x, y)
+    torch.manual_seed(0)
+    multi = build_attack(
+        "multimodal", zs, eps=1 / 255, alpha=1 / 1020, steps=10, transformation="wordnet"
+    )(x, y)
+    verify_adversarial(x, multi.images, 1 / 255, "Linf", "multimodal")
+    text_acc, pgd_acc, multi_acc = (
+        acc(text.model, x),
+        acc(zs, pgd.images),
+        acc(multi.model, multi.images),
+    )
+    assert clean > 0.5
+    assert text_acc < clean - 0.2, (clean, text_acc)
+    assert multi_acc <= min(text_acc, pgd_acc) + 0.02, (text_acc, pgd_acc, multi_acc)
+    assert text.info["words_changed_max"] == 1 and text.info["goal_score_mean"] > 0

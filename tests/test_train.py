@@ -45,7 +45,9 @@ class CleanCE(Defense):
     def loss(self, batch, ctx):
         self.seen.append((ctx.step, batch.index.tolist(), list(batch.captions)))
         logits = ctx.model(batch.images)
-        return F.cross_entropy(logits, batch.labels), {"acc": (logits.argmax(1) == batch.labels).float().mean()}
+        return F.cross_entropy(logits, batch.labels), {
+            "acc": (logits.argmax(1) == batch.labels).float().mean()
+        }
 
 
 def test_config_validation_and_defaults():
@@ -72,7 +74,9 @@ def test_trainable_selection():
     visual = trainable_names(model, "visual")
     text = trainable_names(model, "text")
     assert visual and all(n.startswith("visual.") for n in visual)
-    assert "logit_scale" in text and "token_embedding.weight" in text and not set(visual) & set(text)
+    assert (
+        "logit_scale" in text and "token_embedding.weight" in text and not set(visual) & set(text)
+    )
     assert set(trainable_names(model, "both")) == set(visual) | set(text)
     last = trainable_names(model, "last-k:1")
     assert any(".resblocks.1." in n for n in last) and not any(".resblocks.0." in n for n in last)
@@ -109,7 +113,9 @@ def test_captions_from_dataset_or_templates(data):
     sub = Subset(data, range(10))
     templated = caption_function(sub, data.classnames, ["a {}.", "the {}!"])
     caps = [templated(i, 2) for i in range(40)]
-    assert set(caps) == {"a square.", "the square!"} and caps == [templated(i, 2) for i in range(40)]
+    assert set(caps) == {"a square.", "the square!"} and caps == [
+        templated(i, 2) for i in range(40)
+    ]
 
 
 def test_train_logs_checkpoints_and_learns(tmp_path, data):
@@ -120,10 +126,17 @@ def test_train_logs_checkpoints_and_learns(tmp_path, data):
     out = train(loaded, defense, data, cfg, tmp_path, progress=False)
     assert out is loaded
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == list(range(1, 10)) and {"loss", "acc", "lr", "epoch"} <= set(records[0])
+    assert [r["step"] for r in records] == list(range(1, 10)) and {
+        "loss",
+        "acc",
+        "lr",
+        "epoch",
+    } <= set(records[0])
     assert records[-1]["loss"] < records[0]["loss"]
     # epochs: each sample exactly once per epoch, order changes between epochs
-    per_epoch = [sorted(i for s, idx, _ in defense.seen[e * 3:(e + 1) * 3] for i in idx) for e in range(3)]
+    per_epoch = [
+        sorted(i for s, idx, _ in defense.seen[e * 3 : (e + 1) * 3] for i in idx) for e in range(3)
+    ]
     assert all(p == list(range(48)) for p in per_epoch)
     assert defense.seen[0][1] != defense.seen[3][1]
     # only the vision tower moved; flags restored; eval mode
@@ -143,7 +156,14 @@ def test_train_logs_checkpoints_and_learns(tmp_path, data):
     assert all(torch.equal(v, again.model.state_dict()[k]) for k, v in state.items())
     # a different setup in the same run directory is refused
     with pytest.raises(ClipxUsageError, match="different training setup"):
-        train(tiny_clip(), CleanCE(), data, TrainConfig(epochs=3, batch_size=16, lr=1e-3), tmp_path, progress=False)
+        train(
+            tiny_clip(),
+            CleanCE(),
+            data,
+            TrainConfig(epochs=3, batch_size=16, lr=1e-3),
+            tmp_path,
+            progress=False,
+        )
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, data):
@@ -153,8 +173,14 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, data):
             return (loss * float("nan") if ctx.step == 2 else loss), m
 
     with pytest.raises(ClipxError, match=r"non-finite loss .* at step 3.*step 2"):
-        train(tiny_clip(), Explodes(), data, TrainConfig(max_steps=6, batch_size=8, checkpoint_every=2),
-              tmp_path, progress=False)
+        train(
+            tiny_clip(),
+            Explodes(),
+            data,
+            TrainConfig(max_steps=6, batch_size=8, checkpoint_every=2),
+            tmp_path,
+            progress=False,
+        )
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
     assert not (tmp_path / "final.pt").exists()
 
@@ -172,19 +198,30 @@ def test_amp_keeps_attacks_fp32_and_clamps_logit_scale(tmp_path, data):
         def loss(self, batch, ctx):
             seen.clear()
             hook = ctx.model.clip.visual.register_forward_hook(
-                lambda m, i, o: seen.append((torch.is_autocast_enabled("cpu"), o.dtype)))
+                lambda m, i, o: seen.append((torch.is_autocast_enabled("cpu"), o.dtype))
+            )
             try:
-                x_adv = ctx.attack("pgd", eps="1/255", alpha="1/255", steps=1)(batch.images, batch.labels).images
+                x_adv = ctx.attack("pgd", eps="1/255", alpha="1/255", steps=1)(
+                    batch.images, batch.labels
+                ).images
                 n_attack = len(seen)
                 logits = ctx.model(x_adv)
             finally:
                 hook.remove()
-            assert n_attack >= 1 and all(not amp and dt == torch.float32 for amp, dt in seen[:n_attack])
+            assert n_attack >= 1 and all(
+                not amp and dt == torch.float32 for amp, dt in seen[:n_attack]
+            )
             assert seen[-1] == (True, torch.bfloat16)
             return F.cross_entropy(logits, batch.labels), {}
 
-    train(loaded, AttackInside(), data, TrainConfig(max_steps=2, batch_size=8, amp="bf16", lr=1e-3), tmp_path,
-          progress=False)
+    train(
+        loaded,
+        AttackInside(),
+        data,
+        TrainConfig(max_steps=2, batch_size=8, amp="bf16", lr=1e-3),
+        tmp_path,
+        progress=False,
+    )
     assert seen and loaded.model.logit_scale.item() <= math.log(100.0) + 1e-6
 
 
@@ -202,8 +239,14 @@ def test_reference_is_frozen_start_model(tmp_path, data):
 
     loaded = tiny_clip()
     start = loaded.model.visual.conv1.weight.detach().clone()
-    train(loaded, UsesReference(), data, TrainConfig(max_steps=3, batch_size=8, lr=1e-2, grad_clip=1.0),
-          tmp_path, progress=False)
+    train(
+        loaded,
+        UsesReference(),
+        data,
+        TrainConfig(max_steps=3, batch_size=8, lr=1e-2, grad_clip=1.0),
+        tmp_path,
+        progress=False,
+    )
     assert torch.equal(captured["ref"], start)
     assert not torch.equal(loaded.model.visual.conv1.weight, start)
 
@@ -211,3 +254,32 @@ def test_reference_is_frozen_start_model(tmp_path, data):
 def test_unknown_defense_name(tmp_path, data):
     with pytest.raises(ClipxUsageError, match="unknown defense"):
         train(tiny_clip(), "tecao", data, None, tmp_path, progress=False)
+
+
+def test_periodic_evaluation_through_the_engine(tmp_path, data):
+    from clip_robust_ext.evaluation import Protocol
+    from clip_robust_ext.training import evaluation_callback
+
+    protocol = Protocol(
+        name="tiny-pgd",
+        attacks=[{"name": "pgd", "steps": 1}],
+        eps=["1/255"],
+        n_samples=16,
+        templates=["a {}"],
+        datasets=[{"dataset": "procedural-shapes", "split": "test", "n": 16}],
+        batch_size=16,
+    )
+    cfg = TrainConfig(max_steps=4, batch_size=8, lr=1e-3, eval_every=2)
+    train(
+        tiny_clip(),
+        CleanCE(),
+        data,
+        cfg,
+        tmp_path,
+        eval_fn=evaluation_callback(protocol, tmp_path),
+        progress=False,
+    )
+    evals = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if "eval" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert {"clean_acc", "robust_acc"} <= set(evals[0]["eval"][0])

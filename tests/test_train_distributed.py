@@ -25,10 +25,18 @@ def _launch(run_dir: Path, nproc: int, *extra: str) -> None:
     if nproc == 1:
         cmd = [sys.executable, str(WORKER)]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-               f"--nproc_per_node={nproc}", str(WORKER)]
-    done = subprocess.run([*cmd, str(run_dir), *ARGS, *extra], env=env, capture_output=True, text=True,
-                          timeout=400)
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nnodes=1",
+            f"--nproc_per_node={nproc}",
+            str(WORKER),
+        ]
+    done = subprocess.run(
+        [*cmd, str(run_dir), *ARGS, *extra], env=env, capture_output=True, text=True, timeout=400
+    )
     assert done.returncode == 0, done.stdout[-1500:] + done.stderr[-3000:]
 
 
@@ -50,6 +58,8 @@ def test_two_process_gloo_matches_one_process(tmp_path, defense, params, tol):
     assert len(a) == len(b) == 8
     assert a[-1] < a[0]  # it trains
     for step, (x, y) in enumerate(zip(a, b), 1):
-        assert abs(x - y) <= tol * max(1.0, abs(x)), f"step {step}: 1 process {x} vs 2 processes {y}"
+        assert abs(x - y) <= tol * max(1.0, abs(x)), (
+            f"step {step}: 1 process {x} vs 2 processes {y}"
+        )
     assert (two / "checkpoint.pt").is_file() and (two / "final.pt").is_file()
     assert not list(tmp_path.glob("two/.*tmp"))

@@ -35,15 +35,25 @@ def _open_clip_logits(model, images, prompts, mean, std):
 def test_export_round_trip_through_open_clip(tmp_path):
     data = ProceduralShapes("train", n=16, seed=2)
     loaded = tiny_clip()
-    train(loaded, "ft-standard", data, TrainConfig(max_steps=2, batch_size=8, lr=1e-3), tmp_path / "run",
-          progress=False)
+    train(
+        loaded,
+        "ft-standard",
+        data,
+        TrainConfig(max_steps=2, batch_size=8, lr=1e-3),
+        tmp_path / "run",
+        progress=False,
+    )
     images = torch.stack([data[i][0] for i in range(6)])
     zs = ZeroShotClassifier(loaded, data.classnames).eval()
     with torch.no_grad():
         expected = zs(images)
 
-    exported = export_open_clip(tmp_path / "run", tmp_path / "exported.pt")  # from the training checkpoint
-    open_clip.add_model_config(str(CONFIG_DIR / "clipx-tiny.json"))  # what a user of the config does
+    exported = export_open_clip(
+        tmp_path / "run", tmp_path / "exported.pt"
+    )  # from the training checkpoint
+    open_clip.add_model_config(
+        str(CONFIG_DIR / "clipx-tiny.json")
+    )  # what a user of the config does
     for path in (exported, tmp_path / "run" / "final.pt"):
         model = open_clip.create_model("clipx-tiny", pretrained=str(path)).eval()
         prompts = [f"This is a photo of a {c}" for c in data.classnames]

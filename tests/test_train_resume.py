@@ -47,13 +47,27 @@ def test_kill9_resume_is_bitwise_exact(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
 
     run = tmp_path / "killed"
-    cmd = [sys.executable, str(WORKER), str(run), "--defense", defense, "--steps", str(STEPS), "--sleep", "0.3"]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        str(WORKER),
+        str(run),
+        "--defense",
+        defense,
+        "--steps",
+        str(STEPS),
+        "--sleep",
+        "0.3",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 240
     metrics = run / "metrics.jsonl"
     # kill between checkpoints (every 2 steps): after step 7 is logged, before step 8's checkpoint
     while time.time() < deadline:
-        if metrics.is_file() and any(json.loads(x).get("step") == 7 for x in metrics.read_text().splitlines() if x):
+        if metrics.is_file() and any(
+            json.loads(x).get("step") == 7 for x in metrics.read_text().splitlines() if x
+        ):
             break
         assert proc.poll() is None, proc.stderr.read()[-2000:]
         time.sleep(0.02)
@@ -64,7 +78,10 @@ def test_kill9_resume_is_bitwise_exact(tmp_path):
     assert 2 <= state["step"] < STEPS, "the run was not interrupted midway"
     assert not (run / "final.pt").exists()
     raw = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
-    assert set(raw["rng"][0]) >= {"python", "numpy", "torch"} and raw["fingerprint"]["defense"]["name"] == defense
+    assert (
+        set(raw["rng"][0]) >= {"python", "numpy", "torch"}
+        and raw["fingerprint"]["defense"]["name"] == defense
+    )
 
     resumed = _run(run, "--defense", defense)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -37,19 +37,37 @@ def main() -> None:
     params = {}
     for item in filter(None, args.params.split(",")):
         key, value = item.split("=")
-        params[key] = int(value) if value.isdigit() else {"true": True, "false": False}.get(value, value)
+        params[key] = (
+            int(value) if value.isdigit() else {"true": True, "false": False}.get(value, value)
+        )
     torch.manual_seed(0)
     loaded = load_clip("clipx-tiny")
     dataset = ProceduralShapes("train", n=args.samples, seed=3)
-    config = TrainConfig(max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                         optimizer=args.optimizer, warmup_steps=2, checkpoint_every=args.checkpoint_every,
-                         eval_every=1 if args.sleep else 0, amp=args.amp, seed=5, trainable="both")
+    config = TrainConfig(
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        warmup_steps=2,
+        checkpoint_every=args.checkpoint_every,
+        eval_every=1 if args.sleep else 0,
+        amp=args.amp,
+        seed=5,
+        trainable="both",
+    )
 
     def pause(loaded, step):
         time.sleep(args.sleep)
 
-    train(loaded, get("defenses", args.defense).obj(**params), dataset, config, args.run_dir,
-          eval_fn=pause if args.sleep else None, progress=False)
+    train(
+        loaded,
+        get("defenses", args.defense).obj(**params),
+        dataset,
+        config,
+        args.run_dir,
+        eval_fn=pause if args.sleep else None,
+        progress=False,
+    )
     cleanup_distributed()
 
 

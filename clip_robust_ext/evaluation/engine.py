@@ -10,6 +10,7 @@ Every adversarial batch is checked (eps ball, [0, 1], finite, fp32, eval mode) b
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -96,12 +97,22 @@ def build_classifier(
     return zs.to(_device_of(loaded.model)).eval()
 
 
-def build_dataset(spec: dict[str, Any]):
+_DATASETS: dict[str, Any] = {}  # a few recently built datasets: recipes evaluate several models
+
+
+def build_dataset(spec: dict[str, Any], cache: bool = True):
     """A registered dataset from a protocol dataset spec {dataset, split, n, templates, **kwargs}."""
     kwargs = {k: v for k, v in spec.items() if k not in ("dataset", "n", "templates")}
+    key = json.dumps([spec["dataset"], kwargs], sort_keys=True, default=str)
+    if cache and key in _DATASETS:
+        return _DATASETS[key]
     ds = get("datasets", spec["dataset"]).obj(**kwargs)
     if not hasattr(ds, "classnames"):
         raise ClipxUsageError(f"dataset '{spec['dataset']}' has no classnames attribute")
+    if cache:
+        while len(_DATASETS) >= 4:
+            _DATASETS.pop(next(iter(_DATASETS)))
+        _DATASETS[key] = ds
     return ds
 
 

@@ -36,10 +36,16 @@ def table_rows(records: list[dict]) -> tuple[list[str], list[list[Any]]]:
     eps_str = {r["eps"]: r.get("eps_str") for r in records if r.get("eps") is not None}
     sweep = len(budgets) > 1
     rcols = [(e, f"robust@{eps_str[e]}" if sweep else "robust") for e in budgets]
+    # several attacks (e.g. mmcoa: image, text, multimodal): one column per attack as well
+    names = list(dict.fromkeys(a for r in records for a in (r.get("per_attack") or {})))
+    acols = [(e, a, f"{a}@{eps_str[e]}" if sweep else a) for e in budgets for a in names]
+    acols = acols if len(names) > 1 else []
     header = ["model"]
     for d in datasets:
         header += [f"{d} clean"] + [f"{d} {name}" for _, name in rcols]
+        header += [f"{d} {name}" for _, _, name in acols]
     header += ["avg clean"] + [f"avg {name}" for _, name in rcols]
+    header += [f"avg {name}" for _, _, name in acols]
 
     index: dict[tuple, dict] = {}
     for r in records:
@@ -48,7 +54,7 @@ def table_rows(records: list[dict]) -> tuple[list[str], list[list[Any]]]:
     for label in labels:
         row: list[Any] = [label]
         cleans: list[float] = []
-        robusts: dict[float, list[float]] = defaultdict(list)
+        robusts: dict[Any, list[float]] = defaultdict(list)
         for d in datasets:
             any_rec = next((r for (lb, dk, _), r in index.items() if lb == label and dk == d), None)
             clean = any_rec["clean_acc"] if any_rec else None
@@ -61,10 +67,19 @@ def table_rows(records: list[dict]) -> tuple[list[str], list[list[Any]]]:
                 row.append(value)
                 if value is not None:
                     robusts[e].append(value)
+            for e, a, _ in acols:
+                rec = index.get((label, d, e))
+                value = (rec.get("per_attack") or {}).get(a) if rec else None
+                row.append(value)
+                if value is not None:
+                    robusts[(e, a)].append(value)
         complete = len(cleans) == len(datasets)
         row.append(sum(cleans) / len(cleans) if complete else None)
         for e, _ in rcols:
             vals = robusts[e]
+            row.append(sum(vals) / len(vals) if len(vals) == len(datasets) else None)
+        for e, a, _ in acols:
+            vals = robusts[(e, a)]
             row.append(sum(vals) / len(vals) if len(vals) == len(datasets) else None)
         rows.append(row)
     return header, rows

@@ -4,7 +4,7 @@ from .checkpoint import export_open_clip, load_checkpoint
 from .config import TrainConfig
 from .defense import Batch, Defense, TrainContext
 from .losses import clip_contrastive_loss
-from .trainer import train
+from .trainer import evaluation_callback, train
 
 __all__ = [
     "Batch",
@@ -12,6 +12,7 @@ __all__ = [
     "TrainConfig",
     "TrainContext",
     "clip_contrastive_loss",
+    "evaluation_callback",
     "export_open_clip",
     "load_checkpoint",
     "train",

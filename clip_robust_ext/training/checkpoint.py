@@ -53,7 +53,13 @@ def set_rng_state_tensors(state: dict[str, Any]) -> None:
     random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss"]))
     n = state["numpy"]
     np.random.set_state(
-        (n["key"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+        (
+            n["key"],
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
     )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
@@ -79,11 +85,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise ClipxError(f"{path}: cannot read training checkpoint ({type(exc).__name__}: {exc})") from None
+        raise ClipxError(
+            f"{path}: cannot read training checkpoint ({type(exc).__name__}: {exc})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ClipxUsageError(f"{path}: not a clipx training checkpoint")
     if state.get("format_version", 0) > FORMAT_VERSION:
-        raise ClipxUsageError(f"{path}: checkpoint format {state['format_version']} is newer than this clipx")
+        raise ClipxUsageError(
+            f"{path}: checkpoint format {state['format_version']} is newer than this clipx"
+        )
     return state
 
 

@@ -46,7 +46,9 @@ class TrainConfig:
     trainable: str | None = None  # visual | text | both | last-k:N  (None: the defense's choice)
     amp: str = "off"  # off | bf16 | fp16 (autocast on the loss; attacks always run in fp32)
     grad_clip: float | None = None  # max global grad norm
-    clamp_logit_scale: bool = True  # clamp logit_scale to [0, ln 100] after every step (TeCoA lineage)
+    clamp_logit_scale: bool = (
+        True  # clamp logit_scale to [0, ln 100] after every step (TeCoA lineage)
+    )
     checkpoint_every: int = 0  # steps; 0 = only at the end
     eval_every: int = 0  # steps; 0 = never (needs eval_fn)
     log_every: int = 1  # steps
@@ -78,9 +80,15 @@ class TrainConfig:
 
     def validate(self) -> None:
         def positive_int(name: str, value: Any, allow_zero: bool = False) -> None:
-            ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+            ok = (
+                isinstance(value, int)
+                and not isinstance(value, bool)
+                and (value >= 0 if allow_zero else value > 0)
+            )
             if not ok:
-                raise ClipxUsageError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer, got {value!r}")
+                raise ClipxUsageError(
+                    f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer, got {value!r}"
+                )
 
         positive_int("epochs", self.epochs)
         positive_int("batch_size", self.batch_size)
@@ -90,9 +98,13 @@ class TrainConfig:
             positive_int(name, getattr(self, name), allow_zero=True)
         positive_int("log_every", self.log_every)
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
-            raise ClipxUsageError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}{closest(str(self.optimizer), OPTIMIZERS)}")
+            raise ClipxUsageError(
+                f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}{closest(str(self.optimizer), OPTIMIZERS)}"
+            )
         if self.schedule not in SCHEDULES:
-            raise ClipxUsageError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}{closest(str(self.schedule), SCHEDULES)}")
+            raise ClipxUsageError(
+                f"schedule must be one of {SCHEDULES}, got {self.schedule!r}{closest(str(self.schedule), SCHEDULES)}"
+            )
         if self.amp is True:
             self.amp = "bf16"
         if self.amp in (False, None):
@@ -103,14 +115,21 @@ class TrainConfig:
             value = getattr(self, name)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+            ):
                 raise ClipxUsageError(f"{name} must be a non-negative number, got {value!r}")
             setattr(self, name, float(value))
         if self.lr is not None and self.lr <= 0:
             raise ClipxUsageError(f"lr must be positive, got {self.lr!r}")
         if self.betas is not None:
             betas = tuple(self.betas)
-            if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+            if len(betas) != 2 or not all(
+                isinstance(b, (int, float)) and 0 <= b < 1 for b in betas
+            ):
                 raise ClipxUsageError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
             self.betas = (float(betas[0]), float(betas[1]))
         if self.trainable is not None:

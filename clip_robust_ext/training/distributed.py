@@ -53,7 +53,12 @@ def init_distributed() -> DistInfo:
 def current() -> DistInfo:
     """The process group this process is in (single process when none)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_backend())
+        return DistInfo(
+            dist.get_rank(),
+            dist.get_world_size(),
+            int(os.environ.get("LOCAL_RANK", "0")),
+            dist.get_backend(),
+        )
     return DistInfo()
 
 
@@ -118,14 +123,24 @@ class ShardedBatchSampler(Sampler[list[int]]):
     """Global batches of `batch_size` from epoch_order(seed, epoch), dropping the last partial
     batch; yields this rank's contiguous slice of each, starting at global batch `start_step`."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start_step: int = 0,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        start_step: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if batch_size % world_size:
             raise ClipxUsageError(
                 f"batch_size {batch_size} (global) must be divisible by the number of processes {world_size}"
             )
         if n < batch_size:
-            raise ClipxUsageError(f"the dataset has {n} samples, fewer than one batch of {batch_size}")
+            raise ClipxUsageError(
+                f"the dataset has {n} samples, fewer than one batch of {batch_size}"
+            )
         self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
         self.start_step, self.rank, self.world_size = start_step, rank, world_size
         self.local = batch_size // world_size

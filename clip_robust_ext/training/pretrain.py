@@ -106,18 +106,43 @@ def pretrain_small_clip(
     torch.manual_seed(seed)
     loaded = load_clip(arch, config=config)
     defense = get("defenses", "ft-standard").obj(class_aware=class_aware)
-    cfg = TrainConfig(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, optimizer="adamw",
-                      betas=(0.9, 0.98), eps=1e-6, weight_decay=weight_decay, warmup_steps=warmup_steps,
-                      trainable="both", seed=seed, **train_options)
+    cfg = TrainConfig(
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer="adamw",
+        betas=(0.9, 0.98),
+        eps=1e-6,
+        weight_decay=weight_decay,
+        warmup_steps=warmup_steps,
+        trainable="both",
+        seed=seed,
+        **train_options,
+    )
     if run_dir is None:
         with tempfile.TemporaryDirectory(prefix="clipx-pretrain-") as tmp:
-            return train(loaded, defense, dataset, cfg, tmp, templates=templates, resume=False, progress=progress)
+            return train(
+                loaded,
+                defense,
+                dataset,
+                cfg,
+                tmp,
+                templates=templates,
+                resume=False,
+                progress=progress,
+            )
     return train(loaded, defense, dataset, cfg, run_dir, templates=templates, progress=progress)
 
 
 @torch.no_grad()
-def zero_shot_accuracy(loaded: LoadedCLIP, dataset: Dataset, templates: Sequence[str] = ZERO_SHOT_TEMPLATES,
-                       n: int | None = None, batch_size: int = 250) -> float:
+def zero_shot_accuracy(
+    loaded: LoadedCLIP,
+    dataset: Dataset,
+    templates: Sequence[str] = ZERO_SHOT_TEMPLATES,
+    n: int | None = None,
+    batch_size: int = 250,
+) -> float:
     """Clean zero-shot accuracy on the first n items (all by default)."""
     zs = ZeroShotClassifier(loaded, dataset.classnames, templates).eval()
     total = len(dataset) if n is None else min(n, len(dataset))
@@ -131,7 +156,9 @@ def zero_shot_accuracy(loaded: LoadedCLIP, dataset: Dataset, templates: Sequence
 def _arch_config(arch: str) -> dict:
     path = CONFIG_DIR / f"{arch}.json"
     if not path.is_file():
-        raise ClipxUsageError(f"procedural-small: no config {path.name} in {CONFIG_DIR} (use a clipx-* arch)")
+        raise ClipxUsageError(
+            f"procedural-small: no config {path.name} in {CONFIG_DIR} (use a clipx-* arch)"
+        )
     return json.loads(path.read_text())
 
 
@@ -151,7 +178,9 @@ def procedural_small_path(rebuild: bool = False, progress: bool = True, **overri
     """The cached checkpoint (open_clip format) of procedural-small, building it if missing."""
     unknown = sorted(set(overrides) - set(PROCEDURAL_SMALL_DEFAULTS))
     if unknown:
-        raise ClipxUsageError(f"procedural-small: unknown option(s) {unknown}; accepted: {sorted(PROCEDURAL_SMALL_DEFAULTS)}")
+        raise ClipxUsageError(
+            f"procedural-small: unknown option(s) {unknown}; accepted: {sorted(PROCEDURAL_SMALL_DEFAULTS)}"
+        )
     spec = {**PROCEDURAL_SMALL_DEFAULTS, **overrides}
     key = procedural_small_key(spec)
     root = cache_dir() / "models"
@@ -164,41 +193,75 @@ def procedural_small_path(rebuild: bool = False, progress: bool = True, **overri
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits, then finds the finished model
         if meta.is_file() and weights.is_file() and not rebuild:
             return weights
-        print(f"clipx: pre-training procedural-small ({spec['arch']}, {spec['epochs']} epochs on "
-              f"{spec['n_train']} procedural images; once per machine) -> {folder}", file=sys.stderr)
+        print(
+            f"clipx: pre-training procedural-small ({spec['arch']}, {spec['epochs']} epochs on "
+            f"{spec['n_train']} procedural images; once per machine) -> {folder}",
+            file=sys.stderr,
+        )
         started = time.perf_counter()
         work = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
         try:
             data = ProceduralShapes("train", n=spec["n_train"], seed=spec["seed"])
             loaded = pretrain_small_clip(
-                arch=spec["arch"], dataset=data, epochs=spec["epochs"], batch_size=spec["batch_size"],
-                lr=spec["lr"], weight_decay=spec["weight_decay"], warmup_steps=spec["warmup_steps"],
-                class_aware=spec["class_aware"], seed=spec["seed"], run_dir=work / "run", progress=progress,
+                arch=spec["arch"],
+                dataset=data,
+                epochs=spec["epochs"],
+                batch_size=spec["batch_size"],
+                lr=spec["lr"],
+                weight_decay=spec["weight_decay"],
+                warmup_steps=spec["warmup_steps"],
+                class_aware=spec["class_aware"],
+                seed=spec["seed"],
+                run_dir=work / "run",
+                progress=progress,
                 checkpoint_every=200,
             )
             seconds = time.perf_counter() - started
-            accuracy = zero_shot_accuracy(loaded, ProceduralShapes("test", n=1000, seed=spec["seed"]))
+            accuracy = zero_shot_accuracy(
+                loaded, ProceduralShapes("test", n=1000, seed=spec["seed"])
+            )
             folder.mkdir(parents=True, exist_ok=True)
             save_open_clip_checkpoint(loaded.model, weights)
-            atomic_write_json(meta, {  # written last: its presence marks a complete model
-                "name": "procedural-small", "key": key, "spec": spec, "arch_config": _arch_config(spec["arch"]),
-                "zero_shot_test_accuracy": accuracy, "zero_shot_templates": list(ZERO_SHOT_TEMPLATES),
-                "train_seconds": round(seconds, 1), "torch_threads": torch.get_num_threads(),
-            })
+            atomic_write_json(
+                meta,
+                {  # written last: its presence marks a complete model
+                    "name": "procedural-small",
+                    "key": key,
+                    "spec": spec,
+                    "arch_config": _arch_config(spec["arch"]),
+                    "zero_shot_test_accuracy": accuracy,
+                    "zero_shot_templates": list(ZERO_SHOT_TEMPLATES),
+                    "train_seconds": round(seconds, 1),
+                    "torch_threads": torch.get_num_threads(),
+                },
+            )
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        print(f"clipx: procedural-small ready: zero-shot accuracy {accuracy:.3f} on the procedural test split "
-              f"({seconds:.0f} s)", file=sys.stderr)
+        print(
+            f"clipx: procedural-small ready: zero-shot accuracy {accuracy:.3f} on the procedural test split "
+            f"({seconds:.0f} s)",
+            file=sys.stderr,
+        )
     return weights
 
 
-def procedural_small(device: str = "cpu", precision: str = "fp32", rebuild: bool = False,
-                     progress: bool = True, **overrides: Any) -> LoadedCLIP:
+def procedural_small(
+    device: str = "cpu",
+    precision: str = "fp32",
+    rebuild: bool = False,
+    progress: bool = True,
+    **overrides: Any,
+) -> LoadedCLIP:
     """Model source "procedural-small": the cached pre-trained small CLIP (built on first use)."""
     weights = procedural_small_path(rebuild=rebuild, progress=progress, **overrides)
     arch = overrides.get("arch", PROCEDURAL_SMALL_DEFAULTS["arch"])
     loaded = load_clip(arch, pretrained=str(weights), device=device, precision=precision)
     meta = json.loads((weights.parent / "meta.json").read_text())
-    loaded.info.update({"source": "procedural-small", "zero_shot_test_accuracy": meta["zero_shot_test_accuracy"],
-                        "cache_key": meta["key"]})
+    loaded.info.update(
+        {
+            "source": "procedural-small",
+            "zero_shot_test_accuracy": meta["zero_shot_test_accuracy"],
+            "cache_key": meta["key"],
+        }
+    )
     return loaded

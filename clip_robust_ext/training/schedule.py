@@ -24,7 +24,9 @@ def trainable_names(model: nn.Module, spec: str) -> list[str]:
         return [n for n in names if n.startswith("visual.")]
     if kind == "text":
         return [n for n in names if not n.startswith("visual.")]
-    blocks = getattr(getattr(getattr(model, "visual", None), "transformer", None), "resblocks", None)
+    blocks = getattr(
+        getattr(getattr(model, "visual", None), "transformer", None), "resblocks", None
+    )
     if blocks is None:
         raise ClipxUsageError(f"trainable '{spec}': the image tower has no transformer blocks")
     n_blocks = len(blocks)

@@ -72,8 +72,13 @@ class _Fp32Attack:
             out = self.built(images.float(), labels)
         eps = getattr(self.built, "eps", None)
         if out.images is not images and eps is not None and math.isfinite(float(eps)):
-            verify_adversarial(images.float(), out.images, float(eps), getattr(self.built, "norm", "Linf"),
-                               getattr(self.built, "name", "attack"))
+            verify_adversarial(
+                images.float(),
+                out.images,
+                float(eps),
+                getattr(self.built, "norm", "Linf"),
+                getattr(self.built, "name", "attack"),
+            )
         return out
 
 
@@ -113,13 +118,17 @@ def _collate(items):
     return torch.stack(images).float(), torch.tensor(labels), torch.tensor(index)
 
 
-def caption_function(dataset: Any, classnames: list[str], templates: list[str]) -> Callable[[int, int], str]:
+def caption_function(
+    dataset: Any, classnames: list[str], templates: list[str]
+) -> Callable[[int, int], str]:
     """caption(index, label): the dataset's own caption when it has one, else a template picked
     deterministically from the index (crc32, so the choice does not correlate with i mod C)."""
     own = getattr(dataset, "caption", None)
     if callable(own):
         return lambda i, label: own(i)
-    return lambda i, label: templates[zlib.crc32(str(i).encode()) % len(templates)].format(classnames[label])
+    return lambda i, label: templates[zlib.crc32(str(i).encode()) % len(templates)].format(
+        classnames[label]
+    )
 
 
 def _as_defense(defense: Defense | str) -> Defense:
@@ -128,7 +137,9 @@ def _as_defense(defense: Defense | str) -> Defense:
 
         return get("defenses", defense).obj()
     if not hasattr(defense, "loss"):
-        raise ClipxUsageError(f"defense must be a Defense or a registered defense name, got {type(defense).__name__}")
+        raise ClipxUsageError(
+            f"defense must be a Defense or a registered defense name, got {type(defense).__name__}"
+        )
     return defense
 
 
@@ -138,7 +149,9 @@ def _as_config(config: TrainConfig | dict | None) -> TrainConfig:
     if isinstance(config, dict):
         return TrainConfig.from_dict(config)
     if not isinstance(config, TrainConfig):
-        raise ClipxUsageError(f"config must be a TrainConfig or a dict, got {type(config).__name__}")
+        raise ClipxUsageError(
+            f"config must be a TrainConfig or a dict, got {type(config).__name__}"
+        )
     return config
 
 
@@ -148,15 +161,19 @@ def _device_for(loaded: LoadedCLIP, info: D.DistInfo) -> torch.device:
     return next(loaded.model.parameters()).device
 
 
-def _fingerprint(config: TrainConfig, defense: Defense, loaded: LoadedCLIP, n: int, classnames: list[str]) -> dict:
+def _fingerprint(
+    config: TrainConfig, defense: Defense, loaded: LoadedCLIP, n: int, classnames: list[str]
+) -> dict:
     semantic = {k: v for k, v in config.to_dict().items() if k not in NON_SEMANTIC}
-    return plain({
-        "config": semantic,
-        "defense": {"name": defense.name, "config": defense.config()},
-        "arch": loaded.arch,
-        "dataset_size": n,
-        "classnames": classnames,
-    })
+    return plain(
+        {
+            "config": semantic,
+            "defense": {"name": defense.name, "config": defense.config()},
+            "arch": loaded.arch,
+            "dataset_size": n,
+            "classnames": classnames,
+        }
+    )
 
 
 def _check_resumable(state: dict, fingerprint: dict, path: Path) -> None:
@@ -165,8 +182,11 @@ def _check_resumable(state: dict, fingerprint: dict, path: Path) -> None:
     for key in fingerprint:
         if key == "config":
             keys = set(old.get("config", {})) | set(fingerprint["config"])
-            diffs += [f"{k}: {old.get('config', {}).get(k)!r} -> {fingerprint['config'].get(k)!r}"
-                      for k in sorted(keys) if old.get("config", {}).get(k) != fingerprint["config"].get(k)]
+            diffs += [
+                f"{k}: {old.get('config', {}).get(k)!r} -> {fingerprint['config'].get(k)!r}"
+                for k in sorted(keys)
+                if old.get("config", {}).get(k) != fingerprint["config"].get(k)
+            ]
         elif old.get(key) != fingerprint[key]:
             diffs.append(f"{key} differs")
     if diffs:
@@ -264,7 +284,9 @@ def train(
     n = len(dataset)
     spe = D.ShardedBatchSampler.steps_per_epoch(n, config.batch_size)
     if spe == 0:
-        raise ClipxUsageError(f"the dataset has {n} samples, fewer than one batch of {config.batch_size}")
+        raise ClipxUsageError(
+            f"the dataset has {n} samples, fewer than one batch of {config.batch_size}"
+        )
     total = config.max_steps if config.max_steps is not None else config.epochs * spe
 
     device = _device_for(loaded, info)
@@ -273,7 +295,9 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / CHECKPOINT_NAME
     fingerprint = _fingerprint(config, defense, loaded, n, classnames)
-    state = load_checkpoint(ckpt_path, map_location=device) if resume and ckpt_path.is_file() else None
+    state = (
+        load_checkpoint(ckpt_path, map_location=device) if resume and ckpt_path.is_file() else None
+    )
     if state is not None:
         _check_resumable(state, fingerprint, ckpt_path)
 
@@ -294,9 +318,15 @@ def train(
             return loaded
         params = set_trainable(model, config.trainable)
         zs = ZeroShotClassifier(loaded, classnames, templates).to(device)
-        ctx = TrainContext(model=zs, reference=reference, classnames=classnames, templates=templates,
-                           device=device, build_attack=fp32_attack_builder,
-                           extras={"dist": info, "config": config, "run_dir": run_dir})
+        ctx = TrainContext(
+            model=zs,
+            reference=reference,
+            classnames=classnames,
+            templates=templates,
+            device=device,
+            build_attack=fp32_attack_builder,
+            extras={"dist": info, "config": config, "run_dir": run_dir},
+        )
         defense.setup(ctx)
         if isinstance(defense, nn.Module):
             defense.to(device)
@@ -320,8 +350,11 @@ def train(
             if len(rngs) == info.world_size:
                 set_rng_state_tensors(rngs[info.rank])
             else:  # resumed with another process count: data order stays exact, noise does not
-                print(f"clipx: resuming with {info.world_size} processes (checkpoint: {len(rngs)}); "
-                      "attack noise will differ from an uninterrupted run", file=sys.stderr)
+                print(
+                    f"clipx: resuming with {info.world_size} processes (checkpoint: {len(rngs)}); "
+                    "attack noise will differ from an uninterrupted run",
+                    file=sys.stderr,
+                )
                 seed_everything(config.seed + info.rank + 7919 * step)
             if info.is_main:
                 _truncate_metrics(logger.path, step)
@@ -330,21 +363,36 @@ def train(
         if info.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            runner = DDP(module, device_ids=[device.index] if device.type == "cuda" else None,
-                         find_unused_parameters=True)
+            runner = DDP(
+                module,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
 
         def checkpoint() -> None:
             rngs = D.gather_objects(rng_state_tensors())
             if info.is_main:
-                save_checkpoint(ckpt_path, {
-                    "step": step, "epoch": epoch, "step_in_epoch": step_in_epoch, "total_steps": total,
-                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "defense_state": defense.state_dict() if isinstance(defense, nn.Module) else None,
-                    "rng": rngs, "world_size": info.world_size, "fingerprint": fingerprint,
-                    "config": plain(config.to_dict()), "arch": loaded.arch,
-                })
+                save_checkpoint(
+                    ckpt_path,
+                    {
+                        "step": step,
+                        "epoch": epoch,
+                        "step_in_epoch": step_in_epoch,
+                        "total_steps": total,
+                        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict() if scaler is not None else None,
+                        "defense_state": defense.state_dict()
+                        if isinstance(defense, nn.Module)
+                        else None,
+                        "rng": rngs,
+                        "world_size": info.world_size,
+                        "fingerprint": fingerprint,
+                        "config": plain(config.to_dict()),
+                        "arch": loaded.arch,
+                    },
+                )
             D.barrier()
 
         caption_of = caption_function(dataset, classnames, templates)
@@ -353,28 +401,43 @@ def train(
         model.train()
         zs.train()
         while step < total:
-            sampler = D.ShardedBatchSampler(n, config.batch_size, config.seed, epoch, step_in_epoch,
-                                            info.rank, info.world_size)
-            loader = DataLoader(_Indexed(dataset), batch_sampler=sampler, num_workers=config.num_workers,
-                                collate_fn=_collate,
-                                # own generator: creating a loader must not consume the global RNG
-                                generator=torch.Generator().manual_seed(config.seed * 31 + epoch))
+            sampler = D.ShardedBatchSampler(
+                n, config.batch_size, config.seed, epoch, step_in_epoch, info.rank, info.world_size
+            )
+            loader = DataLoader(
+                _Indexed(dataset),
+                batch_sampler=sampler,
+                num_workers=config.num_workers,
+                collate_fn=_collate,
+                # own generator: creating a loader must not consume the global RNG
+                generator=torch.Generator().manual_seed(config.seed * 31 + epoch),
+            )
             for images, labels, index in loader:
                 captions = [caption_of(int(i), int(y)) for i, y in zip(index, labels)]
                 batch = Batch(images.to(device), labels.to(device), captions, index)
                 ctx.step, ctx.epoch = step, epoch
                 optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                with torch.autocast(
+                    device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+                ):
                     loss, metrics = runner(batch)
                 names = sorted(metrics)
-                values = torch.tensor([_scalar(loss)] + [_scalar(metrics[k]) for k in names],
-                                      dtype=torch.float64, device=device)
+                values = torch.tensor(
+                    [_scalar(loss)] + [_scalar(metrics[k]) for k in names],
+                    dtype=torch.float64,
+                    device=device,
+                )
                 values = D.all_reduce_mean(values)
                 if not torch.isfinite(values[0]):
-                    last = f"the last good checkpoint (step {_ckpt_step(ckpt_path)}) is kept in {ckpt_path}" \
-                        if ckpt_path.is_file() else "no checkpoint had been written yet"
-                    raise ClipxError(f"{defense.name}: non-finite loss ({float(values[0])}) at step {step + 1}; "
-                                     f"training stopped, {last}")
+                    last = (
+                        f"the last good checkpoint (step {_ckpt_step(ckpt_path)}) is kept in {ckpt_path}"
+                        if ckpt_path.is_file()
+                        else "no checkpoint had been written yet"
+                    )
+                    raise ClipxError(
+                        f"{defense.name}: non-finite loss ({float(values[0])}) at step {step + 1}; "
+                        f"training stopped, {last}"
+                    )
                 if scaler is not None:
                     scaler.scale(loss).backward()
                 else:
@@ -397,13 +460,22 @@ def train(
                 step_in_epoch += 1
                 if step_in_epoch >= spe:
                     epoch, step_in_epoch = epoch + 1, 0
-                record = {"step": step, "epoch": epoch, "lr": lr, "loss": float(values[0]),
-                          **{k: float(v) for k, v in zip(names, values[1:].tolist())}}
+                record = {
+                    "step": step,
+                    "epoch": epoch,
+                    "lr": lr,
+                    "loss": float(values[0]),
+                    **{k: float(v) for k, v in zip(names, values[1:].tolist())},
+                }
                 if step % config.log_every == 0 or step == total:
                     logger.log({**record, "time_s": round(time.perf_counter() - started, 3)})
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
-                if eval_fn is not None and config.eval_every and (step % config.eval_every == 0 or step == total):
+                if (
+                    eval_fn is not None
+                    and config.eval_every
+                    and (step % config.eval_every == 0 or step == total)
+                ):
                     _evaluate(eval_fn, loaded, zs, step, logger)
                 if step >= total:
                     break
@@ -421,6 +493,20 @@ def train(
         model.eval()
 
 
+def evaluation_callback(protocol: Any, run_dir: str | Path, label: str = "step") -> EvalFn:
+    """eval_fn for train(): the evaluation engine's `evaluate` on the current weights every
+    eval_every steps (records under run_dir, label '<label>-<step>'); logs a compact summary."""
+
+    def run(loaded: LoadedCLIP, step: int) -> list[dict[str, Any]]:
+        from ..evaluation import evaluate
+
+        records = evaluate(loaded, protocol, run_dir, label=f"{label}-{step}", progress=False)
+        keys = ("dataset", "attack", "eps", "n", "clean_acc", "robust_acc")
+        return [{k: r.get(k) for k in keys if k in r} for r in records]
+
+    return run
+
+
 def _scalar(value: Any) -> float:
     return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
 
@@ -435,11 +521,20 @@ def _ckpt_step(path: Path) -> int | str:
 def _progress(total: int, initial: int, enabled: bool, name: str):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, file=sys.stderr, desc=f"train {name}",
-                dynamic_ncols=True, leave=False)
+    return tqdm(
+        total=total,
+        initial=initial,
+        disable=not enabled,
+        file=sys.stderr,
+        desc=f"train {name}",
+        dynamic_ncols=True,
+        leave=False,
+    )
 
 
-def _evaluate(eval_fn: EvalFn, loaded: LoadedCLIP, zs: ZeroShotClassifier, step: int, logger: _Logger) -> None:
+def _evaluate(
+    eval_fn: EvalFn, loaded: LoadedCLIP, zs: ZeroShotClassifier, step: int, logger: _Logger
+) -> None:
     loaded.model.eval()
     try:
         with _rng_fork():
@@ -451,9 +546,17 @@ def _evaluate(eval_fn: EvalFn, loaded: LoadedCLIP, zs: ZeroShotClassifier, step:
         logger.log({"step": step, "eval": result})
 
 
-def _finish(loaded: LoadedCLIP, run_dir: Path, info: D.DistInfo, defense: Defense, total: int) -> None:
+def _finish(
+    loaded: LoadedCLIP, run_dir: Path, info: D.DistInfo, defense: Defense, total: int
+) -> None:
     if info.is_main:
         save_open_clip_checkpoint(loaded.model, run_dir / FINAL_NAME)
     D.barrier()
-    loaded.info.update({"trained_by": defense.name, "train_steps": total, "run_dir": str(run_dir),
-                        "checkpoint": str(run_dir / FINAL_NAME)})
+    loaded.info.update(
+        {
+            "trained_by": defense.name,
+            "train_steps": total,
+            "run_dir": str(run_dir),
+            "checkpoint": str(run_dir / FINAL_NAME),
+        }
+    )

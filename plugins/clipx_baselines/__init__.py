@@ -16,5 +16,8 @@ def register_defenses(register):
 def register_models(register):
     from clip_robust_ext.training.pretrain import procedural_small
 
-    register("procedural-small", procedural_small,
-             description="clipx-tiny contrastively pre-trained on ProceduralShapes (cached by content hash)")
+    register(
+        "procedural-small",
+        procedural_small,
+        description="clipx-tiny contrastively pre-trained on ProceduralShapes (cached by content hash)",
+    )

@@ -39,7 +39,9 @@ class _PGDMixin:
         self.steps = steps
 
     def adversarial(self, batch: Batch, ctx: TrainContext) -> torch.Tensor:
-        attack = ctx.attack("pgd", eps=self.eps, alpha=self.alpha, steps=self.steps, random_start=True)
+        attack = ctx.attack(
+            "pgd", eps=self.eps, alpha=self.alpha, steps=self.steps, random_start=True
+        )
         x_adv = attack(batch.images, batch.labels).images
         verify_adversarial(batch.images, x_adv, self.eps, "Linf", f"{self.name}/pgd")
         return x_adv
@@ -58,11 +60,19 @@ class FTStandard(Defense):
     name = "ft-standard"
     trainable = "both"
     # MMCoA's optimiser for full CLIP tuning: Adam betas (0.9, 0.98), eps 1e-6, wd 0.2, lr 1e-6
-    train_defaults = {"optimizer": "adam", "lr": 1e-6, "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.2}
+    train_defaults = {
+        "optimizer": "adam",
+        "lr": 1e-6,
+        "betas": (0.9, 0.98),
+        "eps": 1e-6,
+        "weight_decay": 0.2,
+    }
 
     def __init__(self, class_aware: bool = False):
         if not isinstance(class_aware, bool):
-            raise ClipxUsageError(f"ft-standard: class_aware must be true or false, got {class_aware!r}")
+            raise ClipxUsageError(
+                f"ft-standard: class_aware must be true or false, got {class_aware!r}"
+            )
         self.class_aware = class_aware
 
     def loss(self, batch: Batch, ctx: TrainContext):
@@ -101,11 +111,20 @@ class PMGAFT(_PGDMixin, Defense):
     train_defaults = {"optimizer": "sgd", "momentum": 0.9, "lr": 5e-5, "weight_decay": 0.0}
     REDUCTIONS = ("sum", "batchmean")
 
-    def __init__(self, eps: float | str = "1/255", alpha: float | str = "1/255", steps: int = 2,
-                 w_ref: float = 1.0, w_clean: float = 1.0, reduction: str = "sum"):
+    def __init__(
+        self,
+        eps: float | str = "1/255",
+        alpha: float | str = "1/255",
+        steps: int = 2,
+        w_ref: float = 1.0,
+        w_clean: float = 1.0,
+        reduction: str = "sum",
+    ):
         self._budget(eps, alpha, steps)
         if reduction not in self.REDUCTIONS:
-            raise ClipxUsageError(f"pmg-aft: reduction must be one of {self.REDUCTIONS}, got {reduction!r}")
+            raise ClipxUsageError(
+                f"pmg-aft: reduction must be one of {self.REDUCTIONS}, got {reduction!r}"
+            )
         self.w_ref, self.w_clean, self.reduction = float(w_ref), float(w_clean), reduction
 
     def loss(self, batch: Batch, ctx: TrainContext):
@@ -117,10 +136,16 @@ class PMGAFT(_PGDMixin, Defense):
         log_p_adv = F.log_softmax(logits_adv.float(), dim=1)
         ce = F.cross_entropy(logits_adv, batch.labels)
         kl_ref = F.kl_div(log_p_adv, F.softmax(logits_ref.float(), dim=1), reduction=self.reduction)
-        kl_clean = F.kl_div(log_p_adv, F.softmax(logits_clean.float(), dim=1), reduction=self.reduction)
+        kl_clean = F.kl_div(
+            log_p_adv, F.softmax(logits_clean.float(), dim=1), reduction=self.reduction
+        )
         loss = ce + self.w_ref * kl_ref + self.w_clean * kl_clean
-        return loss, {"ce": ce.detach(), "kl_ref": kl_ref.detach(), "kl_clean": kl_clean.detach(),
-                      "adv_acc": _accuracy(logits_adv, batch.labels)}
+        return loss, {
+            "ce": ce.detach(),
+            "kl_ref": kl_ref.detach(),
+            "kl_clean": kl_clean.detach(),
+            "adv_acc": _accuracy(logits_adv, batch.labels),
+        }
 
 
 class FARE(Defense):
@@ -134,8 +159,13 @@ class FARE(Defense):
     needs_reference = True
     train_defaults = {"optimizer": "adamw", "lr": 1e-5, "weight_decay": 1e-4}
 
-    def __init__(self, eps: float | str = "4/255", alpha: float | str = "1/255", steps: int = 10,
-                 clean_weight: float = 0.0):
+    def __init__(
+        self,
+        eps: float | str = "4/255",
+        alpha: float | str = "1/255",
+        steps: int = 10,
+        clean_weight: float = 0.0,
+    ):
         self.eps = parse_eps(eps, name="eps")
         self.alpha = parse_eps(alpha, name="alpha")
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
@@ -163,8 +193,12 @@ class FARE(Defense):
         return loss_adv, metrics
 
     def config(self) -> dict[str, Any]:
-        return {"eps": format_eps(self.eps), "alpha": format_eps(self.alpha), "steps": self.steps,
-                "clean_weight": self.clean_weight}
+        return {
+            "eps": format_eps(self.eps),
+            "alpha": format_eps(self.alpha),
+            "steps": self.steps,
+            "clean_weight": self.clean_weight,
+        }
 
 
 def factory(cls: type[Defense]):

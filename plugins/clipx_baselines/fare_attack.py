@@ -24,8 +24,14 @@ class EmbeddingPGD(Attack):
     Call as attack(images, target_embeddings); uniform random start in [-eps, eps] (FARE's
     pgd_train.py), sign-gradient steps of alpha, projection onto the ball and [0, 1]."""
 
-    def __init__(self, model, eps: float = 4 / 255, alpha: float = 1 / 255, steps: int = 10,
-                 random_start: bool = True):
+    def __init__(
+        self,
+        model,
+        eps: float = 4 / 255,
+        alpha: float = 1 / 255,
+        steps: int = 10,
+        random_start: bool = True,
+    ):
         super().__init__("EmbeddingPGD", model)
         self.eps, self.alpha, self.steps, self.random_start = eps, alpha, steps, random_start
         self.norm = "Linf"

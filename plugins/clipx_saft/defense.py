@@ -23,6 +23,7 @@ from .attack import SemanticEnsemblePGD, ensemble_ce, ensemble_logits
 from .attention import DISTANCES, attention_distance, attention_map, features_and_tokens
 from .descriptions import (
     DEFAULT_TEMPLATE,
+    FILTERS,
     DescriptionSource,
     build_class_descriptions,
     resolve_source,
@@ -62,6 +63,12 @@ class SAFT(Defense):
             raise ClipxUsageError(
                 f"attention_size must be 'image' or 'patches', got {attention_size!r}"
             )
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ClipxUsageError(
+                f"k (descriptions per class) must be a positive integer, got {k!r}"
+            )
+        if filter not in FILTERS:
+            raise ClipxUsageError(f"filter must be one of {FILTERS}, got {filter!r}")
         if descriptions not in (None, "auto", "template"):
             resolve_source(descriptions)  # a missing file or unknown set fails now, not at training
         self.steps, self.descriptions, self.k, self.filter = steps, descriptions, k, filter

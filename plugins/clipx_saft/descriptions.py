@@ -27,6 +27,7 @@ SHIPPED: dict[str, tuple[str, str]] = {
     "shapes-descriptions": ("shapes.json", "procedural shapes, 10+ descriptions per class"),
 }
 DEFAULT_TEMPLATE = DEFAULT_TEMPLATES[0]
+FILTERS = ("name-similarity", "none")
 
 DescriptionSource = str | Path | Mapping[str, Sequence[str]] | None
 
@@ -169,10 +170,8 @@ class ClassDescriptions:
 
 
 def _check_filter(filter: str) -> str:
-    if filter not in ("name-similarity", "none"):
-        raise ClipxUsageError(
-            f"description filter must be 'name-similarity' or 'none', got {filter!r}"
-        )
+    if filter not in FILTERS:
+        raise ClipxUsageError(f"description filter must be one of {FILTERS}, got {filter!r}")
     return filter
 
 
