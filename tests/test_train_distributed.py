@@ -46,8 +46,8 @@ def _launch(run_dir: Path, nproc: int, *extra: str) -> None:
     [
         # deterministic loss, features gathered across ranks: the curves agree to float round-off
         ("ft-standard", "class_aware=true", 1e-4),
-        # PGD random starts differ per rank; eps 1/255 moves the loss only slightly
-        ("tecoa", "", 2e-2),
+        # rank 1 draws other PGD random starts; at eps 1/255 that moves the loss by ~1e-5
+        ("tecoa", "", 1e-3),
     ],
 )
 def test_two_process_gloo_matches_one_process(tmp_path, defense, params, tol):

@@ -22,13 +22,12 @@ from torch.utils.data import DataLoader
 
 from ..attacks import attack_mode, build_attack, verify_adversarial
 from ..attacks.base import BuiltAttack
-from ..errors import AdversarialCheckError, ClipxUsageError
+from ..errors import AdversarialCheckError, ClipxError, ClipxUsageError
 from ..models import LoadedCLIP, ZeroShotClassifier
 from ..registry import get
-from ..utils.eps import format_eps
 from . import distributed as D
 from . import records as R
-from .protocols import Protocol, dataset_key, protocol_from_dict, resolve_budget_expr
+from .protocols import Protocol, dataset_key, eps_label, protocol_from_dict, resolve_budget_expr
 
 
 @dataclass
@@ -160,7 +159,7 @@ def plan_attacks(zs: nn.Module, protocol: Protocol, key: str = "dataset") -> lis
                 raise ClipxUsageError(
                     f"attack '{spec['label']}' is {norm} but protocol '{protocol.name}' is {protocol.norm}"
                 )
-            k = spec["label"] if eps is None else f"{spec['label']}@{format_eps(eps)}"
+            k = spec["label"] if eps is None else f"{spec['label']}@{eps_label(eps)}"
             plan.append(
                 PlannedAttack(
                     k,
@@ -275,7 +274,7 @@ def run_samples(
         merged.update(part)
     missing = [b for b in range(len(batches)) if str(b) not in merged]
     if missing:
-        raise RuntimeError(f"{key}: batches {missing[:5]} were not evaluated")
+        raise ClipxError(f"{key}: batches {missing[:5]} were not evaluated")
     return merged
 
 
@@ -313,7 +312,7 @@ def summarize(
         out.append(
             {
                 "eps": eps,
-                "eps_str": None if eps is None else format_eps(eps),
+                "eps_str": None if eps is None else eps_label(eps),
                 "norm": protocol.norm,
                 "n": n,
                 "clean_acc": clean_acc,
@@ -422,6 +421,7 @@ def evaluate(
         )
         reuse = D.broadcast(reuse)
         if reuse:
+            existing = existing or R.read_json(path)  # rank 0 decided; every rank reads the file
             out.extend(existing["records"])
             if rank == 0:
                 R.log_event(

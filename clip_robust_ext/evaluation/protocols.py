@@ -226,7 +226,7 @@ class Protocol:
 
     def summary(self) -> str:
         atk = ", ".join(a["label"] for a in self.attacks) or "clean only"
-        eps = ", ".join(format_eps(e) for e in self.eps)
+        eps = ", ".join(eps_label(e) for e in self.eps)
         return f"{self.name}: {atk}; {self.norm} eps {eps}; n={self.n_samples or 'all'}; seed {self.seed}"
 
 
@@ -263,5 +263,9 @@ def protocol_from_dict(data: dict[str, Any] | Protocol | str) -> Protocol:
     return get_protocol(preset, **data)
 
 
-def eps_label(eps: float | None) -> str:
-    return "none" if eps is None else format_eps(eps)
+def eps_label(eps: float) -> str:
+    """'4/255', '0.5/255' for budgets on a 1/1000-of-1/255 grid, else the float."""
+    k = eps * 255
+    if abs(k - round(k, 3)) < 1e-6:
+        return f"{round(k, 3):g}/255"
+    return format_eps(eps)

@@ -57,7 +57,12 @@ class Materialized(Dataset):
         self.images = torch.stack([x for x, _ in items])
         self.labels = [int(y) for _, y in items]
         self.targets = self.labels
-        self.classnames = list(dataset.classnames)
+        classnames = getattr(dataset, "classnames", None)
+        if classnames is None:  # a Subset of a dataset with class names
+            classnames = getattr(getattr(dataset, "dataset", None), "classnames", None)
+        if classnames is None:
+            raise ClipxUsageError("pre-training data needs `classnames` (for templated captions)")
+        self.classnames = list(classnames)
         own = getattr(dataset, "caption", None)
         self._captions = [own(i) for i in range(len(dataset))] if callable(own) else None
 
