@@ -456,17 +456,17 @@ def train(
                 if config.clamp_logit_scale and hasattr(model, "logit_scale"):
                     with torch.no_grad():
                         model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
-                step += 1
-                step_in_epoch += 1
-                if step_in_epoch >= spe:
-                    epoch, step_in_epoch = epoch + 1, 0
                 record = {
-                    "step": step,
-                    "epoch": epoch,
+                    "step": step + 1,
+                    "epoch": epoch,  # the epoch this step's batch came from
                     "lr": lr,
                     "loss": float(values[0]),
                     **{k: float(v) for k, v in zip(names, values[1:].tolist())},
                 }
+                step += 1
+                step_in_epoch += 1
+                if step_in_epoch >= spe:
+                    epoch, step_in_epoch = epoch + 1, 0
                 if step % config.log_every == 0 or step == total:
                     logger.log({**record, "time_s": round(time.perf_counter() - started, 3)})
                 bar.update(1)
