@@ -96,7 +96,7 @@ def markdown_table(records: list[dict]) -> str:
             continue
         header, rows = table_rows(recs)
         first = recs[0]
-        eps = sorted({r["eps_str"] for r in recs if r.get("eps_str")})
+        eps = [s for _, s in sorted({(r["eps"], r["eps_str"]) for r in recs if r.get("eps_str")})]
         attacks = sorted({r.get("attack", "") for r in recs})
         parts.append(
             f"### {proto}\n\n"
@@ -104,11 +104,15 @@ def markdown_table(records: list[dict]) -> str:
             f"n per dataset: {', '.join(sorted({str(r['n']) for r in recs}))}; seed {first.get('seed')}; "
             "accuracy in percent, robust = per-sample worst case over the attacks\n"
         )
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for row in rows:
-            lines.append("| " + " | ".join([str(row[0])] + [_fmt(v) for v in row[1:]]) + " |")
-        parts.append("\n".join(lines) + "\n")
+        parts.append(_markdown(header, rows))
     return "\n".join(parts)
+
+
+def _markdown(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        lines.append("| " + " | ".join([str(row[0])] + [_fmt(v) for v in row[1:]]) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def csv_table(records: list[dict]) -> str:

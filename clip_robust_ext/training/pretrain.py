@@ -94,6 +94,7 @@ def pretrain_small_clip(
     config: str | Path | None = None,
     materialize: bool = True,
     progress: bool = True,
+    eval_fn: Any = None,
     **train_options: Any,
 ) -> LoadedCLIP:
     """Contrastive pre-training of `arch` from random init on a captioned or labelled image set.
@@ -136,8 +137,11 @@ def pretrain_small_clip(
                 templates=templates,
                 resume=False,
                 progress=progress,
+                eval_fn=eval_fn,
             )
-    return train(loaded, defense, dataset, cfg, run_dir, templates=templates, progress=progress)
+    return train(
+        loaded, defense, dataset, cfg, run_dir, templates=templates, progress=progress, eval_fn=eval_fn
+    )
 
 
 @torch.no_grad()
