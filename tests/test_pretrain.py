@@ -53,7 +53,7 @@ def test_procedural_small_builds_once_and_loads_from_cache(tmp_path, monkeypatch
     weights = P.procedural_small_path(**TINY_SPEC)
     meta = json.loads((weights.parent / "meta.json").read_text())
     assert meta["spec"]["n_train"] == 64 and 0 <= meta["zero_shot_test_accuracy"] <= 1
-    assert loaded.info["cache_key"] == meta["key"] and loaded.arch == "clipx-tiny"
+    assert loaded.info["cache_key"] == meta["key"] and loaded.arch == "clipx-tiny-rn"
     assert not [p for p in (tmp_path / "models").iterdir() if p.name.startswith(".build-")]
     mtime = os.stat(weights).st_mtime_ns
     again = get("models", "procedural-small").obj(progress=False, **TINY_SPEC)  # no retraining

@@ -1,5 +1,7 @@
 """A seeded procedural dataset that needs nothing on disk: shapes x colours with texture,
-gradient backgrounds and noise. Rich enough that a small CLIP learns it in minutes and attacks
+gradient backgrounds and noise. Rotation is limited to +-14 degrees and noise/texture are mild: with
+full rotation and twice the noise a small CNN reached only ~35% supervised in 5 epochs (measured), too
+hard for a CLIP pre-trained in two minutes. Rich enough that a small CLIP learns it in minutes and attacks
 and defenses behave non-trivially; every image is a pure function of (seed, split, index)."""
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ class ProceduralShapes(Dataset):
         g, u = p["g"], p["u"]
         cx, cy = (u[2] - 0.5) * 0.5, (u[3] - 0.5) * 0.5
         radius = 0.45 + 0.35 * u[4]
-        rot = u[5] * 2 * math.pi
+        rot = (u[5] - 0.5) * 0.5
         mask = shape_mask(SHAPES[p["label"]], self._x - cx, self._y - cy, radius, rot).float()
         fg = torch.tensor(COLOURS[p["fg"]]).view(3, 1, 1)
         bg = torch.tensor(COLOURS[p["bg"]]).view(3, 1, 1)
@@ -131,10 +133,10 @@ class ProceduralShapes(Dataset):
         background = (0.35 + 0.4 * u[7]) * bg + ramp
         # foreground texture: stripes of random frequency and phase
         freq = 2 + 6 * u[8]
-        stripes = 0.12 * torch.sin(freq * math.pi * (self._x * math.cos(rot) + self._y * math.sin(rot)) + u[9] * 6.28)
+        stripes = 0.06 * torch.sin(freq * math.pi * (self._x * math.cos(rot) + self._y * math.sin(rot)) + u[9] * 6.28)
         foreground = fg * (0.85 + stripes)
         image = mask * foreground + (1 - mask) * background
-        image = image + (0.04 + 0.06 * u[10]) * torch.randn(image.shape, generator=g)
+        image = image + (0.02 + 0.03 * u[10]) * torch.randn(image.shape, generator=g)
         return image.clamp(0, 1), p["label"]
 
     def caption(self, index: int) -> str:

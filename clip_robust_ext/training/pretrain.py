@@ -1,7 +1,8 @@
 """Small CLIPs made here: contrastive pre-training = FT-standard from random initialisation.
 
-`procedural_small()` is the model every recipe's offline default profile starts from: clipx-tiny
-pre-trained on the seeded ProceduralShapes train split, cached under clip_robust_ext.data.cache_dir()
+`procedural_small()` is the model every recipe's offline default profile starts from: clipx-tiny-rn
+(a ModifiedResNet image tower: the 2-layer ViT of clipx-tiny reached only 26-32% zero-shot in the same
+budget, the ResNet 92%) pre-trained on the seeded ProceduralShapes train split, cached under clip_robust_ext.data.cache_dir()
 keyed by a content hash of (architecture config, hyper-parameters, seed, data and code version),
 built once per machine in a couple of minutes and written atomically under a file lock."""
 
@@ -34,12 +35,13 @@ from .trainer import train
 PRETRAIN_VERSION = 1
 ZERO_SHOT_TEMPLATES = ("This is a photo of a {}",)
 
-# The default recipe of "procedural-small" (measured: see pretrain tests / the TRAIN note).
+# The default recipe of "procedural-small". Measured (1 thread, 2-core CPU): 12 epochs -> 92.4% zero-shot
+# on 1000 procedural test images in 111 s; 8 epochs -> 82%, 6 -> 65%.
 PROCEDURAL_SMALL_DEFAULTS: dict[str, Any] = {
-    "arch": "clipx-tiny",
+    "arch": "clipx-tiny-rn",
     "seed": 0,
     "n_train": 5000,
-    "epochs": 8,
+    "epochs": 12,
     "batch_size": 128,
     "lr": 2e-3,
     "weight_decay": 0.1,
@@ -79,9 +81,9 @@ class Materialized(Dataset):
 
 
 def pretrain_small_clip(
-    arch: str = "clipx-tiny",
+    arch: str = "clipx-tiny-rn",
     dataset: Dataset | None = None,
-    epochs: int = 8,
+    epochs: int = 12,
     batch_size: int = 128,
     lr: float = 2e-3,
     weight_decay: float = 0.1,
@@ -140,7 +142,14 @@ def pretrain_small_clip(
                 eval_fn=eval_fn,
             )
     return train(
-        loaded, defense, dataset, cfg, run_dir, templates=templates, progress=progress, eval_fn=eval_fn
+        loaded,
+        defense,
+        dataset,
+        cfg,
+        run_dir,
+        templates=templates,
+        progress=progress,
+        eval_fn=eval_fn,
     )
 
 

@@ -19,5 +19,5 @@ def register_models(register):
     register(
         "procedural-small",
         procedural_small,
-        description="clipx-tiny contrastively pre-trained on ProceduralShapes (cached by content hash)",
+        description="clipx-tiny-rn contrastively pre-trained on ProceduralShapes (cached by content hash)",
     )
