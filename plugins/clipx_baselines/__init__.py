@@ -3,11 +3,11 @@ small CLIP pre-trained on the procedural shapes ("procedural-small")."""
 
 from clip_robust_ext import hookimpl
 
-from .defenses import DEFENSES, factory
-
 
 @hookimpl
 def register_defenses(register):
+    from .defenses import DEFENSES, factory  # imports open_clip: only when defenses are asked for
+
     for name, cls in DEFENSES.items():
         register(name, factory(cls), description=(cls.__doc__ or "").strip().splitlines()[0])
 
