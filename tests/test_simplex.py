@@ -328,3 +328,52 @@ def test_composite_layer_norm_is_exact_to_third_order():
         w.sub_(2 * h * d)
         down = vhv()
     torch.testing.assert_close((grad * d).sum(), (up - down) / (2 * h), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_composite_batch_norm_equals_batch_norm_and_has_third_derivatives(training):
+    """ResNet image towers (procedural-small is one) have BatchNorm, whose kernel has no third
+    derivative; the decomposition matches nn.BatchNorm2d (outputs and running stats) and lets
+    the closed form train through an HVP."""
+    from clipx_simplex.expectation import exact_math
+
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(4).double()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+        bn.running_mean.uniform_(-0.2, 0.2)
+        bn.running_var.uniform_(0.5, 1.5)
+    twin = copy.deepcopy(bn)
+    bn.train(training)
+    twin.train(training)
+    x = torch.randn(5, 4, 3, 3, dtype=torch.float64)
+    with exact_math(torch.device("cpu")):
+        out = bn(x)
+    torch.testing.assert_close(out, twin(x))
+    torch.testing.assert_close(bn.running_mean, twin.running_mean)
+    torch.testing.assert_close(bn.running_var, twin.running_var)
+
+    conv = nn.Conv2d(4, 4, 1).double()
+    net = nn.Sequential(conv, bn).train(training)  # train mode: batch stats only in the output
+    v = torch.randn_like(x)
+
+    @torch.enable_grad()
+    def vhv():
+        xr = x.clone().requires_grad_(True)
+        out = net(xr).sin().sum()
+        (g,) = torch.autograd.grad(out, xr, create_graph=True)
+        (hv,) = torch.autograd.grad((g * v).sum(), xr, create_graph=True)
+        return (hv * v).sum()
+
+    with exact_math(torch.device("cpu")):
+        (grad,) = torch.autograd.grad(vhv(), conv.weight)  # third order: the kernel cannot
+        d, h = torch.randn_like(conv.weight), 1e-5
+        with torch.no_grad():
+            base = conv.weight.clone()
+            conv.weight.copy_(base + h * d)
+            up = vhv()
+            conv.weight.copy_(base - h * d)
+            down = vhv()
+            conv.weight.copy_(base)
+    torch.testing.assert_close((grad * d).sum(), (up - down) / (2 * h), rtol=1e-5, atol=0)

@@ -58,14 +58,47 @@ def composite_layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e
     return out + bias if bias is not None else out
 
 
+def composite_batch_norm(
+    input,
+    running_mean,
+    running_var,
+    weight=None,
+    bias=None,
+    training=False,
+    momentum=0.1,
+    eps=1e-5,
+):
+    """F.batch_norm from primitive ops (batch statistics when training, running ones otherwise,
+    running stats updated as F.batch_norm does): PyTorch's batch_norm has no third derivative, so
+    ResNet image towers (open_clip's ModifiedResNet) need this for training through an HVP."""
+    dims = [0, *range(2, input.dim())]
+    shape = [1, -1] + [1] * (input.dim() - 2)
+    if training or running_mean is None:
+        mean = input.mean(dims)
+        var = input.var(dims, unbiased=False)
+        if training and running_mean is not None:
+            with torch.no_grad():
+                n = input.numel() / input.shape[1]
+                running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
+                running_var.mul_(1 - momentum).add_(momentum * var.detach() * n / max(n - 1, 1))
+    else:
+        mean, var = running_mean, running_var
+    out = (input - mean.view(shape)) * torch.rsqrt(var.view(shape) + eps)
+    if weight is not None:
+        out = out * weight.view(shape)
+    return out + bias.view(shape) if bias is not None else out
+
+
 class _CompositeLayerNorm(TorchFunctionMode):
-    """Routes every F.layer_norm (nn.LayerNorm and open_clip's LayerNorm call it) to the
-    composite version while active; other functions are untouched."""
+    """Routes every F.layer_norm (nn.LayerNorm and open_clip's LayerNorm call it) and
+    F.batch_norm to the composite versions while active; other functions are untouched."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.layer_norm:
             return composite_layer_norm(*args, **kwargs)
+        if func is F.batch_norm:
+            return composite_batch_norm(*args, **kwargs)
         return func(*args, **kwargs)
 
 
