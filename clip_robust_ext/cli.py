@@ -48,12 +48,31 @@ def user_errors() -> Iterator[None]:
         raise Failure(f"{exc.strerror or _one_line(exc)}{where}", 1) from None
 
 
+def _one_line_usage(exc: click.UsageError, ctx: click.Context | None) -> Failure:
+    """click prints usage + hint + error on three lines; clipx prints one (exit code 2)."""
+    where = (exc.ctx or ctx).command_path if (exc.ctx or ctx) is not None else "clipx"
+    return Failure(f"{_one_line_text(exc.format_message())} (see '{where} --help')", exc.exit_code)
+
+
+def _one_line_text(text: str) -> str:
+    return " ".join(text.split())
+
+
 class ClipxGroup(click.Group):
     """The top-level group: maps clipx errors to exit codes; loads plugin commands lazily."""
 
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line_usage(exc, None) from None
+
     def invoke(self, ctx: click.Context) -> Any:
         with user_errors():
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            except click.UsageError as exc:
+                raise _one_line_usage(exc, ctx) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         load_plugin_commands(self)

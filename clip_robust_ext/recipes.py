@@ -18,6 +18,7 @@ import hashlib
 import inspect
 import json
 import math
+import os
 import re
 import types
 import typing
@@ -259,6 +260,36 @@ def _number(value: Any, key: str) -> float:
     return parse_eps(value, name=key, max_value=limit)
 
 
+_SIMPLE_TYPES = {"float": float, "int": int, "str": str, "bool": bool, "None": type(None)}
+
+
+def _simple_annotation(ann: str) -> Any:
+    """'float | str' (an unevaluated annotation of builtins) -> the type; else None."""
+    parts = [p.strip() for p in ann.replace("Optional[", "").rstrip("]").split("|")]
+    if not parts or any(p not in _SIMPLE_TYPES for p in parts):
+        return None
+    types_ = [_SIMPLE_TYPES[p] for p in parts]
+    return types_[0] if len(types_) == 1 else typing.Union[tuple(types_)]  # noqa: UP007
+
+
+def _union_rank(option: Any) -> int:
+    return 0 if option in (int, float, bool) else 1 if option is str else 2
+
+
+def _budget_text(value: str, key: str) -> Any:
+    """A budget string: a number or fraction ('4/255' -> float), or an arithmetic expression of
+    `eps` ('eps/4', kept as text) checked here without running code."""
+    if re.search(r"\beps\b", value):
+        from .evaluation.protocols import resolve_budget_expr
+
+        try:
+            resolve_budget_expr(value, 1 / 255)
+        except ClipxUsageError as exc:
+            raise ClipxUsageError(f"{key}: {exc}") from None
+        return value
+    return _number(value, key)
+
+
 def _type_name(ann: Any) -> str:
     return getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
 
@@ -268,6 +299,9 @@ def coerce(value: Any, ann: Any, key: str) -> Any:
     if ann in (inspect.Parameter.empty, Any, None, object):
         return value
     if isinstance(ann, str):  # an annotation that could not be evaluated: best effort
+        simple = _simple_annotation(ann)
+        if simple is not None:
+            return coerce(value, simple, key)
         if (
             isinstance(value, str)
             and re.search(r"\bfloat\b", ann)
@@ -278,8 +312,13 @@ def coerce(value: Any, ann: Any, key: str) -> Any:
     origin, args = typing.get_origin(ann), typing.get_args(ann)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in args if a is not type(None)]
+        if float in options and str in options and isinstance(value, str) and _is_eps_like(key):
+            # a budget written as text ("4/255", or "eps/4" where eps is known later): anything
+            # else is a typo, not a free-form string
+            return _budget_text(value, key)
         first: ClipxUsageError | None = None
-        for option in sorted(options, key=lambda a: a is str):  # numbers before strings
+        # numbers first ('4/255' -> float), then str (a path is not a 1-element list)
+        for option in sorted(options, key=_union_rank):
             try:
                 return coerce(value, option, key)
             except ClipxUsageError as exc:
@@ -305,6 +344,10 @@ def coerce(value: Any, ann: Any, key: str) -> Any:
     if ann is str:
         if not isinstance(value, str):
             raise ClipxUsageError(f"{key}: expected a string, got {value!r}")
+        return value
+    if isinstance(ann, type) and issubclass(ann, os.PathLike):  # Path, os.PathLike
+        if not isinstance(value, str):
+            raise ClipxUsageError(f"{key}: expected a path (string), got {value!r}")
         return value
     seq = (list, tuple, collections.abc.Sequence, collections.abc.Iterable)
     if ann in seq or origin in seq:
@@ -342,6 +385,13 @@ def _signature(obj: Any) -> tuple[dict[str, Any], bool]:
             var_kw = True
         elif p.kind not in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY):
             params[p.name] = p.annotation
+    declared = getattr(obj, "recipe_params", None)
+    if var_kw and isinstance(declared, dict):
+        # a factory that takes **options but declares them ({name: default}): checked like
+        # named parameters, typed by their defaults
+        for name, default in declared.items():
+            params.setdefault(name, type(default) if default is not None else Any)
+        return params, False
     if var_kw and not [p for p in params if p != "model"]:
         # an opaque `build(**params)` closing over the class it builds: that class's
         # constructor is the real signature (e.g. `def factory(cls): def build(**p): ...`)
@@ -353,6 +403,30 @@ def _signature(obj: Any) -> tuple[dict[str, Any], bool]:
             if inspect.isclass(target):
                 return _signature(target)
     return params, var_kw
+
+
+def _types_from_defaults(obj: Any, annotations: dict[str, Any]) -> dict[str, Any]:
+    """Types for unannotated parameters (torchattacks' `steps=10`) from their defaults: a bool
+    stays a bool, an int may be given as a float, a float as an int or '4/255', a str a str."""
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return {}
+    out: dict[str, Any] = {}
+    for name, ann in annotations.items():
+        p = params.get(name)
+        if ann is not inspect.Parameter.empty or p is None or p.default is p.empty:
+            continue
+        default = p.default
+        if isinstance(default, bool):
+            out[name] = bool
+        elif isinstance(default, int):
+            out[name] = int | float
+        elif isinstance(default, float):
+            out[name] = float
+        elif isinstance(default, str):
+            out[name] = str
+    return out
 
 
 def _train_config_type():
@@ -601,9 +675,14 @@ def _eval_attacks(value: Any, reg: _Registries) -> list[Any]:
         given.update(item)
         accepted, var_kw = _signature(reg["attacks"][name].obj)
         accepted.pop("model", None)
-        for k in given:
+        accepted.update(_types_from_defaults(reg["attacks"][name].obj, accepted))
+        for k, v in given.items():
             if k not in accepted and not var_kw and k != "eps":  # eps: the protocol explains
                 raise _unknown_key(f"{key}.{k}", ["name", "label", "params", *accepted])
+            if _is_eps_like(k) and isinstance(v, str):
+                _budget_text(v, f"{key}.{k}")  # checked here, kept as written ('eps/4')
+            elif k in accepted:
+                coerce(v, accepted[k], f"{key}.{k}")  # checked, kept as written
         spec["params"] = given
         out.append(spec)
     return out

@@ -70,12 +70,18 @@ class RunLock:
         return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        folder = self.path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ClipxError(f"cannot create run dir {folder}: {exc.strerror or exc}") from None
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             self._take_over()
             return
+        except OSError as exc:
+            raise ClipxError(f"run dir {folder} is not writable: {exc.strerror or exc}") from None
         with os.fdopen(fd, "w") as fh:
             json.dump(self._mine(), fh)
         self.held = True
@@ -187,6 +193,9 @@ def build_dataset(spec: dict[str, Any], seed: int):
     classnames = getattr(dataset, "classnames", None)
     if not classnames:
         raise ClipxUsageError(f"data: dataset '{spec['dataset']}' has no class names")
+    from .data.checks import check_image
+
+    check_image(dataset[0][0], f"data: dataset '{spec['dataset']}'", 0)  # before any training
     return dataset, list(classnames), template_list(spec.get("templates"), "data.templates")
 
 
@@ -358,8 +367,24 @@ def _prepare(resolved: ResolvedRecipe) -> dict[str, Any]:
     if "evaluate" in resolved.stages:
         from .evaluation import protocol_from_dict
 
-        prepared["protocol"] = protocol_from_dict(doc["evaluate"])
+        prepared["protocol"] = protocol = protocol_from_dict(doc["evaluate"])
+        if trained and getattr(protocol, "evaluate_with", None) is None:
+            _check_eval_datasets(protocol)
     return prepared
+
+
+def _check_eval_datasets(protocol: Any) -> None:
+    """Open every evaluation dataset before training, so a missing folder or an empty dataset
+    fails now rather than after hours of training (the engine caches what it opened)."""
+    from .evaluation.engine import build_dataset as open_eval_dataset
+    from .evaluation.protocols import dataset_key
+
+    for spec in protocol.datasets:
+        ds = open_eval_dataset(spec)
+        if len(ds) == 0:
+            raise ClipxUsageError(
+                f"evaluate: dataset '{spec['dataset']}' ({dataset_key(spec)}) is empty: 0 samples"
+            )
 
 
 def run_recipe(

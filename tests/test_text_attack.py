@@ -116,13 +116,19 @@ def test_charswap_is_deterministic_per_seed(zs):
     _check_threat_model(a)
 
 
-def test_class_prompts_are_attacked_once_for_every_batch(zs, images):
+def test_class_prompts_are_attacked_once_for_every_batch(zs, images, capsys):
     x, y = images
     before = _calls()
     attack = build_attack("text-attack", zs, transformation="charswap", seed=11)
     first = attack(x, y)
     n_prompts = len(CLASSES) * len(TEMPLATES)
     assert _calls() - before == n_prompts
+    # one stderr line per prompt attack actually run: threat model and goal score
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("clipx: text-attack (charswap, goal kl): ")
+    assert f"{n_prompts}/{n_prompts} class prompts perturbed" in line
+    assert "at most 1 word(s) changed" in line
+    assert f"KL mean {first.info['goal_score_mean']:.4g}" in line
     for _ in range(5):
         again = attack(x, y)
         assert again.model is first.model
@@ -136,6 +142,35 @@ def test_class_prompts_are_attacked_once_for_every_batch(zs, images):
         zs.clip.token_embedding.weight.add_(0.01)
     attack(x, y)
     assert _calls() - before == 2 * n_prompts
+    assert capsys.readouterr().err.count("clipx: text-attack") == 1  # served from the cache: silent
+
+
+def test_the_evaluation_engine_attacks_the_class_prompts_once_for_all_batches(capsys):
+    """Protocol "mmcoa"'s shape: text-attack and multimodal over 4 image batches cost one TextAttack
+    run per class prompt in all (both attacks share the cached perturbed prompts)."""
+    from clip_robust_ext.evaluation import Protocol, evaluate_model
+
+    clf = ZeroShotClassifier(tiny_clip(seed=7), CLASSES, TEMPLATES).eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(12, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        y = clf(x).argmax(1)  # every sample clean-correct, so every batch runs every attack
+    text = {"transformation": "charswap", "goal": "kl", "max_words": 1, "seed": 23}
+    protocol = Protocol(
+        name="t",
+        eps=["2/255"],
+        batch_size=3,
+        n_samples=12,
+        attacks=[
+            {"name": "text-attack", "label": "text", **text},
+            {"name": "multimodal", "label": "multimodal", "steps": 2, "alpha": "1/255", **text},
+        ],
+    )
+    before = _calls()
+    (record,) = evaluate_model(clf, list(zip(x, y.tolist())), protocol, indices=list(range(12)))
+    assert record["clean_acc"] == 100.0 and set(record["per_attack"]) == {"text", "multimodal"}
+    assert _calls() - before == len(CLASSES) * len(TEMPLATES)
+    assert capsys.readouterr().err.count("clipx: text-attack (charswap, goal kl)") == 1
 
 
 def test_zero_shot_goal_moves_prompts_off_their_class(zs):

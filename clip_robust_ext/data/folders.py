@@ -46,7 +46,12 @@ class TarImageFolder(Dataset):
         with tarfile.open(path) as tar:
             for m in tar:
                 parts = Path(m.name).parts
-                if m.isfile() and len(parts) >= 3 and parts[-3] == split and m.name.lower().endswith(IMAGE_SUFFIXES):
+                if (
+                    m.isfile()
+                    and len(parts) >= 3
+                    and parts[-3] == split
+                    and m.name.lower().endswith(IMAGE_SUFFIXES)
+                ):
                     members.append((parts[-2], tar.extractfile(m).read()))
         if not members:
             raise ClipxUsageError(f"{path}: no images under '{split}/<class>/' in the archive")
@@ -66,15 +71,52 @@ class TarImageFolder(Dataset):
             return _to_tensor(img, self.image_size), self.targets[i]
 
 
-class ImageFolderDataset(Dataset):
-    """A folder laid out as `<root>/<class>/<image>`; labels in sorted class order."""
+def read_classnames(
+    source: str | os.PathLike | list[str], folders: list[str], where: str = "classnames"
+) -> list[str]:
+    """Class names for `folders` (sorted class-folder order): a list, or a text file with one
+    name per line (blank lines and '#' comments skipped). A count mismatch is an error."""
+    if isinstance(source, (list, tuple)):
+        names, origin = [str(n).strip() for n in source], "the list"
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise ClipxUsageError(f"{where}: class-name file not found: {path}")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ClipxUsageError(f"{where}: cannot read class-name file {path}: {exc}") from None
+        names = [x.strip() for x in lines if x.strip() and not x.strip().startswith("#")]
+        origin = str(path)
+    if len(names) != len(folders) or not all(names):
+        shown = ", ".join(folders[:5]) + (" ..." if len(folders) > 5 else "")
+        raise ClipxUsageError(
+            f"{where}: {origin} has {len(names)} class names but the dataset has {len(folders)} "
+            f"class folders ({shown}); give one name per folder, in sorted folder order"
+        )
+    return names
 
-    def __init__(self, root: str | os.PathLike, image_size: int | None = None):
+
+class ImageFolderDataset(Dataset):
+    """A folder laid out as `<root>/<class>/<image>`; labels in sorted class order. `classnames`
+    (a list, or a file with one name per line in sorted folder order) renames the classes."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        image_size: int | None = None,
+        classnames: str | os.PathLike | list[str] | None = None,
+    ):
         root = Path(root)
         if not root.is_dir():
             raise ClipxUsageError(f"dataset directory not found: {root}")
         self.folders = sorted(p.name for p in root.iterdir() if p.is_dir())
-        self.classnames = [clean_classname(c) for c in self.folders]
+        if not self.folders:
+            raise ClipxUsageError(f"{root}: no <class>/ folders (expected <root>/<class>/<image>)")
+        if classnames is not None:
+            self.classnames = read_classnames(classnames, self.folders)
+        else:
+            self.classnames = [clean_classname(c) for c in self.folders]
         self.files: list[Path] = []
         self.targets: list[int] = []
         for label, folder in enumerate(self.folders):

@@ -50,7 +50,9 @@ def _polygon(r: torch.Tensor, th: torch.Tensor, n: int, radius: float) -> torch.
     return r * torch.cos(local) / math.cos(sector / 2) < radius
 
 
-def shape_mask(shape: str, x: torch.Tensor, y: torch.Tensor, radius: float, rot: float) -> torch.Tensor:
+def shape_mask(
+    shape: str, x: torch.Tensor, y: torch.Tensor, radius: float, rot: float
+) -> torch.Tensor:
     r = torch.sqrt(x**2 + y**2)
     th = torch.atan2(y, x) + rot
     xr = x * math.cos(rot) - y * math.sin(rot)
@@ -82,9 +84,13 @@ def shape_mask(shape: str, x: torch.Tensor, y: torch.Tensor, radius: float, rot:
 class ProceduralShapes(Dataset):
     """(image in [0,1] of shape (3, S, S), label) with `classnames`; `caption(i)` gives a caption."""
 
-    def __init__(self, split: str = "train", n: int | None = None, seed: int = 0, image_size: int = 32):
+    def __init__(
+        self, split: str = "train", n: int | None = None, seed: int = 0, image_size: int = 32
+    ):
         if split not in _SPLIT_OFFSET:
-            raise ValueError(f"split must be one of {sorted(_SPLIT_OFFSET)}, got {split!r}")
+            from ..errors import unknown_name
+
+            raise unknown_name("procedural-shapes split", str(split), _SPLIT_OFFSET)
         self.split = split
         self.n = n if n is not None else (5000 if split == "train" else 1000)
         self.seed = seed
@@ -99,7 +105,9 @@ class ProceduralShapes(Dataset):
 
     def _generator(self, index: int) -> torch.Generator:
         g = torch.Generator()
-        g.manual_seed((self.seed * 1_000_003 + _SPLIT_OFFSET[self.split] * 10_000_019 + index) % 2**63)
+        g.manual_seed(
+            (self.seed * 1_000_003 + _SPLIT_OFFSET[self.split] * 10_000_019 + index) % 2**63
+        )
         return g
 
     def _params(self, index: int) -> dict:
@@ -133,7 +141,9 @@ class ProceduralShapes(Dataset):
         background = (0.35 + 0.4 * u[7]) * bg + ramp
         # foreground texture: stripes of random frequency and phase
         freq = 2 + 6 * u[8]
-        stripes = 0.06 * torch.sin(freq * math.pi * (self._x * math.cos(rot) + self._y * math.sin(rot)) + u[9] * 6.28)
+        stripes = 0.06 * torch.sin(
+            freq * math.pi * (self._x * math.cos(rot) + self._y * math.sin(rot)) + u[9] * 6.28
+        )
         foreground = fg * (0.85 + stripes)
         image = mask * foreground + (1 - mask) * background
         image = image + (0.02 + 0.03 * u[10]) * torch.randn(image.shape, generator=g)

@@ -9,8 +9,10 @@ Every adversarial batch is checked (eps ball, [0, 1], finite, fp32, eval mode) b
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from ..attacks import attack_mode, build_attack, verify_adversarial
 from ..attacks.base import BuiltAttack
+from ..data.checks import collate_labelled
 from ..errors import AdversarialCheckError, ClipxError, ClipxUsageError
 from ..models import LoadedCLIP, ZeroShotClassifier
 from ..registry import get
@@ -102,7 +105,9 @@ _DATASETS: dict[str, Any] = {}  # a few recently built datasets: recipes evaluat
 def build_dataset(spec: dict[str, Any], cache: bool = True):
     """A registered dataset from a protocol dataset spec {dataset, split, n, templates, **kwargs}."""
     kwargs = {k: v for k, v in spec.items() if k not in ("dataset", "n", "templates")}
-    key = json.dumps([spec["dataset"], kwargs], sort_keys=True, default=str)
+    # where datasets come from is part of their identity ($CLIPX_ASSETS, $CLIPX_DATA)
+    where = [os.environ.get("CLIPX_ASSETS"), os.environ.get("CLIPX_DATA")]
+    key = json.dumps([spec["dataset"], kwargs, where], sort_keys=True, default=str)
     if cache and key in _DATASETS:
         return _DATASETS[key]
     ds = get("datasets", spec["dataset"]).obj(**kwargs)
@@ -252,23 +257,28 @@ def run_samples(
     device = zs.device
     if mine:
         loader = DataLoader(
-            dataset, batch_sampler=[batches[b] for b in mine], num_workers=protocol.num_workers
+            dataset,
+            batch_sampler=[batches[b] for b in mine],
+            num_workers=protocol.num_workers,
+            collate_fn=functools.partial(collate_labelled, what=f"dataset '{key}'"),
         )
         bar = None
         if progress and rank == 0:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(mine), desc=key, unit="batch", leave=False)
-        for b, (x, y) in zip(mine, loader):
-            x = x.to(device=device, dtype=torch.float32)
-            y = torch.as_tensor(y).to(device)
-            local[str(b)] = run_batch(zs, x, y, plan, protocol, key, b)
-            if on_batch is not None:
-                on_batch(local)
+        try:
+            for b, (x, y) in zip(mine, loader):
+                x = x.to(device=device, dtype=torch.float32)
+                y = torch.as_tensor(y).to(device)
+                local[str(b)] = run_batch(zs, x, y, plan, protocol, key, b)
+                if on_batch is not None:
+                    on_batch(local)
+                if bar is not None:
+                    bar.update(1)
+        finally:  # an error message must not land on the progress bar's line
             if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+                bar.close()
     merged = dict(done)
     for part in D.all_gather(local):
         merged.update(part)
@@ -430,6 +440,8 @@ def evaluate(
             continue
         start = time.time()
         ds = build_dataset(spec)
+        if len(ds) == 0:
+            raise ClipxUsageError(f"dataset '{spec['dataset']}' ({key}) is empty: 0 samples")
         indices = sample_indices(len(ds), protocol.n_for(spec), protocol.seed)
         zs = build_classifier(loaded, ds.classnames, protocol.templates_for(spec))
         zs.class_matrix()  # computed once here, reused by every batch and attack

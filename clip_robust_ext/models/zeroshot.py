@@ -100,13 +100,21 @@ class ZeroShotClassifier(nn.Module):
 
     # -- the cached zero-shot head ------------------------------------------------------------
     def _text_weights_key(self) -> tuple:
-        # logit_scale / logit_bias do not enter the text matrix; the Trainer clamps logit_scale in
-        # place every step, which bumps its version and would re-encode every prompt per step.
-        return tuple(
-            (p.data_ptr(), p._version)
-            for n, p in self.clip.named_parameters()
-            if not n.startswith("visual.") and n not in ("logit_scale", "logit_bias")
-        )
+        """(storage, version) of every parameter outside the `visual` submodule.
+
+        logit_scale / logit_bias do not enter the text matrix; the Trainer clamps logit_scale in
+        place every step, which bumps its version and would re-encode every prompt per step.
+        This runs on every forward, so it walks `_modules` / `_parameters` directly:
+        `named_parameters()` builds a dotted name per parameter, which cost ~0.5 ms per forward
+        on clipx-small and ~1.5 ms on ViT-B/32 (now ~0.08 / 0.17 ms; benchmarks/)."""
+        clip = self.clip
+        params = [p for n, p in clip._parameters.items() if n not in ("logit_scale", "logit_bias")]
+        stack = [m for n, m in clip._modules.items() if n != "visual" and m is not None]
+        while stack:
+            module = stack.pop()
+            params.extend(module._parameters.values())
+            stack.extend(m for m in module._modules.values() if m is not None)
+        return tuple((p.data_ptr(), p._version) for p in params if p is not None)
 
     def text_matrix(self, prompts: Sequence[Sequence[str]]) -> torch.Tensor:
         """(C, D) normalised class embeddings: mean over each class's prompts, renormalised."""

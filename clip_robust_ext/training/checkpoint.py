@@ -7,6 +7,7 @@ converting: Python's and NumPy's generator states are turned into int64 tensors 
 from __future__ import annotations
 
 import json
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ClipxUsageError(f"training checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ClipxUsageError(
+            f"{path}: refused to load - not a plain clipx training checkpoint, and loading it "
+            f"would run code ({first}); delete it or choose another --run-dir"
+        ) from None
     except Exception as exc:
         raise ClipxError(
             f"{path}: cannot read training checkpoint ({type(exc).__name__}: {exc})"

@@ -283,3 +283,7 @@ def procedural_small(
         }
     )
     return loaded
+
+
+# the options behind **overrides, so recipes check them at `clipx recipe show` time
+procedural_small.recipe_params = PROCEDURAL_SMALL_DEFAULTS  # type: ignore[attr-defined]

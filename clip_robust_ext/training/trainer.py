@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..attacks import attack_mode, build_attack, verify_adversarial
+from ..data.checks import stack_images
 from ..errors import ClipxError, ClipxUsageError
 from ..models import DEFAULT_TEMPLATES, LoadedCLIP, ZeroShotClassifier, save_open_clip_checkpoint
 from ..utils.io import atomic_write_text
@@ -115,7 +116,7 @@ class _Indexed(Dataset):
 
 def _collate(items):
     images, labels, index = zip(*items)
-    return torch.stack(images).float(), torch.tensor(labels), torch.tensor(index)
+    return stack_images(images, "training data", index), torch.tensor(labels), torch.tensor(index)
 
 
 def caption_function(
@@ -312,6 +313,7 @@ def train(
     if state is not None:
         model.load_state_dict(state["model"])
     logger = _Logger(run_dir, info.is_main)
+    bar = None
     try:
         if state is not None and state["step"] >= total:
             _finish(loaded, run_dir, info, defense, total)
@@ -487,6 +489,8 @@ def train(
         _finish(loaded, run_dir, info, defense, total)
         return loaded
     finally:
+        if bar is not None:  # an error message must not land on the progress bar's line
+            bar.close()
         logger.close()
         for name, p in model.named_parameters():
             p.requires_grad_(flags.get(name, True))

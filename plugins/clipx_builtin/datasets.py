@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Literal
 
 from clip_robust_ext.data import (
     ImageFolderDataset,
@@ -15,11 +16,19 @@ from clip_robust_ext.data import (
 from clip_robust_ext.errors import ClipxUsageError
 
 
-def procedural(split: str = "test", n: int | None = None, seed: int = 0, image_size: int = 32, root=None):
+def procedural(
+    split: Literal["train", "val", "test"] = "test",
+    n: int | None = None,
+    seed: int = 0,
+    image_size: int = 32,
+    root=None,
+):
     return ProceduralShapes(split=split, n=n, seed=seed, image_size=image_size)
 
 
-def cifar10_jpegs(split: str = "test", path: str | None = None, root=None, image_size: int | None = None):
+def cifar10_jpegs(
+    split: str = "test", path: str | None = None, root=None, image_size: int | None = None
+):
     """CIFAR-10 from `cifar10_<split>_jpegs.tar.gz` ($CLIPX_ASSETS, or `path` to the tar)."""
     if split not in ("train", "test"):
         raise ClipxUsageError(f"cifar10-jpegs: split must be 'train' or 'test', got {split!r}")
@@ -27,15 +36,24 @@ def cifar10_jpegs(split: str = "test", path: str | None = None, root=None, image
     return TarImageFolder(tar, split, image_size=image_size)
 
 
-def image_folder(root: str | None = None, split: str = "test", image_size: int | None = 224):
+def image_folder(
+    root: str | None = None,
+    split: str = "test",
+    image_size: int | None = 224,
+    classnames: str | list[str] | None = None,
+):
+    """<root>/<class>/<image>; classnames: a file with one name per line (sorted folder order)."""
     if root is None:
         raise ClipxUsageError("image-folder: set root to a folder of <class>/<image> files")
-    return ImageFolderDataset(root, image_size=image_size)
+    return ImageFolderDataset(root, image_size=image_size, classnames=classnames)
 
 
 def register_all(register) -> None:
-    register("procedural-shapes", procedural,
-             description="seeded shapes x colours with texture and noise; needs nothing on disk")
+    register(
+        "procedural-shapes",
+        procedural,
+        description="seeded shapes x colours with texture and noise; needs nothing on disk",
+    )
     register("cifar10-jpegs", cifar10_jpegs, description="CIFAR-10 JPEG tars from $CLIPX_ASSETS")
     register("image-folder", image_folder, description="<root>/<class>/<image> folders")
     for name in suite_names():

@@ -50,6 +50,65 @@ def build_galleries(spec: dict[str, Any], seed: int) -> list[CaptionGallery]:
     )
 
 
+GALLERY_SOURCES = {"procedural": procedural_galleries, "classes": class_galleries,
+                   "karpathy": karpathy_gallery}  # fmt: skip
+
+
+def check_galleries(spec: Any) -> None:
+    """The [evaluate.galleries] table: a known source and that builder's parameters."""
+    from clip_robust_ext.errors import closest, unknown_name
+    from clip_robust_ext.recipes import _signature, _unknown_key, coerce
+    from clip_robust_ext.registry import entries
+
+    if not isinstance(spec, dict):
+        raise ClipxUsageError(f"galleries: expected a table, got {spec!r}")
+    source = spec.get("source", "procedural")
+    if not isinstance(source, str) or source not in GALLERY_SOURCES:
+        choices = list(GALLERY_SOURCES)
+        raise ClipxUsageError(
+            f"galleries.source: {source!r} is not one of {', '.join(choices)}"
+            f"{closest(str(source), choices)}"
+        )
+    params, _ = _signature(GALLERY_SOURCES[source])
+    params.pop("seed", None)  # the protocol's seed
+    if source == "classes":
+        params.update(dataset=str, split=str)
+        dataset = spec.get("dataset", "cifar10-jpegs")
+        known = entries("datasets")
+        if not isinstance(dataset, str) or dataset not in known:
+            raise ClipxUsageError(
+                f"galleries.dataset: {unknown_name('dataset', str(dataset), known)}"
+            )
+    for key, value in spec.items():
+        if key == "source":
+            continue
+        if key not in params:
+            raise _unknown_key(f"galleries.{key}", ["source", *params])
+        coerce(value, params[key], f"galleries.{key}")
+
+
+def check_text_attack(params: Any) -> None:
+    """The [evaluate.text_attack] table: TextAttackConfig fields (goal and seed are the protocol's)."""
+    from clip_robust_ext.attacks.text.config import TextAttackConfig
+    from clip_robust_ext.recipes import _unknown_key
+
+    if not isinstance(params, dict):
+        raise ClipxUsageError(f"text_attack: expected a table, got {params!r}")
+    allowed = [f for f in TextAttackConfig.__dataclass_fields__ if f not in ("goal", "seed")]
+    for key in params:
+        if key not in allowed and key != "tokenizer":
+            raise _unknown_key(f"text_attack.{key}", allowed)
+    if not isinstance(params.get("masked_lm", ""), str):
+        raise ClipxUsageError(
+            f"text_attack.masked_lm: expected a hub name or a local folder, got {params['masked_lm']!r}"
+        )
+    plain = {k: v for k, v in params.items() if k not in ("masked_lm", "tokenizer")}
+    try:
+        TextAttackConfig(**plain)
+    except TypeError as exc:
+        raise ClipxUsageError(f"text_attack: {exc}") from None
+
+
 @dataclass
 class RetrievalProtocol(Protocol):
     """Co-Attack's retrieval protocol (defaults: eps 2/255, 10 steps of 1.25 eps / 10, text weight 3,
@@ -70,6 +129,8 @@ class RetrievalProtocol(Protocol):
         bad = [m for m in self.modes if m not in MODES]
         if bad:
             raise ClipxUsageError(f"retrieval modes must be among {MODES}, got {bad}")
+        check_galleries(self.galleries)  # here, so `clipx recipe show` catches them
+        check_text_attack(self.text_attack)
 
     def evaluate_with(
         self, loaded, run_dir, label: str, resume: bool = True, progress: bool = True

@@ -60,6 +60,11 @@ def saft_protocol(
     """One column of the grid: both attacks, scored with the template or the descriptions."""
     if eval_text not in TEXTS:
         raise ClipxUsageError(f"eval_text must be one of {TEXTS}, got {eval_text!r}")
+    if isinstance(descriptions, (bool, int, float, list, tuple)):  # checked at recipe time
+        raise ClipxUsageError(
+            f"descriptions: expected a description-set name, a JSON file or a table of class -> "
+            f"descriptions, got {descriptions!r}"
+        )
     common = {"steps": steps, "alpha": alpha, "template": template, "random_start": True}
     attacks = [
         {

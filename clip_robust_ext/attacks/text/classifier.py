@@ -4,10 +4,15 @@
 "text-attack": the class prompts are attacked (target "prompts"), images pass unchanged.
 "multimodal": the same perturbed-prompt classifier, then image PGD against it (MMCoA's setting 3:
 image attack + text attack on the class prompts).
+
+Each time the class prompts are actually attacked (not served from the cache), one line goes to
+stderr with the threat-model numbers and the goal score (KL mean/max), so a recipe's log shows what
+the text attack did; the same numbers are in `AttackOutput.info`.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -19,7 +24,12 @@ from ..base import AttackOutput, build_attack
 from ..checks import verify_adversarial
 from .attacker import CLIPTextAttacker
 from .config import TextAttackConfig
-from .targets import PromptAttackResult, attack_class_prompts, prompt_cache_key
+from .targets import (
+    PromptAttackResult,
+    attack_class_prompts,
+    cached_prompt_attack,
+    prompt_cache_key,
+)
 
 
 def config_from_params(**params: Any) -> tuple[TextAttackConfig, Any, Any]:
@@ -61,6 +71,21 @@ def image_centroids(
     out = torch.zeros(classifier.num_classes, feats.shape[1], device=feats.device)
     out.index_add_(0, labels.to(feats.device), feats)
     return torch.nn.functional.normalize(out, dim=-1)
+
+
+def report_line(summary: dict[str, Any]) -> str:
+    """One line: prompts perturbed / skipped, words changed, goal score, an example."""
+    goal = summary["goal"]
+    score = "KL" if goal == "kl" else "1 - p(class)"
+    line = (
+        f"text-attack ({summary['transformation']}, goal {goal}): "
+        f"{summary['prompts_perturbed']}/{summary['prompts_total']} class prompts perturbed, "
+        f"{summary['prompts_skipped']} skipped, at most {summary['words_changed_max']} word(s) changed "
+        f"per prompt; {score} mean {summary['goal_score_mean']:.4g}, max {summary['goal_score_max']:.4g}"
+    )
+    if summary["examples"]:
+        line += f"; e.g. '{summary['examples'][0]}'"
+    return line
 
 
 class TextAttackOnPrompts:
@@ -106,6 +131,7 @@ class TextAttackOnPrompts:
         key = prompt_cache_key(self.model, self.attacker)
         cached = key in self._perturbed
         if not cached:
+            fresh = cached_prompt_attack(self.model, self.attacker) is None
             result = self.result = attack_class_prompts(self.model, self.attacker)
             victim = self.model.with_prompts(result.prompts).to(self.model.device)
             self._perturbed = {key: victim}  # one model version at a time
@@ -115,6 +141,11 @@ class TextAttackOnPrompts:
                 "transformation": self.config.transformation,
                 **result.summary(),
             }
+            if fresh:
+                from tqdm.auto import tqdm
+
+                # tqdm.write: on a line of its own even while an evaluation progress bar is drawn
+                tqdm.write(f"clipx: {report_line(self._summary)}", file=sys.stderr)
         victim = self._perturbed[key]
         # mirror the wrapper's own flag only: .train()/.eval() would recurse into the shared CLIP,
         # and attack_mode(victim) restores this flag onto that CLIP when it exits

@@ -1,0 +1,435 @@
+"""Attack-path figures: PGD overhead, cached vs naive zero-shot head, AutoAttack adapter, text attack."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+
+from clip_robust_ext.attacks import attack_mode, build_attack
+from clip_robust_ext.models import ZeroShotClassifier
+
+from .common import (
+    CIFAR10,
+    Row,
+    check,
+    cifar_batch,
+    classnames,
+    image_fb,
+    labels_for,
+    templates,
+    text_fwd_cost_per_prompt,
+)
+from .naive import NaiveReencodeClassifier, tecoa_lineage_pgd
+from .timing import interleaved, median, summary, timed
+
+EPS = 1 / 255
+
+
+def _pgd(model, steps: int):
+    """Registered PGD (torchattacks adapter) bound to `model`: (x, y) -> adversarial images."""
+    built = build_attack("pgd", model, eps=EPS, alpha=EPS, steps=steps, random_start=True)
+    return lambda x, y: built(x, y).images
+
+
+# -- 1. PGD-k through the ZeroShotClassifier vs k bare image-tower forward+backward ---------------
+def pgd_overhead(loaded, batch_size: int, steps: int, rounds: int, bound: float) -> Row:
+    zs = ZeroShotClassifier(loaded, CIFAR10).eval()
+    zs.class_matrix()
+    x, y = cifar_batch(batch_size)
+    attack = _pgd(zs, steps)
+    fb = image_fb(zs, x, steps)
+    with attack_mode(zs):
+        calls = zs.text_calls
+        s = interleaved({"pgd": lambda: attack(x, y), "fb": fb}, rounds)
+        text_calls = zs.text_calls - calls
+    t_pgd, t_fb = median(s["pgd"]), median(s["fb"]) / steps
+    ratio = t_pgd / (steps * t_fb)
+    return {
+        "section": "attack",
+        "id": f"pgd_overhead_bs{batch_size}",
+        "figure": f"PGD-{steps} via ZeroShotClassifier / ({steps} x bare image fwd+bwd)",
+        "setting": f"clipx-small-c10, batch {batch_size}, 10 classes, 1 template",
+        "value": ratio,
+        "op": "<=",
+        "bound": bound,
+        "ok": check(ratio, "<=", bound),
+        "detail": {
+            "pgd": summary(s["pgd"]),
+            "image_fb_x_steps": summary(s["fb"]),
+            "pgd_per_step_s": t_pgd / steps,
+            "image_fb_s": t_fb,
+            "text_tower_calls_during_attacks": text_calls,
+            "ratio_of_minima": min(s["pgd"]) / min(s["fb"]),
+        },
+    }
+
+
+# -- 2. cached class matrix vs the naive wrapper that re-encodes every prompt per forward -------
+def _plan_steps(k_cached: int, text_s: float, budget_s: float) -> int:
+    """Naive-wrapper steps to time: all k if they fit the budget, else fewer (>= 1), scaled."""
+    if text_s * k_cached <= budget_s:
+        return k_cached
+    return max(1, min(k_cached, int(budget_s / max(text_s, 1e-9))))
+
+
+def naive_group(
+    loaded,
+    n_classes: int,
+    n_templates: int,
+    batch_sizes: list[int],
+    k_cached: dict[int, int],
+    naive_budget_s: float,
+    seed: int = 1234,
+) -> list[Row]:
+    """One (classes, templates) group, every batch size, all arms interleaved in one schedule.
+
+    Schedule by the cost of one text forward of the C x T prompts (estimated first):
+    < 2 s: 3 rounds, every arm warmed up; < 30 s: 1 round plus the seeded run; else (80,000
+    prompts): the seeded naive run per batch size and one separate text forward."""
+    zs = ZeroShotClassifier(loaded, classnames(n_classes), templates(n_templates)).eval()
+    n_prompts = n_classes * n_templates
+    build_s, _ = timed(zs.class_matrix)  # the cached head's one-time cost (no_grad)
+    naive = NaiveReencodeClassifier(zs).eval()
+    est_text = text_fwd_cost_per_prompt(zs) * n_prompts
+    cheap, medium = est_text < 2.0, est_text < 30.0
+    rounds = 3 if cheap else 1
+    fns: dict[str, Any] = {"text": naive.class_matrix}  # grad mode on, parameters frozen
+    reps: dict[str, int] = {}
+    warm: list[str] = ["text"] if cheap else []
+    per_bs: dict[int, dict[str, Any]] = {}
+    with attack_mode(zs):
+        for bs in batch_sizes:
+            x, y0 = cifar_batch(bs)
+            y = labels_for(n_classes, y0)
+            kc = k_cached[bs]
+            kn = _plan_steps(kc, est_text, naive_budget_s)
+            cached, cached_eq, naive_atk = _pgd(zs, kc), _pgd(zs, kn), _pgd(naive, kn)
+            # same seed -> the same adversarial examples; the naive run is also a timed sample
+            torch.manual_seed(seed)
+            adv_c = cached_eq(x, y)
+            calls = zs.text_calls
+            torch.manual_seed(seed)
+            t_first, adv_n = timed(lambda a=naive_atk, x=x, y=y: a(x, y))
+            per_bs[bs] = {
+                "k_cached": kc,
+                "k_naive": kn,
+                "identical": bool(torch.equal(adv_c, adv_n)),
+                "max_abs_diff": float((adv_c - adv_n).abs().max()),
+                "first_naive": t_first,
+                "naive_text_calls_per_step": (zs.text_calls - calls) / kn,
+            }
+            fns[f"fb{bs}"] = image_fb(zs, x, kc)  # a block of kc passes, like the attack
+            fns[f"cached{bs}"] = lambda a=cached, x=x, y=y: a(x, y)
+            warm += [f"fb{bs}", f"cached{bs}"]
+            # short arms repeat within a round so their medians rest on several samples
+            reps[f"fb{bs}"] = reps[f"cached{bs}"] = 1 if cheap else 3
+            if cheap or medium:
+                fns[f"naive{bs}"] = lambda a=naive_atk, x=x, y=y: a(x, y)
+                if cheap:
+                    warm.append(f"naive{bs}")
+        s = interleaved(fns, rounds, reps=reps, warmup=warm)
+    t_text = median(s["text"])
+    rows = []
+    for bs in batch_sizes:
+        d = per_bs[bs]
+        naive_samples = [d["first_naive"], *s.get(f"naive{bs}", [])]
+        t_fb = median(s[f"fb{bs}"]) / d["k_cached"]
+        t_cached_step = median(s[f"cached{bs}"]) / d["k_cached"]
+        t_naive_step = median(naive_samples) / d["k_naive"]
+        measured = t_naive_step / t_cached_step
+        predicted = (t_fb + t_text) / t_fb
+        agreement = measured / predicted
+        rows.append(
+            {
+                "section": "naive",
+                "id": f"naive_C{n_classes}_T{n_templates}_bs{bs}",
+                "figure": "speedup of the cached head over the naive re-encoding wrapper",
+                "setting": f"C={n_classes}, T={n_templates}, batch {bs}",
+                "classes": n_classes,
+                "templates": n_templates,
+                "batch": bs,
+                "value": measured,
+                "predicted": predicted,
+                "agreement": agreement,
+                "identical": d["identical"],
+                "op": "within 10% of model",
+                "bound": 0.10,
+                "ok": abs(agreement - 1) <= 0.10 and d["identical"],
+                "detail": {
+                    "prompts": n_prompts,
+                    "text_fwd_s": t_text,
+                    "text_fwd_samples": len(s["text"]),
+                    "image_fb_s": t_fb,
+                    "cached_step_s": t_cached_step,
+                    "naive_step_s": t_naive_step,
+                    "k_cached": d["k_cached"],
+                    "k_naive": d["k_naive"],
+                    "naive_samples": len(naive_samples),
+                    "max_abs_diff": d["max_abs_diff"],
+                    "naive_text_calls_per_step": d["naive_text_calls_per_step"],
+                    "cached_head_build_s": build_s,
+                    "text_mode": "grad mode on, parameters frozen by the attack adapter (no graph)",
+                },
+            }
+        )
+    return rows
+
+
+def naive_graph_cell(
+    loaded, n_classes: int, n_templates: int, batch_size: int, steps: int, rounds: int
+) -> Row:
+    """The TeCoA-lineage loop as written: text under the graph, text tower requiring grad,
+    loss.backward() every step. Cost model: image fwd+bwd + text fwd+bwd (into the weights)."""
+    zs = ZeroShotClassifier(loaded, classnames(n_classes), templates(n_templates)).eval()
+    zs.class_matrix()
+    naive = NaiveReencodeClassifier(zs).eval()
+    x, y0 = cifar_batch(batch_size)
+    y = labels_for(n_classes, y0)
+    text_params = [
+        p
+        for n, p in zs.clip.named_parameters()
+        if not n.startswith("visual.") and n != "logit_scale"
+    ]
+    cached = _pgd(zs, steps)
+
+    def graph_attack() -> torch.Tensor:
+        out = tecoa_lineage_pgd(naive, x, y, EPS, EPS, steps)
+        for p in text_params:
+            p.grad = None
+        return out
+
+    def text_fb() -> None:
+        feats = naive.class_matrix()
+        torch.autograd.grad(feats.sum(), text_params)
+
+    with attack_mode(zs):  # image tower (and everything) frozen ...
+        for p in text_params:  # ... except the text tower, as in loops that never freeze it
+            p.requires_grad_(True)
+        try:
+            torch.manual_seed(7)
+            adv_c = cached(x, y)
+            torch.manual_seed(7)
+            adv_n = graph_attack()
+            fb = image_fb(zs, x, steps)
+            s = interleaved(
+                {
+                    "fb": fb,
+                    "cached": lambda: cached(x, y),
+                    "graph": graph_attack,
+                    "text_fb": text_fb,
+                },
+                rounds,
+            )
+        finally:
+            for p in text_params:
+                p.requires_grad_(False)
+                p.grad = None
+    t_fb, t_text_fb = median(s["fb"]) / steps, median(s["text_fb"])
+    measured = (median(s["graph"]) / steps) / (median(s["cached"]) / steps)
+    predicted = (t_fb + t_text_fb) / t_fb
+    agreement = measured / predicted
+    identical = bool(torch.equal(adv_c, adv_n))
+    max_diff = float((adv_c - adv_n).abs().max())
+    return {
+        "section": "naive-graph",
+        "id": f"naive_graph_C{n_classes}_T{n_templates}_bs{batch_size}",
+        "figure": "speedup over the TeCoA-lineage loop (text under the graph, loss.backward())",
+        "setting": f"C={n_classes}, T={n_templates}, batch {batch_size}",
+        "classes": n_classes,
+        "templates": n_templates,
+        "batch": batch_size,
+        "value": measured,
+        "predicted": predicted,
+        "agreement": agreement,
+        "identical": identical,
+        "op": "within 10% of model",
+        "bound": 0.10,
+        "ok": abs(agreement - 1) <= 0.10 and (identical or max_diff <= 1e-6),
+        "detail": {
+            "prompts": n_classes * n_templates,
+            "image_fb_s": t_fb,
+            "text_fwd_bwd_s": t_text_fb,
+            "cached_step_s": median(s["cached"]) / steps,
+            "graph_step_s": median(s["graph"]) / steps,
+            "steps": steps,
+            "max_abs_diff": max_diff,
+            "text_mode": "grad mode on, text parameters require grad, loss.backward() per step",
+        },
+    }
+
+
+# -- 3. AutoAttack through the adapter vs pyautoattack called directly -------------------------
+def autoattack_overhead(
+    loaded, batch_size: int, n_iter: int, rounds: int, bound: float, seed: int = 0
+) -> Row:
+    from pyautoattack import AutoAttack
+    from pyautoattack.autopgd_base import APGDAttack
+
+    zs = ZeroShotClassifier(loaded, CIFAR10).eval()
+    zs.class_matrix()
+    x, y = cifar_batch(batch_size, offset=3)
+    adapter = build_attack(
+        "autoattack",
+        zs,
+        eps=EPS,
+        version="custom",
+        attacks=["apgd-ce"],
+        n_iter=n_iter,
+        seed=seed,
+        backend="pyautoattack",
+    )
+
+    def direct() -> torch.Tensor:
+        # what a user of pyautoattack writes: APGD-CE, 1 restart, n_iter iterations, same seed
+        aa = AutoAttack(
+            zs, device="cpu", eps=EPS, norm="Linf", seed=seed, version="custom", attacks=["apgd-ce"]
+        )
+        aa.verbose = False
+        aa.apgd = APGDAttack(
+            zs,
+            n_iter=n_iter,
+            norm="Linf",
+            n_restarts=1,
+            eps=EPS,
+            seed=seed,
+            device="cpu",
+            logger=aa.logger,
+        )
+        adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size)
+        return adv
+
+    def via_adapter() -> torch.Tensor:
+        return adapter(x, y).images
+
+    import logging
+
+    logging.getLogger("auto-attack").setLevel(logging.WARNING)
+    # the direct call gets the model as the adapter prepares it: eval mode, parameters frozen
+    with attack_mode(zs):
+        a, b = via_adapter(), direct()
+        s = interleaved({"adapter": via_adapter, "direct": direct}, rounds)
+    ratio = median(s["adapter"]) / median(s["direct"])
+    return {
+        "section": "attack",
+        "id": "autoattack_overhead",
+        "figure": "AutoAttack via clipx adapter / pyautoattack direct",
+        "setting": f"APGD-CE, {n_iter} iterations, 1 restart, seed {seed}, batch {batch_size}",
+        "value": ratio,
+        "op": "<=",
+        "bound": bound,
+        "identical": bool(torch.equal(a, b)),
+        "ok": check(ratio, "<=", bound) and bool(torch.equal(a, b)),
+        "detail": {
+            "adapter": summary(s["adapter"]),
+            "direct": summary(s["direct"]),
+            "max_abs_diff": float((a - b).abs().max()),
+        },
+    }
+
+
+# -- 4. text attack on the class prompts: first batch vs the following ones ---------------------
+def _engine_batch(zs: ZeroShotClassifier, attack, x: torch.Tensor, y: torch.Tensor) -> None:
+    """What the evaluation engine does per batch: attack, then score with the returned model."""
+    with attack_mode(zs):
+        out = attack(x, y)
+        scorer = out.model if out.model is not None else zs
+        with attack_mode(scorer), torch.no_grad():
+            scorer(out.images).argmax(1)
+
+
+def _clean_batch(zs: ZeroShotClassifier, x: torch.Tensor, y: torch.Tensor) -> None:
+    with attack_mode(zs), torch.no_grad():
+        zs(x).argmax(1)
+
+
+def _text_rows(zs, name: str, params: dict[str, Any], batches, rounds: int, import_s: float):
+    attack = build_attack(name, zs, **params)
+    pgd = build_attack("pgd", zs, eps=EPS, alpha=EPS, steps=10, random_start=True)
+    first_s, _ = timed(lambda: _engine_batch(zs, attack, *batches[0]))
+    state = {"i": 0}
+
+    def following() -> None:  # the next batch (cycling over batches 1..n-1), prompts cached
+        state["i"] = state["i"] % (len(batches) - 1) + 1
+        _engine_batch(zs, attack, *batches[state["i"]])
+
+    def reference() -> None:  # the same batch without the text attack
+        x, y = batches[state["i"]]
+        if name == "multimodal":
+            _engine_batch(zs, pgd, x, y)
+        else:
+            _clean_batch(zs, x, y)
+
+    s = interleaved(
+        {"following": following, "reference": reference},
+        rounds,
+        reps={"following": 2, "reference": 2},
+    )
+    t_follow, t_ref = median(s["following"]), median(s["reference"])
+    info = attack(*batches[1]).info
+    setting = f"charswap, 10 CIFAR-10 prompts, batch {batches[0][0].shape[0]}"
+    baseline = "PGD-10 + scoring" if name == "multimodal" else "clean forward"
+    return [
+        {
+            "section": "text",
+            "id": f"{name}_first_vs_following",
+            "figure": f"{name}: first batch / following batches (prompt cache)",
+            "setting": setting,
+            "value": first_s / t_follow,
+            "op": "info",
+            "bound": None,
+            "ok": None,
+            "detail": {
+                "first_batch_s": first_s,
+                "following": summary(s["following"]),
+                "textattack_import_s": import_s,
+                "prompts_perturbed": info.get("prompts_perturbed"),
+                "cached": info.get("cached"),
+            },
+        },
+        {
+            "section": "text",
+            "id": f"{name}_following_vs_{'pgd' if name == 'multimodal' else 'clean'}",
+            "figure": f"{name}: following batch / {baseline} of the same batch",
+            "setting": setting,
+            "value": t_follow / t_ref,
+            "op": "<=",
+            "bound": 1.10,
+            "ok": check(t_follow / t_ref, "<=", 1.10),
+            "detail": {"following": summary(s["following"]), "reference": summary(s["reference"])},
+        },
+    ]
+
+
+def text_attack_cache(
+    loaded, batch_size: int, n_batches: int, rounds: int, multimodal: bool
+) -> list[Row]:
+    """The class prompts are attacked on the first batch only (TextAttack already imported; its
+    import time is reported apart); later batches reuse the perturbed-prompt classifier."""
+    from clip_robust_ext.attacks.text import import_textattack
+
+    start = time.process_time()
+    import_textattack()
+    import_s = time.process_time() - start
+    zs = ZeroShotClassifier(loaded, CIFAR10).eval()
+    zs.class_matrix()
+    batches = [cifar_batch(batch_size, offset=11 * b) for b in range(n_batches)]
+    rows = _text_rows(
+        zs, "text-attack", {"transformation": "charswap", "seed": 0}, batches, rounds, import_s
+    )
+    if multimodal:  # another seed: the process-wide prompt cache must not serve its first batch
+        params = {
+            "transformation": "charswap",
+            "seed": 1,
+            "steps": 10,
+            "eps": "1/255",
+            "alpha": "1/255",
+        }
+        rows += _text_rows(zs, "multimodal", params, batches, rounds, import_s)
+    return rows
+
+
+def finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)

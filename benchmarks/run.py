@@ -1,0 +1,315 @@
+"""Run the clipx benchmark suite: a markdown table on stdout, every number in a JSON file.
+
+    python -m benchmarks.run            # full suite (~15-25 min on one core of a 2-core CPU)
+    python -m benchmarks.run --quick    # CI subset (< 1 min)
+    python -m benchmarks.run --only pgd,naive --json out.json
+
+Every figure is a ratio of two costs measured in the same process (or, for DDP, the same run),
+interleaved round by round and summarised by medians, so it holds on a noisy shared machine.
+CPU time of the process is the clock for single-process figures (see benchmarks/timing.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SECTIONS = ("pgd", "naive", "graph", "autoattack", "text", "training", "ddp", "memory")
+QUICK_SECTIONS = ("pgd", "naive", "autoattack", "training")
+
+QUICK = {
+    "pgd": [{"batch_size": 8, "steps": 10, "rounds": 5}],
+    "naive": {
+        "groups": [(10, 1), (100, 1)],
+        "batch_sizes": [8],
+        "k_cached": {8: 5},
+        "budget_s": 4.0,
+    },
+    "graph": [{"n_classes": 100, "n_templates": 1, "batch_size": 8, "steps": 2, "rounds": 2}],
+    "autoattack": {"batch_size": 8, "n_iter": 5, "rounds": 5},
+    "text": {"batch_size": 8, "n_batches": 4, "rounds": 2, "multimodal": False},
+    "training": [
+        {
+            "defense": "tecoa",
+            "params": {},
+            "batch_size": 8,
+            "steps": 7,
+            "skip": 2,
+            "attack_steps": 2,
+        }
+    ],
+    "ddp": {"batch_size": 16, "steps": 6, "skip": 2, "rounds": 1},
+    "memory": {"settings": [("procedural", None)], "n_small": 2000, "n_large": 10000},
+}
+FULL = {
+    "pgd": [
+        {"batch_size": 32, "steps": 10, "rounds": 7},
+        {"batch_size": 256, "steps": 10, "rounds": 3},
+    ],
+    "naive": {
+        "groups": [(10, 1), (100, 1), (1000, 1), (10, 80), (100, 80), (1000, 80)],
+        "batch_sizes": [32, 256],
+        "k_cached": {32: 10, 256: 2},
+        "budget_s": 6.0,
+    },
+    "graph": [
+        {"n_classes": c, "n_templates": t, "batch_size": 32, "steps": 2, "rounds": 2}
+        for c, t in [(10, 1), (100, 1), (1000, 1), (10, 80)]
+    ],
+    "autoattack": {"batch_size": 32, "n_iter": 10, "rounds": 5},
+    "text": {"batch_size": 32, "n_batches": 5, "rounds": 3, "multimodal": True},
+    "training": [
+        {
+            "defense": "tecoa",
+            "params": {},
+            "batch_size": 32,
+            "steps": 9,
+            "skip": 2,
+            "attack_steps": 2,
+        },
+        {
+            "defense": "mmcoa",
+            "params": {"transformation": "charswap"},
+            "batch_size": 32,
+            "steps": 8,
+            "skip": 2,
+            "attack_steps": 10,
+        },
+    ],
+    "ddp": {"batch_size": 32, "steps": 10, "skip": 3, "rounds": 2},
+    "memory": {
+        "settings": [("procedural", None), ("procedural", "fgsm"), ("cifar", None)],
+        "n_small": 2000,
+        "n_large": 10000,
+    },
+}
+BOUNDS = {"pgd": 1.10, "autoattack": 1.05, "training": 1.25, "memory": 0.10}
+
+
+def _section(name: str, cfg: dict[str, Any], loaded) -> list[dict[str, Any]]:
+    from . import bench_attacks as A
+    from . import bench_memory as M
+    from . import bench_training as T
+
+    c = cfg[name]
+    if name == "pgd":
+        return [
+            A.pgd_overhead(loaded, x["batch_size"], x["steps"], x["rounds"], BOUNDS["pgd"])
+            for x in c
+        ]
+    if name == "naive":
+        rows = []
+        for n_classes, n_templates in c["groups"]:
+            rows += A.naive_group(
+                loaded, n_classes, n_templates, c["batch_sizes"], c["k_cached"], c["budget_s"]
+            )
+        return rows
+    if name == "graph":
+        return [A.naive_graph_cell(loaded, **x) for x in c]
+    if name == "autoattack":
+        return [
+            A.autoattack_overhead(
+                loaded, c["batch_size"], c["n_iter"], c["rounds"], BOUNDS["autoattack"]
+            )
+        ]
+    if name == "text":
+        return A.text_attack_cache(
+            loaded, c["batch_size"], c["n_batches"], c["rounds"], c["multimodal"]
+        )
+    if name == "training":
+        return [
+            T.defense_step(
+                x["defense"],
+                x["params"],
+                x["batch_size"],
+                x["steps"],
+                x["skip"],
+                x["attack_steps"],
+                BOUNDS["training"],
+            )
+            for x in c
+        ]
+    if name == "ddp":
+        return [T.ddp_throughput(c["batch_size"], c["steps"], c["skip"], c["rounds"])]
+    if name == "memory":
+        rows = []
+        for kind, attack in c["settings"]:
+            rows += M.memory_rows(kind, attack, c["n_small"], c["n_large"], BOUNDS["memory"])
+        return rows
+    raise ValueError(name)
+
+
+def run_sections(names: list[str], cfg: dict[str, Any], log, on_rows=None) -> list[dict[str, Any]]:
+    """Every section in turn; a section that raises becomes an error row, the others still run."""
+    import traceback
+
+    from .common import small_c10
+
+    rows: list[dict[str, Any]] = []
+    loaded = small_c10() if set(names) & {"pgd", "naive", "graph", "autoattack", "text"} else None
+    for name in names:
+        start = time.perf_counter()
+        log(f"[{name}]")
+        try:
+            new = _section(name, cfg, loaded)
+        except Exception as exc:  # report and go on: one broken figure must not hide the rest
+            log(traceback.format_exc())
+            new = [
+                {
+                    "section": "error",
+                    "id": f"{name}_error",
+                    "figure": f"{name}: error",
+                    "setting": f"{type(exc).__name__}: {exc}"[:300],
+                    "value": float("nan"),
+                    "op": "info",
+                    "bound": None,
+                    "ok": False,
+                }
+            ]
+        for row in new:
+            rows.append(row)
+            flag = "" if row.get("ok") is not False else "  (!)"
+            log(f"  {row['id']}: {row['value']:.4g}{flag}")
+        log(f"  ({time.perf_counter() - start:.0f} s)")
+        if on_rows is not None:
+            on_rows(rows)
+    return rows
+
+
+# -- reporting ----------------------------------------------------------------------------------
+def _num(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, bool):
+        return "yes" if x else "NO"
+    if isinstance(x, (int, float)):
+        return f"{x:.{digits}f}" if abs(x) < 10 else f"{x:.1f}"
+    return str(x)
+
+
+def _bound(row: dict[str, Any]) -> str:
+    if row["op"] in ("<=", ">="):
+        return f"{row['op']} {row['bound']}"
+    if row["op"].startswith("within"):
+        return "model +-10%"
+    return "(info)"
+
+
+def _ok(row: dict[str, Any]) -> str:
+    return {True: "ok", False: "FAIL", None: ""}[row.get("ok")]
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    out = []
+    main = [r for r in rows if r["section"] not in ("naive", "naive-graph")]
+    if main:
+        out += ["| Figure | Setting | Ratio | Bound | |", "|---|---|---:|---|---|"]
+        for r in main:
+            out.append(
+                f"| {r['figure']} | {r['setting']} | {_num(r['value'])} | {_bound(r)} | {_ok(r)} |"
+            )
+    naive = [r for r in rows if r["section"] in ("naive", "naive-graph")]
+    if naive:
+        out += [
+            "",
+            "Cached class-text matrix vs naive wrappers (per attack step; speedup = naive step / "
+            "cached step; model = (T_img_fb + T_text) / T_img_fb):",
+            "",
+            "| Naive wrapper | Classes | Templates | Batch | Prompts | T_img_fb (s) | T_text (s) "
+            "| Model | Measured | Meas/model | Same adv. | Naive steps timed | |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
+        ]
+        for r in naive:
+            d = r["detail"]
+            kind = "re-encode, frozen" if r["section"] == "naive" else "text under graph"
+            t_text = d.get("text_fwd_s", d.get("text_fwd_bwd_s"))
+            steps = d.get("k_naive", d.get("steps"))
+            scaled = (
+                f"{steps} (x{d['k_cached'] / steps:g} scaled)"
+                if r["section"] == "naive" and steps != d["k_cached"]
+                else f"{steps}"
+            )
+            out.append(
+                f"| {kind} | {r['classes']} | {r['templates']} | {r['batch']} | {d['prompts']} "
+                f"| {d['image_fb_s']:.4f} | {t_text:.4f} | {_num(r['predicted'])}x "
+                f"| {_num(r['value'])}x | {r['agreement']:.3f} | {_num(r['identical'])} "
+                f"| {scaled} | {_ok(r)} |"
+            )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--quick", action="store_true", help="CI subset, < 1 min")
+    p.add_argument("--only", default="", help=f"comma-separated sections of {','.join(SECTIONS)}")
+    p.add_argument("--json", default=None, help="output file (default runs/benchmarks/<mode>.json)")
+    p.add_argument("--markdown", default=None, help="also write the table to this file")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a bound is not met")
+    args = p.parse_args(argv)
+
+    from .common import setup_env
+    from .timing import LoadMonitor, machine
+
+    setup_env()
+    names = [s for s in args.only.split(",") if s] or list(
+        QUICK_SECTIONS if args.quick else SECTIONS
+    )
+    unknown = sorted(set(names) - set(SECTIONS))
+    if unknown:
+        p.error(f"unknown section(s) {unknown}; choose from {SECTIONS}")
+    cfg = QUICK if args.quick else FULL
+    mode = "quick" if args.quick else "full"
+    out = Path(args.json or Path("runs") / "benchmarks" / f"{mode}.json")
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    with LoadMonitor() as load:
+        rows = run_sections(names, cfg, log)
+    elapsed = time.perf_counter() - started
+    table = markdown(rows)
+    result = {
+        "schema": "clipx.bench.v1",
+        "mode": mode,
+        "sections": names,
+        "command": " ".join(
+            ["python -m benchmarks.run", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]
+        ),
+        "elapsed_s": round(elapsed, 1),
+        "load": load.report(),
+        "machine": machine(),
+        "clock": "process CPU time (single-process figures); wall time (DDP throughput)",
+        "config": {k: cfg[k] for k in names},
+        "rows": rows,
+        "failed": [r["id"] for r in rows if r.get("ok") is False],
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, default=str))
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    ld = result["load"]
+    print(table)
+    print(
+        f"\n{mode} run, {elapsed:.0f} s wall; load average (1 min) during the run: median "
+        f"{ld['load1_median']}, max {ld['load1_max']} on {ld['cpus']} CPUs; "
+        f"torch threads {result['machine']['torch_threads']}; JSON: {out}"
+    )
+    if result["failed"]:
+        print(f"not within bounds: {', '.join(result['failed'])}")
+    return 1 if args.strict and result["failed"] else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.exit(main())
