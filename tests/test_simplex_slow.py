@@ -62,3 +62,20 @@ def test_trainer_runs_advsimplex_with_its_frozen_reference(tmp_path):
     assert steps[0]["simplex_d0"] < 1e-6 < steps[1]["simplex_d0"]
     changed = {k for k, v in loaded.model.state_dict().items() if not torch.equal(v, start[k])}
     assert changed and all(k.startswith("visual.") for k in changed)
+
+
+@pytest.mark.slow
+def test_trainer_runs_advsimplex_on_a_resnet_tower(tmp_path):
+    """procedural-small's image tower is a ModifiedResNet: BatchNorm in the closed form's
+    third-order graph (composite batch norm) with running stats updated between passes."""
+    from clip_robust_ext.models import load_clip
+
+    data = ProceduralShapes("train", n=16, seed=0, image_size=32)
+    torch.manual_seed(0)
+    loaded = load_clip("clipx-tiny-rn")
+    defense = get("defenses", "advsimplex").obj(eps="4/255", alpha="2/255", steps=2)
+    config = TrainConfig(max_steps=2, batch_size=8, lr=1e-3, seed=0)
+    train(loaded, defense, data, config, tmp_path, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "simplex" in r]
+    assert len(steps) == 2 and all(r["simplex"] >= 0 and r["ce"] > 0 for r in steps)

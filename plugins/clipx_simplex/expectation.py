@@ -68,19 +68,16 @@ def composite_batch_norm(
     momentum=0.1,
     eps=1e-5,
 ):
-    """F.batch_norm from primitive ops (batch statistics when training, running ones otherwise,
-    running stats updated as F.batch_norm does): PyTorch's batch_norm has no third derivative, so
-    ResNet image towers (open_clip's ModifiedResNet) need this for training through an HVP."""
+    """F.batch_norm from primitive ops (batch statistics when training, running ones otherwise):
+    PyTorch's batch_norm has no third derivative, so ResNet image towers (open_clip's
+    ModifiedResNet) need this for training through an HVP. Running stats are NOT updated here:
+    the closed form's extra passes at x +- h v are not data, and the ordinary forward passes of
+    the step (whose graphs hold the buffers) update them."""
     dims = [0, *range(2, input.dim())]
     shape = [1, -1] + [1] * (input.dim() - 2)
     if training or running_mean is None:
         mean = input.mean(dims)
         var = input.var(dims, unbiased=False)
-        if training and running_mean is not None:
-            with torch.no_grad():
-                n = input.numel() / input.shape[1]
-                running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
-                running_var.mul_(1 - momentum).add_(momentum * var.detach() * n / max(n - 1, 1))
     else:
         mean, var = running_mean, running_var
     out = (input - mean.view(shape)) * torch.rsqrt(var.view(shape) + eps)
