@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
+# kernel (system) CPU seconds of the last `timed` call: page faults of freshly mapped memory land
+# here, so the benchmark can tell computation (user) from allocator churn (system)
+LAST_SYSTEM_S = [0.0]
 
 
 def timed(fn: Callable[[], Any], clock: str = "cpu") -> tuple[float, Any]:
@@ -29,11 +32,29 @@ def timed(fn: Callable[[], Any], clock: str = "cpu") -> tuple[float, Any]:
     now = CLOCKS[clock]
     gc.disable()
     try:
+        sys_start = os.times().system
         start = now()
         out = fn()
-        return now() - start, out
+        elapsed = now() - start
+        LAST_SYSTEM_S[0] = os.times().system - sys_start
+        return elapsed, out
     finally:
         gc.enable()
+
+
+class Samples(dict):
+    """name -> seconds per call; `.system[name]`: the kernel part of each sample (CPU clock)."""
+
+    def __init__(self, names: list[str]):
+        super().__init__({n: [] for n in names})
+        self.system: dict[str, list[float]] = {n: [] for n in names}
+
+    def add(self, name: str, seconds: float, system: float) -> None:
+        self[name].append(seconds)
+        self.system[name].append(system)
+
+    def user(self, name: str) -> list[float]:
+        return [t - s for t, s in zip(self[name], self.system[name])]
 
 
 def interleaved(
@@ -42,7 +63,7 @@ def interleaved(
     reps: dict[str, int] | None = None,
     warmup: list[str] | None = None,
     clock: str = "cpu",
-) -> dict[str, list[float]]:
+) -> Samples:
     """Seconds per call of every fn, measured round-robin: round r runs the fns in order (r even)
     or reversed (r odd), fn `k` reps[k] times in a row. `warmup` names the fns called once untimed
     first (default: all)."""
@@ -50,12 +71,12 @@ def interleaved(
     names = list(fns)
     for name in names if warmup is None else warmup:
         fns[name]()
-    samples: dict[str, list[float]] = {name: [] for name in names}
+    samples = Samples(names)
     for r in range(rounds):
         gc.collect()
         for name in names if r % 2 == 0 else names[::-1]:
             for _ in range(reps.get(name, 1)):
-                samples[name].append(timed(fns[name], clock)[0])
+                samples.add(name, timed(fns[name], clock)[0], LAST_SYSTEM_S[0])
     return samples
 
 

@@ -8,6 +8,7 @@ built once per machine in a couple of minutes and written atomically under a fil
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import hashlib
 import json
@@ -186,7 +187,10 @@ def procedural_small_key(spec: dict[str, Any]) -> str:
         "spec": spec,
         "arch_config": _arch_config(spec["arch"]),
         "pretrain_version": PRETRAIN_VERSION,
-        "data_code": hashlib.sha256(Path(_procedural_module.__file__).read_bytes()).hexdigest(),
+        # the syntax tree, not the text: re-formatting the data code must not force a rebuild
+        "data_code": hashlib.sha256(
+            ast.dump(ast.parse(Path(_procedural_module.__file__).read_text())).encode()
+        ).hexdigest(),
         "torch": torch.__version__.split("+")[0],
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]

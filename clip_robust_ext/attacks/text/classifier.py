@@ -88,6 +88,22 @@ def report_line(summary: dict[str, Any]) -> str:
     return line
 
 
+class PerturbedPromptClassifier(ZeroShotClassifier):
+    """The classifier over perturbed prompts. It shares the original's CLIP, so its train/eval flag
+    is that CLIP's: attacks run under `attack_mode` (eval), and a flag copied then would stay False
+    after the original returned to train mode. Setting the flag is a no-op; `.train()` / `.eval()`
+    reach the shared CLIP through the module tree as before."""
+
+    @property
+    def training(self) -> bool:  # type: ignore[override]
+        clip = self.__dict__.get("_modules", {}).get("clip")
+        return bool(clip.training) if clip is not None else False
+
+    @training.setter
+    def training(self, value: bool) -> None:
+        pass
+
+
 class TextAttackOnPrompts:
     """Registered "text-attack": perturb the classifier's class prompts once, serve every batch."""
 
@@ -133,7 +149,9 @@ class TextAttackOnPrompts:
         if not cached:
             fresh = cached_prompt_attack(self.model, self.attacker) is None
             result = self.result = attack_class_prompts(self.model, self.attacker)
-            victim = self.model.with_prompts(result.prompts).to(self.model.device)
+            victim = PerturbedPromptClassifier(
+                self.model.loaded, classnames=self.model.classnames, prompts=result.prompts
+            ).to(self.model.device)
             self._perturbed = {key: victim}  # one model version at a time
             self._summary = {
                 "target": self.target,
@@ -146,11 +164,7 @@ class TextAttackOnPrompts:
 
                 # tqdm.write: on a line of its own even while an evaluation progress bar is drawn
                 tqdm.write(f"clipx: {report_line(self._summary)}", file=sys.stderr)
-        victim = self._perturbed[key]
-        # mirror the wrapper's own flag only: .train()/.eval() would recurse into the shared CLIP,
-        # and attack_mode(victim) restores this flag onto that CLIP when it exits
-        victim.training = self.model.training
-        return victim, {**self._summary, "cached": cached}
+        return self._perturbed[key], {**self._summary, "cached": cached}
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> AttackOutput:
         victim, info = self.perturbed_classifier()
