@@ -46,7 +46,9 @@ def test_pyautoattack_apgd_ce_lowers_accuracy(c10):
 
     zs, x, y = c10
     calls = zs.text_calls
-    adversary = AutoAttack(zs, attacks=["apgd-ce"], version="custom", eps=2 / 255, seed=0, device="cpu")
+    adversary = AutoAttack(
+        zs, attacks=["apgd-ce"], version="custom", eps=2 / 255, seed=0, device="cpu"
+    )
     x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=64)
     verify_adversarial(x, x_adv, 2 / 255)
     assert zs.text_calls == calls

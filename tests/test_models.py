@@ -21,9 +21,13 @@ def test_logits_shape_and_definition():
     assert logits.shape == (5, 3)
     # logits = logit_scale * cos(image, mean of normalised template embeddings, renormalised)
     model = loaded.model
-    norm = (x - torch.tensor(loaded.mean).view(1, 3, 1, 1)) / torch.tensor(loaded.std).view(1, 3, 1, 1)
+    norm = (x - torch.tensor(loaded.mean).view(1, 3, 1, 1)) / torch.tensor(loaded.std).view(
+        1, 3, 1, 1
+    )
     img = F.normalize(model.encode_image(norm), dim=-1)
-    tok = loaded.tokenizer([p for c in build_prompts(CLASSES, ["a {}", "a photo of a {}"]) for p in c])
+    tok = loaded.tokenizer(
+        [p for c in build_prompts(CLASSES, ["a {}", "a photo of a {}"]) for p in c]
+    )
     txt = F.normalize(model.encode_text(tok), dim=-1).view(3, 2, -1).mean(1)
     txt = F.normalize(txt, dim=-1)
     expected = model.logit_scale.exp() * img @ txt.t()

@@ -14,7 +14,9 @@ def verify_adversarial(
 ) -> None:
     """Raise AdversarialCheckError naming the attack if x_adv leaves the threat model."""
     if x_adv.shape != x.shape:
-        raise AdversarialCheckError(f"{attack}: returned shape {tuple(x_adv.shape)} for inputs {tuple(x.shape)}")
+        raise AdversarialCheckError(
+            f"{attack}: returned shape {tuple(x_adv.shape)} for inputs {tuple(x.shape)}"
+        )
     if not torch.isfinite(x_adv).all():
         raise AdversarialCheckError(f"{attack}: returned non-finite pixels")
     lo, hi = float(x_adv.min()), float(x_adv.max())

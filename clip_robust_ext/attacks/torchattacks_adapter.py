@@ -16,7 +16,11 @@ from ..errors import ClipxUsageError
 from ..utils.eps import parse_eps
 from .base import attack_mode
 
-_SKIP = {"MultiAttack", "LGV", "AutoAttack"}  # need other attacks / data; AutoAttack has its own adapter
+_SKIP = {
+    "MultiAttack",
+    "LGV",
+    "AutoAttack",
+}  # need other attacks / data; AutoAttack has its own adapter
 _BUDGET_KEYS = ("eps", "alpha")
 _L2 = {"PGDL2", "PGDRSL2", "DeepFool", "CW", "EADL1", "EADEN"}
 _UNBOUNDED = {"CW", "DeepFool", "EADL1", "EADEN", "SparseFool", "JSMA", "OnePixel", "Pixle"}
@@ -44,12 +48,18 @@ class TorchattacksAttack:
             )
         for key in _BUDGET_KEYS:
             if key in params and cls.__name__ not in _UNBOUNDED:
-                params[key] = parse_eps(params[key], name=key, max_value=1.0 if key == "alpha" else 1.0)
+                params[key] = parse_eps(
+                    params[key], name=key, max_value=1.0 if key == "alpha" else 1.0
+                )
         self.cls_name = cls.__name__
         self.model = model
         self.attack = cls(model, **params)
         self.params = params
-        self.eps = float(getattr(self.attack, "eps", float("inf"))) if self.cls_name not in _UNBOUNDED else float("inf")
+        self.eps = (
+            float(getattr(self.attack, "eps", float("inf")))
+            if self.cls_name not in _UNBOUNDED
+            else float("inf")
+        )
         norm = getattr(self.attack, "norm", None)
         self.norm = norm if isinstance(norm, str) else ("L2" if self.cls_name in _L2 else "Linf")
 
@@ -66,5 +76,7 @@ def factory_for(cls: type):
         return TorchattacksAttack(cls, model, **params)
 
     build.__doc__ = f"torchattacks.{cls.__name__}"
-    build.__wrapped__ = cls  # inspect.signature(build) shows the attack's parameters (clipx attacks)
+    build.__wrapped__ = (
+        cls  # inspect.signature(build) shows the attack's parameters (clipx attacks)
+    )
     return build

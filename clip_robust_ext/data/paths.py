@@ -12,7 +12,9 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     """Explicit root, else $CLIPX_DATA, else ~/.cache/clipx/data."""
     if root is not None:
         return Path(root).expanduser()
-    return Path(os.environ.get("CLIPX_DATA", Path.home() / ".cache" / "clipx" / "data")).expanduser()
+    return Path(
+        os.environ.get("CLIPX_DATA", Path.home() / ".cache" / "clipx" / "data")
+    ).expanduser()
 
 
 def cache_dir() -> Path:

@@ -41,35 +41,133 @@ def _split_train(split: str) -> bool:
 
 
 _SUITE: dict[str, SuiteEntry] = {
-    "cifar10": SuiteEntry("cifar10", lambda r, s, t, d: tvd.CIFAR10(r, train=_split_train(s), transform=t, download=d), None, _classes),
-    "cifar100": SuiteEntry("cifar100", lambda r, s, t, d: tvd.CIFAR100(r, train=_split_train(s), transform=t, download=d), None, _classes),
-    "stl10": SuiteEntry("stl10", lambda r, s, t, d: tvd.STL10(r, split=s, transform=t, download=d), None, _classes),
-    "caltech101": SuiteEntry("caltech101", lambda r, s, t, d: tvd.Caltech101(r, transform=T.Compose([T.Lambda(lambda im: im.convert("RGB")), t]), download=d), 224,
-                             lambda ds: [clean_classname(c) for c in ds.categories]),
-    "caltech256": SuiteEntry("caltech256", lambda r, s, t, d: tvd.Caltech256(r, transform=T.Compose([T.Lambda(lambda im: im.convert("RGB")), t]), download=d), 224,
-                             lambda ds: [clean_classname(c.split(".", 1)[-1]) for c in ds.categories]),
-    "oxfordpets": SuiteEntry("oxfordpets", lambda r, s, t, d: tvd.OxfordIIITPet(r, split="test" if s == "test" else "trainval", transform=t, download=d), 224, _classes),
-    "flowers102": SuiteEntry("flowers102", lambda r, s, t, d: tvd.Flowers102(r, split=s, transform=t, download=d), 224, _classes),
-    "dtd": SuiteEntry("dtd", lambda r, s, t, d: tvd.DTD(r, split=s, transform=t, download=d), 224, _classes),
-    "eurosat": SuiteEntry("eurosat", lambda r, s, t, d: tvd.EuroSAT(r, transform=t, download=d), 224, _classes),
-    "fgvc_aircraft": SuiteEntry("fgvc_aircraft", lambda r, s, t, d: tvd.FGVCAircraft(r, split=s, transform=t, download=d), 224, _classes),
-    "food101": SuiteEntry("food101", lambda r, s, t, d: tvd.Food101(r, split=s, transform=t, download=d), 224, _classes),
-    "sun397": SuiteEntry("sun397", lambda r, s, t, d: tvd.SUN397(r, transform=t, download=d), 224, _classes, "manual download may be needed"),
-    "country211": SuiteEntry("country211", lambda r, s, t, d: tvd.Country211(r, split=s, transform=t, download=d), 224, _classes),
-    "stanford_cars": SuiteEntry("stanford_cars", lambda r, s, t, d: tvd.StanfordCars(r, split=s, transform=t, download=False), 224, _classes,
-                                "torchvision's URL is dead: place the Kaggle copy + devkit under <root>/stanford_cars"),
-    "pcam": SuiteEntry("pcam", lambda r, s, t, d: tvd.PCAM(r, split=s, transform=t, download=d), 224,
-                       lambda ds: ["lymph node", "lymph node containing metastatic tumor tissue"]),
-    "imagenet": SuiteEntry("imagenet", lambda r, s, t, d: tvd.ImageNet(r / "imagenet", split="val" if s == "test" else s, transform=t), 224,
-                           lambda ds: list(IMAGENET_CLASSNAMES), "manual download: ILSVRC2012 tars under <root>/imagenet"),
-    "tinyimagenet": SuiteEntry("tinyimagenet", lambda r, s, t, d: ImageFolderDataset(r / "tiny-imagenet-200" / ("val_folders" if s == "test" else "train"), image_size=None), None,
-                               None, "manual download: tiny-imagenet-200 with val images sorted into class folders (val_folders/)"),
+    "cifar10": SuiteEntry(
+        "cifar10",
+        lambda r, s, t, d: tvd.CIFAR10(r, train=_split_train(s), transform=t, download=d),
+        None,
+        _classes,
+    ),
+    "cifar100": SuiteEntry(
+        "cifar100",
+        lambda r, s, t, d: tvd.CIFAR100(r, train=_split_train(s), transform=t, download=d),
+        None,
+        _classes,
+    ),
+    "stl10": SuiteEntry(
+        "stl10", lambda r, s, t, d: tvd.STL10(r, split=s, transform=t, download=d), None, _classes
+    ),
+    "caltech101": SuiteEntry(
+        "caltech101",
+        lambda r, s, t, d: tvd.Caltech101(
+            r, transform=T.Compose([T.Lambda(lambda im: im.convert("RGB")), t]), download=d
+        ),
+        224,
+        lambda ds: [clean_classname(c) for c in ds.categories],
+    ),
+    "caltech256": SuiteEntry(
+        "caltech256",
+        lambda r, s, t, d: tvd.Caltech256(
+            r, transform=T.Compose([T.Lambda(lambda im: im.convert("RGB")), t]), download=d
+        ),
+        224,
+        lambda ds: [clean_classname(c.split(".", 1)[-1]) for c in ds.categories],
+    ),
+    "oxfordpets": SuiteEntry(
+        "oxfordpets",
+        lambda r, s, t, d: tvd.OxfordIIITPet(
+            r, split="test" if s == "test" else "trainval", transform=t, download=d
+        ),
+        224,
+        _classes,
+    ),
+    "flowers102": SuiteEntry(
+        "flowers102",
+        lambda r, s, t, d: tvd.Flowers102(r, split=s, transform=t, download=d),
+        224,
+        _classes,
+    ),
+    "dtd": SuiteEntry(
+        "dtd", lambda r, s, t, d: tvd.DTD(r, split=s, transform=t, download=d), 224, _classes
+    ),
+    "eurosat": SuiteEntry(
+        "eurosat", lambda r, s, t, d: tvd.EuroSAT(r, transform=t, download=d), 224, _classes
+    ),
+    "fgvc_aircraft": SuiteEntry(
+        "fgvc_aircraft",
+        lambda r, s, t, d: tvd.FGVCAircraft(r, split=s, transform=t, download=d),
+        224,
+        _classes,
+    ),
+    "food101": SuiteEntry(
+        "food101",
+        lambda r, s, t, d: tvd.Food101(r, split=s, transform=t, download=d),
+        224,
+        _classes,
+    ),
+    "sun397": SuiteEntry(
+        "sun397",
+        lambda r, s, t, d: tvd.SUN397(r, transform=t, download=d),
+        224,
+        _classes,
+        "manual download may be needed",
+    ),
+    "country211": SuiteEntry(
+        "country211",
+        lambda r, s, t, d: tvd.Country211(r, split=s, transform=t, download=d),
+        224,
+        _classes,
+    ),
+    "stanford_cars": SuiteEntry(
+        "stanford_cars",
+        lambda r, s, t, d: tvd.StanfordCars(r, split=s, transform=t, download=False),
+        224,
+        _classes,
+        "torchvision's URL is dead: place the Kaggle copy + devkit under <root>/stanford_cars",
+    ),
+    "pcam": SuiteEntry(
+        "pcam",
+        lambda r, s, t, d: tvd.PCAM(r, split=s, transform=t, download=d),
+        224,
+        lambda ds: ["lymph node", "lymph node containing metastatic tumor tissue"],
+    ),
+    "imagenet": SuiteEntry(
+        "imagenet",
+        lambda r, s, t, d: tvd.ImageNet(
+            r / "imagenet", split="val" if s == "test" else s, transform=t
+        ),
+        224,
+        lambda ds: list(IMAGENET_CLASSNAMES),
+        "manual download: ILSVRC2012 tars under <root>/imagenet",
+    ),
+    "tinyimagenet": SuiteEntry(
+        "tinyimagenet",
+        lambda r, s, t, d: ImageFolderDataset(
+            r / "tiny-imagenet-200" / ("val_folders" if s == "test" else "train"), image_size=None
+        ),
+        None,
+        None,
+        "manual download: tiny-imagenet-200 with val images sorted into class folders (val_folders/)",
+    ),
 }
 
 # The TeCoA/TGA-ZSR/SAFT 16-dataset suite (ANCHORS.md A1).
 TECOA_16 = (
-    "tinyimagenet", "cifar10", "cifar100", "stl10", "food101", "oxfordpets", "flowers102", "dtd",
-    "eurosat", "fgvc_aircraft", "caltech101", "caltech256", "stanford_cars", "pcam", "imagenet", "sun397",
+    "tinyimagenet",
+    "cifar10",
+    "cifar100",
+    "stl10",
+    "food101",
+    "oxfordpets",
+    "flowers102",
+    "dtd",
+    "eurosat",
+    "fgvc_aircraft",
+    "caltech101",
+    "caltech256",
+    "stanford_cars",
+    "pcam",
+    "imagenet",
+    "sun397",
 )
 
 
@@ -85,17 +183,25 @@ def suite_entry(name: str) -> SuiteEntry:
     return _SUITE[name]
 
 
-def load_suite_dataset(name: str, root: str | os.PathLike | None = None, split: str = "test", download: bool = False):
+def load_suite_dataset(
+    name: str, root: str | os.PathLike | None = None, split: str = "test", download: bool = False
+):
     """A torchvision dataset returning ([0,1] tensor, label) with cleaned `classnames`."""
     entry = suite_entry(name)
     root = data_root(root)
     size = entry.image_size
-    transform = T.ToTensor() if size is None else T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor()])
+    transform = (
+        T.ToTensor()
+        if size is None
+        else T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor()])
+    )
     try:
         ds = entry.build(root, split, transform, download)
     except (RuntimeError, FileNotFoundError, OSError) as exc:
         hint = f" ({entry.note})" if entry.note else " (pass download=true, or place it there)"
-        raise ClipxUsageError(f"dataset '{name}' not found under {root}{hint}: {str(exc).splitlines()[0]}") from None
+        raise ClipxUsageError(
+            f"dataset '{name}' not found under {root}{hint}: {str(exc).splitlines()[0]}"
+        ) from None
     if not hasattr(ds, "classnames"):
         ds.classnames = entry.classnames(ds) if entry.classnames else _classes(ds)
     return ds

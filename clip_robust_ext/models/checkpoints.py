@@ -42,7 +42,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"would run code ({first}); convert it to safetensors or a weights-only state dict"
         ) from None
     except Exception as exc:
-        raise ClipxUsageError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+        raise ClipxUsageError(
+            f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})"
+        ) from None
     return unwrap_state_dict(obj, source=str(path))
 
 
@@ -52,7 +54,9 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.T
             if key in obj and isinstance(obj[key], dict):
                 inner = unwrap_state_dict(obj[key], source)
                 if key == "vision_encoder_state_dict":
-                    inner = {k if k.startswith("visual.") else f"visual.{k}": v for k, v in inner.items()}
+                    inner = {
+                        k if k.startswith("visual.") else f"visual.{k}": v for k, v in inner.items()
+                    }
                 return inner
         tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
         if tensors:
@@ -101,7 +105,9 @@ def load_into_clip(model: torch.nn.Module, state: dict[str, torch.Tensor], sourc
             parts.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[:3]})")
         if shape_errors:
             parts.append(f"shape mismatch {shape_errors[:3]}")
-        raise ClipxUsageError(f"{source}: checkpoint does not fit this architecture: " + "; ".join(parts))
+        raise ClipxUsageError(
+            f"{source}: checkpoint does not fit this architecture: " + "; ".join(parts)
+        )
     target.load_state_dict(state, strict=False)
     return kind
 

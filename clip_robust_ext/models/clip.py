@@ -80,7 +80,8 @@ def load_clip(
     if arch not in open_clip.list_models():
         raise unknown_name("open_clip architecture", arch, open_clip.list_models())
     local = pretrained is not None and (
-        Path(pretrained).exists() or any(str(pretrained).endswith(s) for s in (".pt", ".pth", ".bin", ".safetensors"))
+        Path(pretrained).exists()
+        or any(str(pretrained).endswith(s) for s in (".pt", ".pth", ".bin", ".safetensors"))
     )
     if local:
         model = open_clip.create_model(arch, pretrained=None, device="cpu")

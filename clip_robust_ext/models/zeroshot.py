@@ -73,7 +73,9 @@ class ZeroShotClassifier(nn.Module):
         if not images.is_floating_point():
             raise ClipxUsageError(f"images must be float in [0, 1], got {images.dtype}")
         if tuple(images.shape[-2:]) != self.image_size:
-            images = F.interpolate(images, size=self.image_size, mode="bicubic", align_corners=False)
+            images = F.interpolate(
+                images, size=self.image_size, mode="bicubic", align_corners=False
+            )
         return ((images - self.mean) / self.std).to(self.dtype)
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:

@@ -10,7 +10,9 @@ from ..errors import ClipxUsageError
 def parse_eps(value: float | int | str, *, name: str = "eps", max_value: float = 1.0) -> float:
     """Parse a pixel-space budget in [0, max_value]; strings may be fractions like '4/255'."""
     if isinstance(value, bool):
-        raise ClipxUsageError(f"{name}: expected a number or a fraction like '4/255', got {value!r}")
+        raise ClipxUsageError(
+            f"{name}: expected a number or a fraction like '4/255', got {value!r}"
+        )
     if isinstance(value, (int, float)):
         out = float(value)
     elif isinstance(value, str):
@@ -22,9 +24,13 @@ def parse_eps(value: float | int | str, *, name: str = "eps", max_value: float =
                 f"{name}: cannot parse {value!r}; write a number or a fraction like '4/255'"
             ) from None
     else:
-        raise ClipxUsageError(f"{name}: expected a number or a fraction like '4/255', got {value!r}")
+        raise ClipxUsageError(
+            f"{name}: expected a number or a fraction like '4/255', got {value!r}"
+        )
     if not (0.0 <= out <= max_value) or out != out:
-        raise ClipxUsageError(f"{name}: {value!r} is outside [0, {max_value}] (pixel space is [0, 1])")
+        raise ClipxUsageError(
+            f"{name}: {value!r} is outside [0, {max_value}] (pixel space is [0, 1])"
+        )
     return out
 
 

@@ -5,4 +5,6 @@ from clip_robust_ext.attacks.torchattacks_adapter import factory_for, torchattac
 
 def register_all(register) -> None:
     for name, cls in torchattacks_classes().items():
-        register(name, factory_for(cls), modality="image", description=f"torchattacks.{cls.__name__}")
+        register(
+            name, factory_for(cls), modality="image", description=f"torchattacks.{cls.__name__}"
+        )
