@@ -24,7 +24,7 @@ SECTIONS = ("pgd", "naive", "graph", "autoattack", "text", "training", "ddp", "m
 QUICK_SECTIONS = ("pgd", "naive", "autoattack", "training")
 
 QUICK = {
-    "pgd": [{"batch_size": 8, "steps": 10, "rounds": 5}],
+    "pgd": [{"batch_size": 8, "steps": 10, "rounds": 7}],
     "naive": {
         "groups": [(10, 1), (100, 1)],
         "batch_sizes": [8],
@@ -32,7 +32,7 @@ QUICK = {
         "budget_s": 4.0,
     },
     "graph": [{"n_classes": 100, "n_templates": 1, "batch_size": 8, "steps": 2, "rounds": 2}],
-    "autoattack": {"batch_size": 8, "n_iter": 5, "rounds": 5},
+    "autoattack": {"batch_size": 8, "n_iter": 5, "rounds": 9},
     "text": {"batch_size": 8, "n_batches": 4, "rounds": 2, "multimodal": False},
     "training": [
         {
