@@ -19,6 +19,7 @@ from .common import (
     classnames,
     image_fb,
     labels_for,
+    small_c10,
     templates,
     text_fwd_cost_per_prompt,
 )
@@ -87,8 +88,10 @@ def naive_group(
     """One (classes, templates) group, every batch size, all arms interleaved in one schedule.
 
     Schedule by the cost of one text forward of the C x T prompts (estimated first). Below 2 s:
-    3 rounds of every arm after a warm-up. Above: two naive runs per batch size, with text
-    forwards before, between and after them (t n n t n n t), then 3 samples of each image arm.
+    3 rounds of every arm after a warm-up. Above: 3 naive runs per batch size (2 when one text
+    forward takes over 20 s), text forwards
+    before, between and after them, and the image arms (bare fb, cached attack) right before
+    and after every naive run: t [f c n f c]_bs t [f c n f c]_bs t.
     The first naive run is seeded like the cached attack: same adversarial examples asserted.
     Each sample is split into user (computation) and system CPU time (page faults of freshly
     mapped memory: allocator churn)."""
@@ -100,10 +103,11 @@ def naive_group(
     cheap = est_text < 2.0
     text_fn = naive.class_matrix  # one naive forward's text part: grad mode on, frozen
     fns: dict[str, Any] = {"text": text_fn} if cheap else {}
-    reps: dict[str, int] = {}
     warm: list[str] = ["text"] if cheap else []
     per_bs: dict[int, dict[str, Any]] = {}
-    extra = Samples(["text"] + [f"naive{bs}" for bs in batch_sizes])
+    extra = Samples(
+        ["text"] + [f"{arm}{bs}" for bs in batch_sizes for arm in ("naive", "fb", "cached")]
+    )
 
     def sample(name: str, fn) -> Any:
         t, out = timed(fn)
@@ -126,17 +130,20 @@ def naive_group(
             fns[f"fb{bs}"] = image_fb(zs, x, kc)  # a block of kc passes, like the attack
             fns[f"cached{bs}"] = lambda a=cached, x=x, y=y: a(x, y)
             warm += [f"fb{bs}", f"cached{bs}"]
-            # short arms repeat within a round so their medians rest on several samples
-            reps[f"fb{bs}"] = reps[f"cached{bs}"] = 1 if cheap else 3
             if cheap:
                 fns[f"naive{bs}"] = lambda a=naive_atk, x=x, y=y: a(x, y)
-        # expensive text: text forwards bracket the naive runs in time (t n n t n n t)
-        naive_rounds = 1 if cheap else 2
+        # expensive text: text forwards bracket the naive runs, and image arms surround each naive
+        # run, in time: t [f c n f c]_bs t [f c n f c]_bs t  (the first n is the seeded run)
+        # more naive runs where they are affordable: a median of 3 rides out one slow phase
+        naive_rounds = 1 if cheap else (3 if est_text < 20.0 else 2)
         if not cheap:
             sample("text", text_fn)
         for r in range(naive_rounds):
             for bs in batch_sizes:
                 x, y, naive_atk = attacks[bs]
+                if not cheap:
+                    sample(f"fb{bs}", fns[f"fb{bs}"])
+                    sample(f"cached{bs}", fns[f"cached{bs}"])
                 calls = zs.text_calls
                 torch.manual_seed(seed)
                 adv_n = sample(f"naive{bs}", lambda a=naive_atk, x=x, y=y: a(x, y))
@@ -145,9 +152,12 @@ def naive_group(
                     d["identical"] = bool(torch.equal(d["adv_cached"], adv_n))
                     d["max_abs_diff"] = float((d.pop("adv_cached") - adv_n).abs().max())
                     d["naive_text_calls_per_step"] = (zs.text_calls - calls) / d["k_naive"]
+                if not cheap:
+                    sample(f"fb{bs}", fns[f"fb{bs}"])
+                    sample(f"cached{bs}", fns[f"cached{bs}"])
             if not cheap:
                 sample("text", text_fn)
-        s = interleaved(fns, 3 if cheap else 1, reps=reps, warmup=warm)
+        s = interleaved(fns, 3, warmup=warm) if cheap else Samples([])
     for name in extra:  # merge the bracketing / seeded samples
         if name not in s:
             s[name], s.system[name] = [], []
@@ -199,6 +209,15 @@ def naive_group(
                     **fig["total"],
                     "user": fig["user"],
                     "naive_step_system_s": naive_sys,
+                    # raw samples (s per call: text per forward, the others per block of k steps)
+                    "samples_user": {
+                        n: [round(v, 4) for v in s.user(n)]
+                        for n in ("text", f"fb{bs}", f"cached{bs}", f"naive{bs}")
+                    },
+                    "samples_system": {
+                        n: [round(v, 4) for v in s.system[n]]
+                        for n in ("text", f"fb{bs}", f"cached{bs}", f"naive{bs}")
+                    },
                     "text_fwd_samples": len(s["text"]),
                     "naive_samples": len(s[f"naive{bs}"]),
                     "k_cached": kc,
@@ -484,3 +503,49 @@ def text_attack_cache(
 
 def finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+# -- 5. speed options: channels_last / torch.compile vs eager, PGD through the classifier --------
+def option_speedup(model: str, option: str, batch_size: int, steps: int, rounds: int) -> Row:
+    """PGD-k step time, eager / with the option (> 1: the option is faster). Two copies of the
+    model, so each arm keeps its own weight layout; the first (compiling) call is reported apart.
+    Also the largest logit difference the option makes on the batch (other kernels)."""
+    import copy
+
+    from clip_robust_ext.models.accelerate import accelerated
+    from clip_robust_ext.registry import get
+
+    loaded = small_c10() if model == "clipx-small-c10" else get("models", model).obj(progress=False)
+    other = copy.deepcopy(loaded)
+    x, y = cifar_batch(batch_size)
+    eager_zs = ZeroShotClassifier(loaded, CIFAR10).eval()
+    opts = {"channels_last": option == "channels_last", "compile": option == "compile"}
+    with accelerated(other, **opts) as fast:
+        fast_zs = ZeroShotClassifier(fast, CIFAR10).eval()
+        eager, quick = _pgd(eager_zs, steps), _pgd(fast_zs, steps)
+        with attack_mode(eager_zs), attack_mode(fast_zs):
+            first_s, _ = timed(lambda: quick(x, y))  # compiles (compile) / converts nothing
+            s = interleaved(
+                {"eager": lambda: eager(x, y), "option": lambda: quick(x, y)},
+                rounds,
+                warmup=["eager"],
+            )
+            with torch.no_grad():
+                diff = float((eager_zs(x) - fast_zs(x)).abs().max())
+    ratio = median(s["eager"]) / median(s["option"])
+    return {
+        "section": "options",
+        "id": f"option_{option}_{model}_bs{batch_size}",
+        "figure": f"PGD-{steps} eager / with {option} (speedup)",
+        "setting": f"{model}, batch {batch_size}, 10 classes",
+        "value": ratio,
+        "op": "info",
+        "bound": None,
+        "ok": None,
+        "detail": {
+            "eager": summary(s["eager"], steps),
+            "option": summary(s["option"], steps),
+            "first_call_s": first_s,
+            "max_abs_logit_diff": diff,
+        },
+    }

@@ -37,6 +37,9 @@ def setup_env() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     threads = int(os.environ.get("CLIPX_BENCH_THREADS", "1"))
     torch.set_num_threads(threads)
+    from clip_robust_ext.utils.malloc import tune_malloc
+
+    tune_malloc()  # what the clipx command runs with (CLIPX_MALLOC_TUNING=0 to measure without)
 
 
 def small_c10() -> LoadedCLIP:

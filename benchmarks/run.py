@@ -20,7 +20,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("pgd", "naive", "graph", "autoattack", "text", "training", "ddp", "memory")
+SECTIONS = (
+    "pgd",
+    "naive",
+    "graph",
+    "autoattack",
+    "text",
+    "training",
+    "ddp",
+    "memory",
+    "options",
+)
 QUICK_SECTIONS = ("pgd", "naive", "autoattack", "training")
 
 QUICK = {
@@ -45,6 +55,15 @@ QUICK = {
         }
     ],
     "ddp": {"batch_size": 16, "steps": 6, "skip": 2, "rounds": 1},
+    "options": [
+        {
+            "model": "procedural-small",
+            "option": "channels_last",
+            "batch_size": 8,
+            "steps": 2,
+            "rounds": 3,
+        }
+    ],
     "memory": {
         "settings": [("procedural", None, True)],
         "n": 10000,
@@ -55,7 +74,7 @@ QUICK = {
 FULL = {
     "pgd": [
         {"batch_size": 32, "steps": 10, "rounds": 7},
-        {"batch_size": 256, "steps": 10, "rounds": 3},
+        {"batch_size": 256, "steps": 10, "rounds": 5},
     ],
     "naive": {
         "groups": [(10, 1), (100, 1), (1000, 1), (10, 80), (100, 80), (1000, 80)],
@@ -99,6 +118,11 @@ FULL = {
         "streaming_n": 20000,
     },
 }
+FULL["options"] = [
+    {"model": m, "option": o, "batch_size": 64, "steps": 10, "rounds": 5}
+    for m in ("procedural-small", "clipx-small-c10")
+    for o in ("channels_last", "compile")
+]
 BOUNDS = {"pgd": 1.10, "autoattack": 1.05, "training": 1.25, "memory": 0.10}
 
 
@@ -147,6 +171,8 @@ def _section(name: str, cfg: dict[str, Any], loaded) -> list[dict[str, Any]]:
         ]
     if name == "ddp":
         return [T.ddp_throughput(c["batch_size"], c["steps"], c["skip"], c["rounds"])]
+    if name == "options":
+        return [A.option_speedup(**x) for x in c]
     if name == "memory":
         rows = []
         for kind, attack, judge in c["settings"]:
@@ -289,27 +315,36 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     started = time.perf_counter()
-    with LoadMonitor() as load:
-        rows = run_sections(names, cfg, log)
-    elapsed = time.perf_counter() - started
-    table = markdown(rows)
-    result = {
-        "schema": "clipx.bench.v1",
-        "mode": mode,
-        "sections": names,
-        "command": " ".join(
-            ["python -m benchmarks.run", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]
-        ),
-        "elapsed_s": round(elapsed, 1),
-        "load": load.report(),
-        "machine": machine(),
-        "clock": "process CPU time (single-process figures); wall time (DDP throughput)",
-        "config": {k: cfg[k] for k in names},
-        "rows": rows,
-        "failed": [r["id"] for r in rows if r.get("ok") is False],
-    }
+    command = " ".join(
+        ["python -m benchmarks.run", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=str))
+
+    def write(rows: list[dict[str, Any]], load: LoadMonitor, complete: bool) -> dict[str, Any]:
+        result = {
+            "schema": "clipx.bench.v1",
+            "mode": mode,
+            "complete": complete,
+            "sections": names,
+            "command": command,
+            "elapsed_s": round(time.perf_counter() - started, 1),
+            "load": load.report(),
+            "machine": machine(),
+            "clock": "process CPU time, user + system (single-process figures); "
+            "wall time (DDP throughput)",
+            "config": {k: cfg[k] for k in names},
+            "rows": rows,
+            "failed": [r["id"] for r in rows if r.get("ok") is False],
+        }
+        out.write_text(json.dumps(result, indent=1, default=str))
+        return result
+
+    with LoadMonitor() as load:
+        # rewritten after every section: an interrupted run keeps what it measured
+        rows = run_sections(names, cfg, log, on_rows=lambda rows: write(rows, load, False))
+    result = write(rows, load, True)
+    elapsed = result["elapsed_s"]
+    table = markdown(rows)
     if args.markdown:
         Path(args.markdown).write_text(table + "\n")
     ld = result["load"]

@@ -472,6 +472,9 @@ def eval_command(as_json: bool, **options: Any) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: no traceback for user errors, whatever raises them."""
+    from .utils.malloc import tune_malloc
+
+    tune_malloc()  # CPU attack loops: no page faults for re-allocated activations (utils/malloc.py)
     try:
         cli.main(args=argv, prog_name="clipx", standalone_mode=True)
     except ClipxUsageError as exc:  # raised outside a command (e.g. while loading plugins)

@@ -56,6 +56,9 @@ def test_mmcoa_recipe_runs_end_to_end_and_reports_all_four_settings(tmp_path):
         assert all(0 <= v <= r["clean_acc"] for v in r["per_attack"].values())
         text = next(a for a in r["attacks"] if a["label"] == "text")
         assert text["params"] == {"transformation": "charswap", "goal": "kl", "max_words": 1}
+        kl = r["attack_info"]["text"]  # the KL summary is stored with the record
+        assert kl["goal"] == "kl" and kl["words_changed_max"] <= 1
+        assert kl["goal_score_max"] >= kl["goal_score_mean"] >= 0
 
     # 4 batches x (text + multimodal) per model, yet the class prompts are attacked once per model;
     # each run reports its threat model and KL goal score

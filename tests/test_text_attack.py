@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from helpers import tiny_clip
@@ -171,6 +173,14 @@ def test_the_evaluation_engine_attacks_the_class_prompts_once_for_all_batches(ca
     assert record["clean_acc"] == 100.0 and set(record["per_attack"]) == {"text", "multimodal"}
     assert _calls() - before == len(CLASSES) * len(TEMPLATES)
     assert capsys.readouterr().err.count("clipx: text-attack (charswap, goal kl)") == 1
+    # the threat model and the KL goal score travel with the record (results.json)
+    info = record["attack_info"]
+    assert set(info) == {"text", "multimodal"} and info["text"] == info["multimodal"]
+    t = info["text"]
+    assert (t["goal"], t["transformation"], t["target"]) == ("kl", "charswap", "prompts")
+    assert t["prompts_total"] == len(CLASSES) * len(TEMPLATES) and t["words_changed_max"] <= 1
+    assert t["prompts_perturbed"] > 0 and 0 < t["goal_score_mean"] <= t["goal_score_max"]
+    json.dumps(record)  # JSON-safe
 
 
 def test_zero_shot_goal_moves_prompts_off_their_class(zs):

@@ -27,6 +27,7 @@ from ..attacks.base import BuiltAttack
 from ..data.checks import collate_labelled
 from ..errors import AdversarialCheckError, ClipxError, ClipxUsageError
 from ..models import LoadedCLIP, ZeroShotClassifier
+from ..models.accelerate import accelerated
 from ..registry import get
 from . import distributed as D
 from . import records as R
@@ -225,12 +226,39 @@ def run_batch(
                         f"{p.label}: returned {adv.dtype} images, expected fp32"
                     )
                 verify_adversarial(x_in, adv, p.eps, protocol.norm, p.label)
+            if p.modality in ("text", "multimodal") and res.info:
+                out.setdefault("info", {})[p.key] = text_attack_info(res.info)
             scorer = res.model if res.model is not None else zs
             with attack_mode(scorer), torch.no_grad():
                 _check_model(scorer, protocol, p.label)
                 flags[idx] = scorer(adv.to(x.device)).argmax(1) == y_in
         out["attacks"][p.key] = R.bits(flags)
     return out
+
+
+# what a text attack on the class prompts did, stored with the results (its threat model and goal)
+TEXT_INFO_KEYS = (
+    "target",
+    "goal",
+    "transformation",
+    "prompts_total",
+    "prompts_perturbed",
+    "prompts_unchanged",
+    "prompts_skipped",
+    "prompts_succeeded",
+    "skipped_reasons",
+    "goal_score_mean",
+    "goal_score_max",
+    "words_changed_total",
+    "words_changed_max",
+    "examples",
+)
+
+
+def text_attack_info(info: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-safe summary of a text attack's `AttackOutput.info` (prompts are attacked once
+    per model, so every batch reports the same summary; the first one is kept)."""
+    return {k: info[k] for k in TEXT_INFO_KEYS if k in info}
 
 
 def run_samples(
@@ -289,13 +317,19 @@ def run_samples(
 
 
 def flatten(batch_results: dict[str, dict], plan: list[PlannedAttack]) -> dict[str, Any]:
-    """Per-sample flags in sample order: {'clean': '0101', 'attacks': {key: '0101'}}."""
+    """Per-sample flags in sample order: {'clean': '0101', 'attacks': {key: '0101'}}, plus
+    'attack_info': {key: summary} for text attacks (the first batch that ran them)."""
     order = sorted(batch_results, key=int)
+    info: dict[str, Any] = {}
+    for b in order:
+        for key, summary in batch_results[b].get("info", {}).items():
+            info.setdefault(key, summary)
     return {
         "clean": "".join(batch_results[b]["clean"] for b in order),
         "attacks": {
             p.key: "".join(batch_results[b]["attacks"][p.key] for b in order) for p in plan
         },
+        "attack_info": info,
     }
 
 
@@ -312,6 +346,8 @@ def summarize(
         chosen = [p for p in plan if p.eps is None or p.eps == eps]
         robust = clean.clone()
         per_attack = {}
+        info = samples.get("attack_info", {})
+        attack_info = {p.label: info[p.key] for p in chosen if p.key in info}
         for p in chosen:
             flags = torch.tensor(R.unbits(samples["attacks"][p.key]), dtype=torch.bool) & clean
             per_attack[p.label] = pct(flags)
@@ -330,6 +366,7 @@ def summarize(
                 "per_attack": per_attack,
                 "attack": "+".join(p.label for p in chosen) or "clean",
                 "attacks": [p.describe() for p in chosen],
+                "attack_info": attack_info,
                 "drop": None if robust_acc is None else round(clean_acc - robust_acc, 4),
                 "asr": None
                 if robust_acc is None or n_clean == 0
@@ -408,13 +445,26 @@ def evaluate(
     their records returned); interrupted datasets continue from their finished batches. Under
     torchrun (WORLD_SIZE > 1) batches are sharded across ranks and rank 0 writes the files.
     Returns one record per (dataset, eps); see records.FORMULAS for the definitions."""
-    from ..data import sample_indices
-    from ..utils.versions import versions
-
     protocol = protocol_from_dict(protocol)
     custom = getattr(protocol, "evaluate_with", None)
     if custom is not None:  # protocols that are not per-sample classification (e.g. retrieval)
         return custom(loaded, run_dir, label, resume=resume, progress=progress)
+    with accelerated(loaded, protocol.channels_last, protocol.compile) as fast:
+        return _evaluate(fast, protocol, run_dir, label, resume, progress, checkpoint_s)
+
+
+def _evaluate(
+    loaded: LoadedCLIP,
+    protocol: Protocol,
+    run_dir,
+    label: str,
+    resume: bool,
+    progress: bool,
+    checkpoint_s: float,
+) -> list[dict[str, Any]]:
+    from ..data import sample_indices
+    from ..utils.versions import versions
+
     rank, world = D.maybe_init()
     fingerprint = R.model_fingerprint(loaded.model)
     stamp = versions()

@@ -129,6 +129,10 @@ class Protocol:
     backend: str | None = None  # default backend for attacks that offer several (autoattack)
     num_workers: int = 0
     description: str = ""
+    # speed options for the image tower, off by default (other kernels: not bitwise eager fp32);
+    # see models/accelerate.py and `python -m benchmarks.run --only options`
+    channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.eps, (int, float, str)):
@@ -171,6 +175,9 @@ class Protocol:
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ClipxUsageError(f"protocol '{self.name}': seed must be an integer")
+        for attr in ("channels_last", "compile"):
+            if not isinstance(getattr(self, attr), bool):
+                raise ClipxUsageError(f"protocol '{self.name}': {attr} must be true or false")
         if self.precision not in PRECISIONS:
             raise ClipxUsageError(f"protocol '{self.name}': precision must be one of {PRECISIONS}")
         if not isinstance(self.templates, (str, list, tuple, dict)):
@@ -220,6 +227,8 @@ class Protocol:
             "batch_size": self.batch_size,
             "precision": self.precision,
             "backend": self.backend,
+            # only when on, so results computed before these options existed stay reusable
+            **{k: True for k in ("channels_last", "compile") if getattr(self, k)},
             **(extra or {}),
         }
         return hashlib.sha256(_canonical(content).encode()).hexdigest()[:16]

@@ -51,6 +51,9 @@ class LoadedCLIP:
     mean: tuple[float, ...] = open_clip.OPENAI_DATASET_MEAN
     std: tuple[float, ...] = open_clip.OPENAI_DATASET_STD
     info: dict[str, Any] = field(default_factory=dict)
+    # speed options (models/accelerate.py): images fed channels_last, a compiled encode_image
+    channels_last: bool = False
+    image_encoder: Any = field(default=None, repr=False, compare=False)
 
 
 def _image_size(model: torch.nn.Module) -> tuple[int, int]:

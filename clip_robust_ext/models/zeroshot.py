@@ -79,7 +79,11 @@ class ZeroShotClassifier(nn.Module):
         return ((images - self.mean) / self.std).to(self.dtype)
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        feats = self.clip.encode_image(self.preprocess(images))
+        x = self.preprocess(images)
+        if self.loaded.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        encode = self.loaded.image_encoder or self.clip.encode_image
+        feats = encode(x)
         return F.normalize(feats.float(), dim=-1) if normalize else feats.float()
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
