@@ -71,7 +71,11 @@ class Defense:
     def setup(self, ctx: TrainContext) -> None:
         """Called once before training (e.g. to precompute text matrices)."""
 
-    def loss(self, batch: Batch, ctx: TrainContext) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, batch: Batch, ctx: TrainContext
+    ) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
+        """(loss to minimise, metrics to log). Metrics may be floats or 0-d tensors; detached
+        tensors are gathered on the device with the loss, so logging adds no host sync."""
         raise NotImplementedError
 
     def config(self) -> dict[str, Any]:

@@ -424,10 +424,10 @@ def train(
                 ):
                     loss, metrics = runner(batch)
                 names = sorted(metrics)
-                values = torch.tensor(
-                    [_scalar(loss)] + [_scalar(metrics[k]) for k in names],
-                    dtype=torch.float64,
-                    device=device,
+                # loss and metrics in one device tensor: the finiteness check below is the
+                # step's only host sync (deliberate: a NaN must stop the run before the update)
+                values = torch.stack(
+                    [_scalar(loss, device)] + [_scalar(metrics[k], device) for k in names]
                 )
                 values = D.all_reduce_mean(values)
                 if not torch.isfinite(values[0]):
@@ -511,8 +511,11 @@ def evaluation_callback(protocol: Any, run_dir: str | Path, label: str = "step")
     return run
 
 
-def _scalar(value: Any) -> float:
-    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+def _scalar(value: Any, device: torch.device) -> torch.Tensor:
+    """A float64 0-d tensor on `device`, without reading a device tensor back to the host."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(device=device, dtype=torch.float64).reshape(())
+    return torch.tensor(float(value), dtype=torch.float64, device=device)
 
 
 def _ckpt_step(path: Path) -> int | str:

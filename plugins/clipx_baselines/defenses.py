@@ -20,8 +20,9 @@ from clip_robust_ext.utils.eps import format_eps, parse_eps
 from .fare_attack import EmbeddingPGD, embedding_l2
 
 
-def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((logits.argmax(1) == labels).float().mean())
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    # a device tensor: the Trainer gathers every metric into one tensor (one host sync per step)
+    return (logits.argmax(1) == labels).float().mean().detach()
 
 
 class _PGDMixin:
