@@ -89,9 +89,10 @@ def naive_group(
 
     Schedule by the cost of one text forward of the C x T prompts (estimated first). Below 2 s:
     7 rounds of every arm after a warm-up. Above: 3 naive runs per batch size (2 when one text
-    forward takes over 20 s), text forwards
-    before, between and after them, and the image arms (bare fb, cached attack) right before
-    and after every naive run: t [f c n f c]_bs t [f c n f c]_bs t.
+    forward takes over 20 s), text forwards before, between and after them, and 4 samples of
+    each image arm (bare fb, cached attack) right before and after every naive run:
+    t [fccf n fccf]_bs t [fccf n fccf]_bs t ... When text dominates, measured / model is
+    about T_img_fb / T_cached_step, so the cheap image arms need many samples too.
     The first naive run is seeded like the cached attack: same adversarial examples asserted.
     Each sample is split into user (computation) and system CPU time (page faults of freshly
     mapped memory: allocator churn)."""
@@ -114,6 +115,12 @@ def naive_group(
         extra.add(name, t, LAST_SYSTEM_S[0])
         return out
 
+    def image_arms(bs: int) -> None:
+        # cheap next to a naive run: 4 samples of each image arm in the order f c c f, so that
+        # neither arm always runs first after a long text forward (cold caches)
+        for arm in ("fb", "cached", "cached", "fb"):
+            sample(f"{arm}{bs}", fns[f"{arm}{bs}"])
+
     with attack_mode(zs):
         attacks = {}
         for bs in batch_sizes:
@@ -133,7 +140,7 @@ def naive_group(
             if cheap:
                 fns[f"naive{bs}"] = lambda a=naive_atk, x=x, y=y: a(x, y)
         # expensive text: text forwards bracket the naive runs, and image arms surround each naive
-        # run, in time: t [f c n f c]_bs t [f c n f c]_bs t  (the first n is the seeded run)
+        # run, in time: t [fccf n fccf]_bs t [fccf n fccf]_bs t  (the first n is the seeded run)
         # more naive runs where they are affordable: a median of 3 rides out one slow phase
         naive_rounds = 1 if cheap else (3 if est_text < 20.0 else 2)
         if not cheap:
@@ -142,8 +149,7 @@ def naive_group(
             for bs in batch_sizes:
                 x, y, naive_atk = attacks[bs]
                 if not cheap:
-                    sample(f"fb{bs}", fns[f"fb{bs}"])
-                    sample(f"cached{bs}", fns[f"cached{bs}"])
+                    image_arms(bs)
                 calls = zs.text_calls
                 torch.manual_seed(seed)
                 adv_n = sample(f"naive{bs}", lambda a=naive_atk, x=x, y=y: a(x, y))
@@ -153,8 +159,7 @@ def naive_group(
                     d["max_abs_diff"] = float((d.pop("adv_cached") - adv_n).abs().max())
                     d["naive_text_calls_per_step"] = (zs.text_calls - calls) / d["k_naive"]
                 if not cheap:
-                    sample(f"fb{bs}", fns[f"fb{bs}"])
-                    sample(f"cached{bs}", fns[f"cached{bs}"])
+                    image_arms(bs)
             if not cheap:
                 sample("text", text_fn)
         # 7 rounds: a CPU-time sample on a shared VM varies by up to ~15% (measured), and the

@@ -1,6 +1,6 @@
 """Run the clipx benchmark suite: a markdown table on stdout, every number in a JSON file.
 
-    python -m benchmarks.run            # full suite (~15-25 min on one core of a 2-core CPU)
+    python -m benchmarks.run            # full suite (~25-30 min on one core of a 2-core CPU)
     python -m benchmarks.run --quick    # CI subset (< 1 min)
     python -m benchmarks.run --only pgd,naive --json out.json
 
