@@ -76,6 +76,31 @@ def _plan_steps(k_cached: int, text_s: float, budget_s: float) -> int:
     return max(1, min(k_cached, int(budget_s / max(text_s, 1e-9))))
 
 
+def cost_model(t_text: float, t_fb: float, t_cached: float, t_naive: float) -> dict[str, float]:
+    """Speedup per attack step, measured (naive step / cached step) and predicted by the cost
+    model: a naive step = the image forward+backward + the text pass over all prompts.
+
+    The image term is the cached attack's own step, whose cost over a bare image fwd+bwd is the
+    PGD-overhead figure (1.02-1.05, measured on its own with many samples). Taking the bare fwd+bwd
+    arm instead (`predicted_bare_fb`) multiplies the agreement by T_fb / T_cached, which, sampled a
+    few times next to 50-second text forwards, scattered by 0.90-1.15 between runs, though it has
+    nothing to do with the re-encoding the speedup is about."""
+    measured = t_naive / t_cached
+    predicted = (t_cached + t_text) / t_cached
+    predicted_fb = (t_fb + t_text) / t_fb
+    return {
+        "text_fwd_s": t_text,
+        "image_fb_s": t_fb,
+        "cached_step_s": t_cached,
+        "naive_step_s": t_naive,
+        "measured": measured,
+        "predicted": predicted,
+        "agreement": measured / predicted,
+        "predicted_bare_fb": predicted_fb,
+        "agreement_bare_fb": measured / predicted_fb,
+    }
+
+
 def naive_group(
     loaded,
     n_classes: int,
@@ -181,16 +206,7 @@ def naive_group(
             t_fb = median(get(f"fb{bs}")) / kc
             t_cached = median(get(f"cached{bs}")) / kc
             t_naive = median(get(f"naive{bs}")) / kn
-            measured, predicted = t_naive / t_cached, (t_fb + t_text) / t_fb
-            fig[part] = {
-                "text_fwd_s": t_text,
-                "image_fb_s": t_fb,
-                "cached_step_s": t_cached,
-                "naive_step_s": t_naive,
-                "measured": measured,
-                "predicted": predicted,
-                "agreement": measured / predicted,
-            }
+            fig[part] = cost_model(t_text, t_fb, t_cached, t_naive)
         naive_sys = median(s.system[f"naive{bs}"]) / kn
         rows.append(
             {
@@ -207,6 +223,7 @@ def naive_group(
                 "value_user": fig["user"]["measured"],
                 "predicted_user": fig["user"]["predicted"],
                 "agreement_user": fig["user"]["agreement"],
+                "agreement_bare_fb_user": fig["user"]["agreement_bare_fb"],
                 "identical": d["identical"],
                 "op": "within 10% of model",
                 "bound": 0.10,
@@ -294,16 +311,8 @@ def naive_graph_cell(
     for part, get in (("total", lambda n: s[n]), ("user", s.user)):
         t_fb, t_text_fb = median(get("fb")) / steps, median(get("text_fb"))
         t_cached, t_graph = median(get("cached")) / steps, median(get("graph")) / steps
-        measured, predicted = t_graph / t_cached, (t_fb + t_text_fb) / t_fb
-        fig[part] = {
-            "image_fb_s": t_fb,
-            "text_fwd_s": t_text_fb,  # forward + backward into the text weights here
-            "cached_step_s": t_cached,
-            "naive_step_s": t_graph,
-            "measured": measured,
-            "predicted": predicted,
-            "agreement": measured / predicted,
-        }
+        # text_fwd_s is forward + backward into the text weights here
+        fig[part] = cost_model(t_text_fb, t_fb, t_cached, t_graph)
     identical = bool(torch.equal(adv_c, adv_n))
     max_diff = float((adv_c - adv_n).abs().max())
     return {
@@ -320,6 +329,7 @@ def naive_graph_cell(
         "value_user": fig["user"]["measured"],
         "predicted_user": fig["user"]["predicted"],
         "agreement_user": fig["user"]["agreement"],
+        "agreement_bare_fb_user": fig["user"]["agreement_bare_fb"],
         "identical": identical,
         "op": "within 10% of model",
         "bound": 0.10,
