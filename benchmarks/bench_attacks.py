@@ -101,6 +101,58 @@ def cost_model(t_text: float, t_fb: float, t_cached: float, t_naive: float) -> d
     }
 
 
+def cost_figures(
+    s: Samples, text: str, fb: tuple[str, int], cached: tuple[str, int], naive: tuple[str, int]
+) -> dict[str, dict[str, float]]:
+    """cost_model on all-CPU ("total") and user-CPU ("user") medians; (arm, k) = an arm timed
+    as blocks of k attack steps."""
+    fig = {}
+    for part, get in (("total", lambda n: s[n]), ("user", s.user)):
+        per_step = [median(get(name)) / k for name, k in (fb, cached, naive)]
+        fig[part] = cost_model(median(get(text)), *per_step)
+    return fig
+
+
+def speedup_row(
+    section: str,
+    row_id: str,
+    figure: str,
+    n_classes: int,
+    n_templates: int,
+    batch: int,
+    fig: dict[str, dict[str, float]],
+    identical: bool,
+    detail: dict[str, Any],
+) -> Row:
+    """A grid cell: judged on user CPU time (within 10% of the model) and identical examples."""
+    return {
+        "section": section,
+        "id": row_id,
+        "figure": figure,
+        "setting": f"C={n_classes}, T={n_templates}, batch {batch}",
+        "classes": n_classes,
+        "templates": n_templates,
+        "batch": batch,
+        "value": fig["total"]["measured"],
+        "predicted": fig["total"]["predicted"],
+        "agreement": fig["total"]["agreement"],
+        "value_user": fig["user"]["measured"],
+        "predicted_user": fig["user"]["predicted"],
+        "agreement_user": fig["user"]["agreement"],
+        "agreement_bare_fb_user": fig["user"]["agreement_bare_fb"],
+        "identical": identical,
+        "op": "within 10% of model",
+        "bound": 0.10,
+        "ok": abs(fig["user"]["agreement"] - 1) <= 0.10 and identical,
+        "detail": {
+            "prompts": n_classes * n_templates,
+            **fig["total"],
+            "user": fig["user"],
+            **detail,
+        },
+    }
+
+
 def naive_group(
     loaded,
     n_classes: int,
@@ -200,38 +252,19 @@ def naive_group(
     for bs in batch_sizes:
         d = per_bs[bs]
         kc, kn = d["k_cached"], d["k_naive"]
-        fig: dict[str, dict[str, float]] = {}
-        for part, get in (("total", lambda n: s[n]), ("user", s.user)):
-            t_text = median(get("text"))
-            t_fb = median(get(f"fb{bs}")) / kc
-            t_cached = median(get(f"cached{bs}")) / kc
-            t_naive = median(get(f"naive{bs}")) / kn
-            fig[part] = cost_model(t_text, t_fb, t_cached, t_naive)
+        fig = cost_figures(s, "text", (f"fb{bs}", kc), (f"cached{bs}", kc), (f"naive{bs}", kn))
         naive_sys = median(s.system[f"naive{bs}"]) / kn
         rows.append(
-            {
-                "section": "naive",
-                "id": f"naive_C{n_classes}_T{n_templates}_bs{bs}",
-                "figure": "speedup of the cached head over the naive re-encoding wrapper",
-                "setting": f"C={n_classes}, T={n_templates}, batch {bs}",
-                "classes": n_classes,
-                "templates": n_templates,
-                "batch": bs,
-                "value": fig["total"]["measured"],
-                "predicted": fig["total"]["predicted"],
-                "agreement": fig["total"]["agreement"],
-                "value_user": fig["user"]["measured"],
-                "predicted_user": fig["user"]["predicted"],
-                "agreement_user": fig["user"]["agreement"],
-                "agreement_bare_fb_user": fig["user"]["agreement_bare_fb"],
-                "identical": d["identical"],
-                "op": "within 10% of model",
-                "bound": 0.10,
-                "ok": abs(fig["user"]["agreement"] - 1) <= 0.10 and d["identical"],
-                "detail": {
-                    "prompts": n_prompts,
-                    **fig["total"],
-                    "user": fig["user"],
+            speedup_row(
+                "naive",
+                f"naive_C{n_classes}_T{n_templates}_bs{bs}",
+                "speedup of the cached head over the naive re-encoding wrapper",
+                n_classes,
+                n_templates,
+                bs,
+                fig,
+                d["identical"],
+                {
                     "naive_step_system_s": naive_sys,
                     # raw samples (s per call: text per forward, the others per block of k steps)
                     "samples_user": {
@@ -253,7 +286,7 @@ def naive_group(
                     "ok_criterion": "same adversarial examples and |user-CPU measured / model - 1| "
                     "<= 0.10; the user+system figure adds the kernel time of page faults",
                 },
-            }
+            )
         )
     return rows
 
@@ -307,37 +340,20 @@ def naive_graph_cell(
             for p in text_params:
                 p.requires_grad_(False)
                 p.grad = None
-    fig: dict[str, dict[str, float]] = {}
-    for part, get in (("total", lambda n: s[n]), ("user", s.user)):
-        t_fb, t_text_fb = median(get("fb")) / steps, median(get("text_fb"))
-        t_cached, t_graph = median(get("cached")) / steps, median(get("graph")) / steps
-        # text_fwd_s is forward + backward into the text weights here
-        fig[part] = cost_model(t_text_fb, t_fb, t_cached, t_graph)
+    # the text term is forward + backward into the text weights here
+    fig = cost_figures(s, "text_fb", ("fb", steps), ("cached", steps), ("graph", steps))
     identical = bool(torch.equal(adv_c, adv_n))
     max_diff = float((adv_c - adv_n).abs().max())
-    return {
-        "section": "naive-graph",
-        "id": f"naive_graph_C{n_classes}_T{n_templates}_bs{batch_size}",
-        "figure": "speedup over the TeCoA-lineage loop (text under the graph, loss.backward())",
-        "setting": f"C={n_classes}, T={n_templates}, batch {batch_size}",
-        "classes": n_classes,
-        "templates": n_templates,
-        "batch": batch_size,
-        "value": fig["total"]["measured"],
-        "predicted": fig["total"]["predicted"],
-        "agreement": fig["total"]["agreement"],
-        "value_user": fig["user"]["measured"],
-        "predicted_user": fig["user"]["predicted"],
-        "agreement_user": fig["user"]["agreement"],
-        "agreement_bare_fb_user": fig["user"]["agreement_bare_fb"],
-        "identical": identical,
-        "op": "within 10% of model",
-        "bound": 0.10,
-        "ok": abs(fig["user"]["agreement"] - 1) <= 0.10 and identical,
-        "detail": {
-            "prompts": n_classes * n_templates,
-            **fig["total"],
-            "user": fig["user"],
+    return speedup_row(
+        "naive-graph",
+        f"naive_graph_C{n_classes}_T{n_templates}_bs{batch_size}",
+        "speedup over the TeCoA-lineage loop (text under the graph, loss.backward())",
+        n_classes,
+        n_templates,
+        batch_size,
+        fig,
+        identical,
+        {
             "naive_step_system_s": median(s.system["graph"]) / steps,
             "steps": steps,
             "k_naive": steps,
@@ -345,7 +361,7 @@ def naive_graph_cell(
             "max_abs_diff": max_diff,
             "text_mode": "grad mode on, text parameters require grad, loss.backward() per step",
         },
-    }
+    )
 
 
 # -- 3. AutoAttack through the adapter vs pyautoattack called directly -------------------------

@@ -130,6 +130,28 @@ def trace_worker(n: int, attack: str | None, out: Path, every: int = 4) -> None:
     )
 
 
+def _measured(run) -> dict[str, Any]:
+    """Run `run()` (an evaluation returning records) after settling memory and resetting the
+    peak mark; its records, CPU seconds, the RSS/peak before it and the Python-heap peak."""
+    _settle()
+    reset = _reset_peak()
+    before_peak, before_rss = _peak_mib(), _rss_mib()
+    tracemalloc.start()
+    start = time.process_time()
+    records = run()
+    seconds = time.process_time() - start
+    py_peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    return {
+        "records": records,
+        "seconds": seconds,
+        "reset": reset,
+        "before_peak": before_peak,
+        "before_rss": before_rss,
+        "py_peak": py_peak,
+    }
+
+
 def worker(kind: str, n: int, attack: str | None, out: Path) -> None:
     sys.path.insert(0, str(REPO))
     from benchmarks.common import setup_env
@@ -158,15 +180,7 @@ def worker(kind: str, n: int, attack: str | None, out: Path) -> None:
         image_bytes = n * 3 * data.image_size**2 * 4
         zs = build_classifier(loaded, data.classnames, protocol.templates)
         evaluate_model(zs, ProceduralShapes("test", n=512, seed=1), protocol)  # warm-up
-        _settle()
-        reset = _reset_peak()
-        before_peak, before_rss = _peak_mib(), _rss_mib()
-        tracemalloc.start()
-        start = time.process_time()
-        records = evaluate_model(zs, data, protocol)
-        seconds = time.process_time() - start
-        py_peak = tracemalloc.get_traced_memory()[1] / 2**20
-        tracemalloc.stop()
+        m = _measured(lambda: evaluate_model(zs, data, protocol))
         entry = "engine.evaluate_model (DataLoader over ProceduralShapes, generated per item)"
     else:  # the CIFAR-10 test JPEGs through evaluate(): result files, resume bookkeeping
         loaded = get("models", "clipx-small-c10").obj()
@@ -183,15 +197,9 @@ def worker(kind: str, n: int, attack: str | None, out: Path) -> None:
         image_bytes = n * 3 * 32 * 32 * 4
         with tempfile.TemporaryDirectory(prefix="clipx-bench-mem-") as run_dir:
             evaluate(loaded, warm, run_dir, label="warm", progress=False)
-            _settle()
-            reset = _reset_peak()
-            before_peak, before_rss = _peak_mib(), _rss_mib()
-            tracemalloc.start()
-            start = time.process_time()
-            records = evaluate(loaded, protocol, run_dir, label="bench", progress=False)
-            seconds = time.process_time() - start
-            py_peak = tracemalloc.get_traced_memory()[1] / 2**20
-            tracemalloc.stop()
+            m = _measured(
+                lambda: evaluate(loaded, protocol, run_dir, label="bench", progress=False)
+            )
         entry = "engine.evaluate (cifar10-jpegs: compressed bytes in memory, decoded per item)"
     after_peak = _peak_mib()
     rss_end = _rss_mib()
@@ -203,19 +211,21 @@ def worker(kind: str, n: int, attack: str | None, out: Path) -> None:
             {
                 "kind": kind,
                 "entry": entry,
-                "n": records[0]["n"],
+                "n": m["records"][0]["n"],
                 "attack": attack,
-                "clean_acc": records[0]["clean_acc"],
-                "peak_before_mib": before_peak,
-                "rss_before_mib": before_rss,
+                "clean_acc": m["records"][0]["clean_acc"],
+                "peak_before_mib": m["before_peak"],
+                "rss_before_mib": m["before_rss"],
                 "peak_after_mib": after_peak,
-                "peak_reset": reset,
-                "growth_mib": max(0.0, after_peak - (before_rss if reset else before_peak)),
-                "python_heap_peak_mib": py_peak,
+                "peak_reset": m["reset"],
+                "growth_mib": max(
+                    0.0, after_peak - (m["before_rss"] if m["reset"] else m["before_peak"])
+                ),
+                "python_heap_peak_mib": m["py_peak"],
                 "rss_end_mib": rss_end,
                 "rss_after_malloc_trim_mib": rss_trim if trimmed else None,
                 "dataset_as_tensor_mib": image_bytes / 2**20,
-                "cpu_s": seconds,
+                "cpu_s": m["seconds"],
             }
         )
     )

@@ -11,21 +11,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from clip_robust_ext.data.templates import TEMPLATE_SETS
+from clip_robust_ext.data.templates import CIFAR10_CLASSES, TEMPLATE_SETS
 from clip_robust_ext.models import LoadedCLIP, ZeroShotClassifier
 
-CIFAR10 = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-]
+CIFAR10 = list(CIFAR10_CLASSES)
 SINGLE_TEMPLATE = ["This is a photo of a {}"]  # TeCoA's
 ENSEMBLE_80 = list(TEMPLATE_SETS["openai-imagenet"])  # OpenAI's 80 ImageNet templates
 assert len(ENSEMBLE_80) == 80

@@ -8,19 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from clip_robust_ext.data.templates import CIFAR10_CLASSES as _CIFAR10
+
 REPO = Path(__file__).resolve().parents[1]
-CIFAR10_CLASSES = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-]
+CIFAR10_CLASSES = list(_CIFAR10)
 
 
 def assets() -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assets, cifar10_batch, small_c10
+from helpers import CIFAR10_CLASSES, assets, cifar10_batch, small_c10
 
 from clip_robust_ext.attacks import build_attack, verify_adversarial
 from clip_robust_ext.data import TarImageFolder
@@ -26,18 +26,7 @@ def _clean_and_pgd10(loaded, x, y) -> tuple[float, float]:
         )
 
 
-_CLASSES = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-]
+_CLASSES = CIFAR10_CLASSES
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from importlib import metadata
 
 import pytest
 from click.testing import CliRunner
-from helpers import REPO
+from helpers import CIFAR10_CLASSES, REPO
 
 from clip_robust_ext.cli import cli
 from clip_robust_ext.plugins import reload_plugins
@@ -92,18 +92,7 @@ def test_example_attack_is_a_real_bounded_attack(example_plugin):
     torch.manual_seed(0)
     zs = ZeroShotClassifier(
         small_c10(),
-        classnames=[
-            "airplane",
-            "automobile",
-            "bird",
-            "cat",
-            "deer",
-            "dog",
-            "frog",
-            "horse",
-            "ship",
-            "truck",
-        ],
+        classnames=CIFAR10_CLASSES,
         templates=list(TECOA),
     )
     x, y = cifar10_batch(32)

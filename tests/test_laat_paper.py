@@ -9,11 +9,11 @@ import torch
 from click.testing import CliRunner
 from clipx_laat.cli import load_paper_config
 from clipx_laat.paper import PaperConfig, _resolve_split, run_paper
-from helpers import assets
+from helpers import CIFAR10_CLASSES, assets
 
 from clip_robust_ext.errors import ClipxUsageError
 
-CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CLASSES = CIFAR10_CLASSES
 
 
 def test_split_defaults_and_errors():

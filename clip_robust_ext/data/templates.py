@@ -6,6 +6,20 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGE
 
 TECOA = ("This is a photo of a {}",)
 
+# CIFAR-10's class names in label order (torchvision's CIFAR10.classes; the JPEG tars' folders)
+CIFAR10_CLASSES: tuple[str, ...] = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
 
 def _as_format(fns) -> tuple[str, ...]:
     # open_clip stores templates as lambdas c -> str; turn them back into '{}' strings
