@@ -37,7 +37,7 @@ from .utils.tomlwriter import dump_toml
 
 STAGES = ("pretrain", "defend", "evaluate")
 SECTIONS = ("recipe", "model", "data", "pretrain", "defense", "baselines", "evaluate", "profiles")
-RECIPE_KEYS = ("name", "description", "seed", "stages", "device", "profile")
+RECIPE_KEYS = ("name", "description", "seed", "seeds", "stages", "device", "profile")
 METHOD_KEYS = ("name", "label", "train", "params")  # + TrainConfig fields + factory parameters
 START_LABEL = "clip"
 RESERVED_LABELS = (START_LABEL, "eval")  # the start model's label; the evaluation folder
@@ -559,6 +559,12 @@ def _dataset(
                 out[k] = coerce(value, int, dotted)
                 if out[k] < 1:
                     raise ClipxUsageError(f"{dotted}: must be a positive integer, got {value!r}")
+    from .data.splits import SUBSET_KEYS, check_subset_spec  # torch-free at call time only
+
+    for k in SUBSET_KEYS:  # class split / held-out part: applied by clipx, not the factory
+        if k in section and k not in params:
+            out[k] = section.pop(k)
+    check_subset_spec(out, key)
     out.update(_factory_kwargs(section, factory, key, ("dataset", *extra)))
     return out
 
@@ -715,6 +721,8 @@ def validate(doc: dict[str, Any], reg: _Registries | None = None) -> dict[str, A
             "device": device,
         }
     }
+    if "seeds" in head:  # one run per seed, then mean and spread (clip_robust_ext.seeds)
+        out["recipe"]["seeds"] = _seed_list(head["seeds"])
     if "model" not in doc:
         raise ClipxUsageError("model: missing section [model] (the starting model)")
     out["model"] = _model(doc["model"], reg)
@@ -770,6 +778,19 @@ def validate(doc: dict[str, Any], reg: _Registries | None = None) -> dict[str, A
     return out
 
 
+def _seed_list(value: Any) -> list[int]:
+    if not isinstance(value, list) or not value:
+        raise ClipxUsageError(
+            f"recipe.seeds: expected a non-empty array of integers, got {value!r}"
+        )
+    seeds = [coerce(v, int, f"recipe.seeds.{i}") for i, v in enumerate(value)]
+    if len(set(seeds)) != len(seeds):
+        raise ClipxUsageError(f"recipe.seeds: a seed is listed twice in {seeds}")
+    if any(not 0 <= s < 2**32 for s in seeds):
+        raise ClipxUsageError(f"recipe.seeds: seeds must be in [0, 2**32), got {seeds}")
+    return seeds
+
+
 def _methods(doc: dict[str, Any], include_pretrain: bool = True) -> list[dict[str, Any]]:
     methods = [doc["pretrain"]] if include_pretrain and "pretrain" in doc else []
     if "defense" in doc:
@@ -803,6 +824,24 @@ class ResolvedRecipe:
     def methods(self) -> list[dict[str, Any]]:
         """[defense] then [[baselines]] (not pretrain), each {name, label, train, params}."""
         return _methods(self.doc, include_pretrain=False)
+
+    @property
+    def seeds(self) -> list[int] | None:
+        """`[recipe] seeds`: run once per seed (None: one run with `seed`)."""
+        return self.doc["recipe"].get("seeds")
+
+    def for_seed(self, seed: int) -> ResolvedRecipe:
+        """The single-seed recipe of one of `seeds`: the recipe seed and every method's training
+        seed that followed it (a method's explicitly different seed is kept)."""
+        doc = copy.deepcopy(self.doc)
+        doc["recipe"].pop("seeds", None)
+        base, doc["recipe"]["seed"] = doc["recipe"]["seed"], seed
+        for method in _methods(doc):
+            if method["train"].get("seed") == base:
+                method["train"]["seed"] = seed
+        return ResolvedRecipe(
+            self.name, self.profile, self.source, doc, [*self.overrides, f"recipe.seed={seed}"]
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(self.doc)

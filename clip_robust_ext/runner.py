@@ -181,11 +181,12 @@ class _Subset:
 
 def build_dataset(spec: dict[str, Any], seed: int):
     """(dataset, classnames, templates) of a validated [data] table."""
-    from .data import sample_indices
+    from .data import restrict, sample_indices
+    from .data.splits import factory_kwargs
     from .registry import get
 
-    kwargs = {k: v for k, v in spec.items() if k not in ("dataset", "templates", "n")}
-    dataset = get("datasets", spec["dataset"]).obj(**kwargs)
+    kwargs = factory_kwargs(spec, ("dataset", "templates", "n"))
+    dataset = restrict(get("datasets", spec["dataset"]).obj(**kwargs), spec, "data")
     if spec.get("n") is not None and spec["n"] < len(dataset):
         dataset = _Subset(dataset, sample_indices(len(dataset), spec["n"], seed))
     if len(dataset) == 0:
@@ -397,6 +398,8 @@ def run_recipe(
     """Resolve (unless given resolved) and run a recipe into run_dir; see the module docstring."""
     resolved = recipe if isinstance(recipe, ResolvedRecipe) else resolve(recipe, profile, overrides)
     run_dir = Path(run_dir) if run_dir else Path("runs") / f"{resolved.name}-{resolved.profile}"
+    if resolved.seeds:
+        return run_seeds(resolved, run_dir, resume)
     from .training import distributed as D
 
     info = D.init_distributed()
@@ -406,6 +409,45 @@ def run_recipe(
     with RunLock(run_dir, resume):
         _check_writable(run_dir)
         return _run(resolved, run_dir, main=True)
+
+
+def run_seeds(resolved: ResolvedRecipe, run_dir: Path, resume: bool = False) -> RunResult:
+    """One complete run per seed of `[recipe] seeds` (run_dir/seed-<s>/, each resumable on its
+    own), then results.json with every per-seed record (`run_seed`), summary.json / results.md
+    (mean ± std over seeds) and transfer.png (clean vs robust on the unseen classes)."""
+    from .evaluation.spread import aggregate, write_spread
+    from .training import distributed as D
+
+    main = D.init_distributed().is_main
+    if main:
+        _check_same_recipe(run_dir, resolved)
+    lock = RunLock(run_dir, resume, what="multi-seed run") if main else None
+    if lock:
+        lock.acquire()
+    try:
+        if main:
+            _check_writable(run_dir)
+            _write_run_files(run_dir, resolved)
+        records: list[dict[str, Any]] = []
+        checkpoints: dict[str, str] = {}
+        for i, seed in enumerate(resolved.seeds):
+            log(f"seed {seed} ({i + 1} of {len(resolved.seeds)}): {run_dir / f'seed-{seed}'}")
+            one = run_recipe(
+                resolved.for_seed(seed), run_dir=run_dir / f"seed-{seed}", resume=resume
+            )
+            records += [{**rec, "run_seed": seed} for rec in one.records]
+            checkpoints.update({f"seed-{seed}/{k}": v for k, v in one.checkpoints.items()})
+        table = ""
+        if main and records:
+            rows = aggregate(records)
+            atomic_write_json(run_dir / "results.json", records)
+            atomic_write_json(run_dir / "summary.json", rows)
+            table = write_spread(run_dir, rows)
+            atomic_write_text(run_dir / "results.md", table)
+    finally:
+        if lock:
+            lock.release()
+    return RunResult(run_dir, records, table, resolved.to_dict(), checkpoints)
 
 
 def _check_writable(run_dir: Path) -> None:

@@ -11,6 +11,8 @@ import math
 import torch
 from torch.utils.data import Dataset
 
+from .splits import SHAPES_SPLITS
+
 SHAPES = (
     "circle",
     "triangle",
@@ -96,6 +98,7 @@ class ProceduralShapes(Dataset):
         self.seed = seed
         self.image_size = image_size
         self.classnames = list(SHAPES)
+        self.class_splits = SHAPES_SPLITS  # the zero-shot seen / unseen 5/5 split
         self.targets = [i % len(SHAPES) for i in range(self.n)]
         lin = torch.linspace(-1, 1, image_size)
         self._y, self._x = torch.meshgrid(lin, lin, indexing="ij")

@@ -21,6 +21,7 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from ..errors import ClipxUsageError
 from .folders import ImageFolderDataset, clean_classname
 from .paths import data_root
+from .splits import CIFAR10_SPLITS
 
 
 @dataclass(frozen=True)
@@ -204,4 +205,6 @@ def load_suite_dataset(
         ) from None
     if not hasattr(ds, "classnames"):
         ds.classnames = entry.classnames(ds) if entry.classnames else _classes(ds)
+    if name == "cifar10":
+        ds.class_splits = CIFAR10_SPLITS  # the zero-shot seen / unseen 5/5 split
     return ds

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from ..attacks import attack_mode, build_attack, verify_adversarial
 from ..attacks.base import BuiltAttack
 from ..data.checks import collate_labelled
+from ..data.splits import factory_kwargs, restrict
 from ..errors import AdversarialCheckError, ClipxError, ClipxUsageError
 from ..models import LoadedCLIP, ZeroShotClassifier
 from ..models.accelerate import accelerated
@@ -105,20 +106,21 @@ _DATASETS: dict[str, Any] = {}  # a few recently built datasets: recipes evaluat
 
 def build_dataset(spec: dict[str, Any], cache: bool = True):
     """A registered dataset from a protocol dataset spec {dataset, split, n, templates, **kwargs}."""
-    kwargs = {k: v for k, v in spec.items() if k not in ("dataset", "n", "templates")}
+    kwargs = factory_kwargs(spec, ("dataset", "n", "templates"))
     # where datasets come from is part of their identity ($CLIPX_ASSETS, $CLIPX_DATA)
     where = [os.environ.get("CLIPX_ASSETS"), os.environ.get("CLIPX_DATA")]
     key = json.dumps([spec["dataset"], kwargs, where], sort_keys=True, default=str)
-    if cache and key in _DATASETS:
-        return _DATASETS[key]
-    ds = get("datasets", spec["dataset"]).obj(**kwargs)
-    if not hasattr(ds, "classnames"):
-        raise ClipxUsageError(f"dataset '{spec['dataset']}' has no classnames attribute")
-    if cache:
-        while len(_DATASETS) >= 4:
-            _DATASETS.pop(next(iter(_DATASETS)))
-        _DATASETS[key] = ds
-    return ds
+    if cache and key in _DATASETS:  # the views of one dataset (seen / unseen) share its images
+        ds = _DATASETS[key]
+    else:
+        ds = get("datasets", spec["dataset"]).obj(**kwargs)
+        if not hasattr(ds, "classnames"):
+            raise ClipxUsageError(f"dataset '{spec['dataset']}' has no classnames attribute")
+        if cache:
+            while len(_DATASETS) >= 4:
+                _DATASETS.pop(next(iter(_DATASETS)))
+            _DATASETS[key] = ds
+    return restrict(ds, spec, f"dataset '{spec['dataset']}'")
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -206,10 +208,12 @@ def run_batch(
     with torch.no_grad():
         clean = zs(x).argmax(1) == y
     out: dict[str, Any] = {"clean": R.bits(clean), "attacks": {}}
-    idx = clean.nonzero().flatten()
-    x_in, y_in = x[idx].contiguous(), y[idx].contiguous()
+    survivors: dict[float | None, torch.Tensor] = {}  # cascade: robust so far, per budget
     for p in plan:
         flags = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+        attacked = survivors.get(p.eps, clean) if protocol.cascade else clean
+        idx = attacked.nonzero().flatten()
+        x_in, y_in = x[idx].contiguous(), y[idx].contiguous()
         if idx.numel():
             torch.manual_seed(derive_seed(protocol.seed, key, p.key, batch_id))
             with attack_mode(zs):
@@ -232,6 +236,7 @@ def run_batch(
             with attack_mode(scorer), torch.no_grad():
                 _check_model(scorer, protocol, p.label)
                 flags[idx] = scorer(adv.to(x.device)).argmax(1) == y_in
+        survivors[p.eps] = flags
         out["attacks"][p.key] = R.bits(flags)
     return out
 
@@ -548,6 +553,7 @@ def _evaluate(
                         if k not in ("dataset", "split", "n", "templates")
                     },
                     "n_classes": len(ds.classnames),
+                    "class_split": getattr(ds, "description", None),
                     "seed": protocol.seed,
                     "templates": protocol.templates_for(spec),
                     "precision": protocol.precision,

@@ -62,12 +62,20 @@ def _dataset_spec(item: Any) -> dict[str, Any]:
 
 def dataset_key(spec: dict[str, Any]) -> str:
     """File-name-safe identity of a dataset spec: name, split, and a hash of other factory args."""
+    from ..data.splits import subset_tag
+
     kwargs = {
         k: v
         for k, v in spec.items()
         if k not in _DATASET_KEYS_RESERVED and k not in ("root", "path", "download")
     }
     key = f"{spec['dataset']}_{spec.get('split', 'test')}"
+    if subset_tag(spec):  # seen / unseen classes, held-out part: readable in file names and tables
+        key += "_" + subset_tag(spec)
+        named = {"label_space", "holdout"} | (
+            {"classes"} if isinstance(spec.get("classes"), str) else set()
+        )
+        kwargs = {k: v for k, v in kwargs.items() if k not in named}  # the tag says these
     if kwargs:
         key += "_" + hashlib.sha256(_canonical(kwargs).encode()).hexdigest()[:8]
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in key)
@@ -133,6 +141,10 @@ class Protocol:
     # see models/accelerate.py and `python -m benchmarks.run --only options`
     channels_last: bool = False
     compile: bool = False
+    # worst case over attacks as AutoAttack computes it: each attack only on the samples that
+    # survived the earlier ones at the same budget (same robust accuracy, far fewer attack steps;
+    # per-attack numbers become cumulative: robust to this attack and every earlier one)
+    cascade: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.eps, (int, float, str)):
@@ -175,7 +187,7 @@ class Protocol:
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ClipxUsageError(f"protocol '{self.name}': seed must be an integer")
-        for attr in ("channels_last", "compile"):
+        for attr in ("channels_last", "compile", "cascade"):
             if not isinstance(getattr(self, attr), bool):
                 raise ClipxUsageError(f"protocol '{self.name}': {attr} must be true or false")
         if self.precision not in PRECISIONS:
@@ -228,7 +240,7 @@ class Protocol:
             "precision": self.precision,
             "backend": self.backend,
             # only when on, so results computed before these options existed stay reusable
-            **{k: True for k in ("channels_last", "compile") if getattr(self, k)},
+            **{k: True for k in ("channels_last", "compile", "cascade") if getattr(self, k)},
             **(extra or {}),
         }
         return hashlib.sha256(_canonical(content).encode()).hexdigest()[:16]

@@ -6,6 +6,7 @@ from functools import partial
 from typing import Literal
 
 from clip_robust_ext.data import (
+    CIFAR10_SPLITS,
     ImageFolderDataset,
     ProceduralShapes,
     TarImageFolder,
@@ -33,7 +34,9 @@ def cifar10_jpegs(
     if split not in ("train", "test"):
         raise ClipxUsageError(f"cifar10-jpegs: split must be 'train' or 'test', got {split!r}")
     tar = path or (assets_dir() / f"cifar10_{split}_jpegs.tar.gz")
-    return TarImageFolder(tar, split, image_size=image_size)
+    dataset = TarImageFolder(tar, split, image_size=image_size)
+    dataset.class_splits = CIFAR10_SPLITS  # the zero-shot seen / unseen 5/5 split
+    return dataset
 
 
 def image_folder(

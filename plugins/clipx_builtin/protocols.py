@@ -138,6 +138,42 @@ def mmcoa(**overrides: Any) -> Protocol:
     ).with_overrides(**overrides)
 
 
+def transfer_views(dataset: str = "cifar10-jpegs", split: str = "test") -> list[dict[str, Any]]:
+    """The zero-shot views of a dataset with a declared seen / unseen split: the unseen classes
+    (zero-shot over their names: the headline number), the same images scored over every class
+    name (the generalised setting), and the seen classes."""
+    return [
+        {"dataset": dataset, "split": split, "classes": "unseen"},
+        {"dataset": dataset, "split": split, "classes": "unseen", "label_space": "all"},
+        {"dataset": dataset, "split": split, "classes": "seen"},
+    ]
+
+
+def transfer(**overrides: Any) -> Protocol:
+    return Protocol(
+        name="transfer",
+        attacks=[
+            {
+                "name": "pgd",
+                "label": "pgd-10",
+                "params": {"steps": 10, "alpha": "eps/4", "random_start": True},
+            },
+            {
+                "name": "autoattack",
+                "label": "apgd-ce",
+                "params": {"version": "custom", "attacks": ["apgd-ce"]},
+            },
+        ],
+        eps=["1/255", "2/255"],
+        templates=["This is a photo of a {}"],
+        datasets=transfer_views(),
+        n_samples=500,
+        description="zero-shot transfer: unseen classes (their names; all names), seen classes, "
+        "and any other dataset listed; PGD-10 + APGD-CE (100 iterations), worst case per sample, "
+        "Linf 1/255 and 2/255",
+    ).with_overrides(**overrides)
+
+
 PRESETS = {
     "tecoa-16": (tecoa16, "PGD-100 step 1/255, Linf 1/255, TeCoA 16-dataset suite, one template"),
     "autoattack": (autoattack, "APGD-CE + APGD-T (fra31 settings), Linf 1/255, TeCoA suite"),
@@ -146,6 +182,10 @@ PRESETS = {
     "pgd": (pgd, "PGD with configurable steps/alpha (default PGD-10, step 2.5 eps/steps)"),
     "clean": (clean, "clean zero-shot accuracy only"),
     "mmcoa": (mmcoa, "clean, image PGD-100, text and multimodal attacks (MMCoA)"),
+    "transfer": (
+        transfer,
+        "zero-shot transfer: unseen / seen classes (+ other datasets), PGD-10 + APGD-CE at 1, 2 /255",
+    ),
 }
 
 

@@ -1,0 +1,147 @@
+"""Mean and spread over seeds: one number per (model, dataset view, budget) with its std and n.
+
+A single run is not a finding: a recipe with `[recipe] seeds = [0, 1, 2]` runs once per seed and
+its tables come from here. Each per-seed record carries `run_seed`; the aggregate keeps the
+per-seed values so that nothing is averaged away silently."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from ..utils.io import atomic_write, atomic_write_text
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for a single value)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _key(rec: dict[str, Any]) -> tuple[str, str, Any]:
+    return rec["label"], rec.get("dataset_key", rec["dataset"]), rec.get("eps")
+
+
+def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (label, dataset_key, eps): clean / robust / per-attack mean, std, values."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for rec in records:
+        groups[_key(rec)].append(rec)
+    out = []
+    for (label, dkey, eps), recs in groups.items():
+        recs = sorted(recs, key=lambda r: r.get("run_seed", 0))
+        row: dict[str, Any] = {
+            "label": label,
+            "dataset_key": dkey,
+            "eps": eps,
+            "eps_str": recs[0].get("eps_str"),
+            "class_split": recs[0].get("class_split"),
+            "seeds": [r.get("run_seed") for r in recs],
+            "n_seeds": len(recs),
+            "n": recs[0].get("n"),
+        }
+        metrics = {"clean": [r["clean_acc"] for r in recs]}
+        if eps is not None:
+            metrics["robust"] = [r["robust_acc"] for r in recs]
+            for name in recs[0].get("per_attack") or {}:
+                metrics[name] = [r["per_attack"][name] for r in recs]
+        for name, values in metrics.items():
+            mean, std = mean_std(values)
+            row[name] = {"mean": mean, "std": std, "values": values}
+        out.append(row)
+    return out
+
+
+def _cell(stat: dict[str, Any] | None) -> str:
+    if stat is None:
+        return ""
+    return f"{stat['mean']:.1f} ± {stat['std']:.1f}"
+
+
+def spread_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: a row per model; per dataset view, clean and robust at each budget (mean ± std)."""
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    views = list(dict.fromkeys(r["dataset_key"] for r in rows))
+    budgets = sorted({r["eps"] for r in rows if r["eps"] is not None})
+    eps_str = {r["eps"]: r["eps_str"] for r in rows if r["eps"] is not None}
+    index = {(r["label"], r["dataset_key"], r["eps"]): r for r in rows}
+    header = ["model", "seeds"]
+    for v in views:
+        header += [f"{v} clean"] + [f"{v} robust@{eps_str[e]}" for e in budgets]
+    lines = ["| " + " | ".join(header) + " |", "|---|---:|" + "---:|" * (len(header) - 2)]
+    for label in labels:
+        any_row = next(r for r in rows if r["label"] == label)
+        cells = [label, str(any_row["n_seeds"])]
+        for v in views:
+            first = next((r for (lb, dk, _), r in index.items() if lb == label and dk == v), None)
+            cells.append(_cell(first["clean"]) if first else "")
+            for e in budgets:
+                row = index.get((label, v, e))
+                cells.append(_cell(row.get("robust")) if row else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def unseen_view(rows: list[dict[str, Any]]) -> str | None:
+    """The headline view: the first dataset restricted to its unseen classes, 'subset' labels."""
+    for r in rows:
+        split = r.get("class_split") or {}
+        if split.get("classes") == "unseen" and split.get("label_space") == "subset":
+            return r["dataset_key"]
+    return None
+
+
+def plot_unseen(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path | None:
+    """Clean vs robust accuracy on the unseen classes, one point per model with std error bars,
+    one panel per budget. None when no unseen view was evaluated."""
+    view = unseen_view(rows)
+    if view is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mine = [r for r in rows if r["dataset_key"] == view and r["eps"] is not None]
+    budgets = sorted({r["eps"] for r in mine})
+    fig, axes = plt.subplots(1, len(budgets), figsize=(5.5 * len(budgets), 4.5), squeeze=False)
+    for ax, eps in zip(axes[0], budgets):
+        for r in (r for r in mine if r["eps"] == eps):
+            ax.errorbar(
+                r["clean"]["mean"],
+                r["robust"]["mean"],
+                xerr=r["clean"]["std"],
+                yerr=r["robust"]["std"],
+                fmt="o",
+                capsize=3,
+            )
+            ax.annotate(
+                r["label"],
+                (r["clean"]["mean"], r["robust"]["mean"]),
+                fontsize=8,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
+        ax.set_xlabel(f"clean accuracy on {view} (%)")
+        ax.set_ylabel("robust accuracy (%)")
+        ax.set_title(f"unseen classes, eps {next(r['eps_str'] for r in mine if r['eps'] == eps)}")
+        ax.grid(alpha=0.3)
+    n = max(r["n_seeds"] for r in mine)
+    fig.suptitle(f"zero-shot transfer: mean ± std over {n} seeds")
+    fig.tight_layout()
+    out = atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=120))
+    plt.close(fig)
+    return out
+
+
+def write_spread(run_dir: str | os.PathLike, rows: list[dict[str, Any]]) -> str:
+    """summary.md (the mean ± std table) and transfer.png; returns the markdown."""
+    table = spread_table(rows)
+    atomic_write_text(Path(run_dir) / "summary.md", table)
+    plot_unseen(rows, Path(run_dir) / "transfer.png")
+    return table
