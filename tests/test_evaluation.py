@@ -379,3 +379,43 @@ def test_load_records_reads_finished_results(tmp_path):
     recs = evaluate(loaded, proto, tmp_path, label="clean-only", progress=False)
     assert recs[0]["robust_acc"] is None and recs[0]["attack"] == "clean"
     assert load_records(tmp_path) == recs
+
+
+def test_cascade_gives_the_same_worst_case_with_fewer_attacked_samples(c10, tmp_path):
+    """Deterministic attacks (FGSM, then PGD without random start): each later attack only sees
+    the survivors, the worst case is unchanged, per-attack numbers become cumulative."""
+    attacks = [
+        {"name": "fgsm", "label": "fgsm"},
+        {
+            "name": "pgd",
+            "label": "pgd-5",
+            "params": {"steps": 5, "alpha": "eps/4", "random_start": False},
+        },
+    ]
+    calls: list[int] = []
+    plain = _proto(attacks=attacks, eps=["2/255"], datasets=[{**C10, "n": 48}])
+    cascade = plain.with_overrides(cascade=True)
+    assert plain.dataset_hash(plain.datasets[0]) != cascade.dataset_hash(cascade.datasets[0])
+    import torchattacks
+
+    original = torchattacks.PGD.forward
+
+    def counting(self, images, labels):
+        calls.append(len(images))
+        return original(self, images, labels)
+
+    torchattacks.PGD.forward = counting
+    try:
+        (a,) = evaluate(c10, plain, tmp_path / "plain", label="m", progress=False)
+        attacked_plain = sum(calls)
+        calls.clear()
+        (b,) = evaluate(c10, cascade, tmp_path / "cascade", label="m", progress=False)
+        attacked_cascade = sum(calls)
+    finally:
+        torchattacks.PGD.forward = original
+    assert a["clean_acc"] == b["clean_acc"]
+    assert abs(a["robust_acc"] - b["robust_acc"]) <= 100 / 48 + 1e-9  # float ties at most 1 sample
+    assert b["per_attack"]["pgd-5"] == b["robust_acc"]  # cumulative: the last one is the worst case
+    assert b["per_attack"]["fgsm"] == a["per_attack"]["fgsm"]
+    assert attacked_cascade < attacked_plain  # PGD ran only on the FGSM survivors
+    assert b["protocol_params"]["cascade"] is True

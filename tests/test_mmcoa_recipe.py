@@ -30,6 +30,7 @@ SMALL = [
 ]
 MODELS = ["clip", "mmcoa", "ft-standard", "tecoa"]
 ATTACKS = ["image-pgd-10", "text", "multimodal"]
+VIEWS = ["procedural-shapes_test_unseen", "procedural-shapes_test_seen"]
 
 
 @pytest.mark.slow
@@ -42,14 +43,19 @@ def test_mmcoa_recipe_runs_end_to_end_and_reports_all_four_settings(tmp_path):
     assert result.exit_code == 0, result.output
 
     header = next(line for line in result.stdout.splitlines() if line.startswith("| model |"))
-    for column in ("clean", *ATTACKS):
-        assert f"procedural-shapes_test {column} |" in header
+    for view in VIEWS:  # trained on the seen classes: unseen (zero-shot) and seen columns
+        for column in ("clean", *ATTACKS):
+            assert f"{view} {column} |" in header
     for label in MODELS:
         assert f"| {label} |" in result.stdout
 
     records = json.loads((run_dir / "results.json").read_text())
-    assert sorted(r["label"] for r in records) == sorted(MODELS)
-    by_label = {r["label"]: r for r in records}
+    assert sorted(r["label"] for r in records) == sorted(MODELS * 2)
+    assert {r["dataset_key"] for r in records} == set(VIEWS)
+    for r in records:
+        assert r["class_split"]["classes"] == r["dataset_key"].rsplit("_", 1)[1]
+        assert r["n_classes"] == 5
+    by_label = {r["label"]: r for r in records if r["dataset_key"] == VIEWS[0]}
     assert by_label["clip"]["clean_acc"] > 80  # procedural-small
     for r in records:
         assert r["n"] == 20 and set(r["per_attack"]) == set(ATTACKS)
@@ -67,7 +73,7 @@ def test_mmcoa_recipe_runs_end_to_end_and_reports_all_four_settings(tmp_path):
         for line in result.stderr.splitlines()
         if line.startswith("clipx: text-attack (charswap, goal kl)")
     ]
-    assert len(reports) == len(MODELS), reports
+    assert len(reports) == len(MODELS) * len(VIEWS), reports  # once per model and class set
     for line in reports:
         assert "at most 1 word(s) changed per prompt" in line
         kl_mean, kl_max = map(

@@ -127,3 +127,43 @@ def test_unwritable_run_dir_is_a_runtime_error_before_any_work(toy_recipe, tmp_p
     result = _run(str(toy_recipe), "--run-dir", str(blocker / "run"))
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: ") and len(result.stderr.strip().splitlines()) == 1
+
+
+SEEDS_RECIPE = (
+    RECIPE.replace("seed = 1\n", "seed = 1\nseeds = [4, 5]\n")
+    .replace('n = 16\ntemplates = "shapes"\n', 'n = 16\ntemplates = "shapes"\nclasses = "seen"\n')
+    .replace(
+        'datasets = [{ dataset = "procedural-shapes", split = "test" }]',
+        'datasets = [{ dataset = "procedural-shapes", split = "test", classes = "unseen" },'
+        ' { dataset = "procedural-shapes", split = "test", classes = "seen" }]',
+    )
+)
+
+
+@pytest.mark.slow
+def test_seeds_run_once_per_seed_and_report_mean_and_spread(tmp_path, register_plugin):
+    register_plugin(ToyPlugin(), "toy-seeds")
+    path = tmp_path / "toyseeds.toml"
+    path.write_text(textwrap.dedent(SEEDS_RECIPE))
+    run_dir = tmp_path / "run"
+    result = _run(str(path), "--run-dir", str(run_dir))
+    assert result.exit_code == 0, result.output
+    for seed in (4, 5):
+        one = json.loads((run_dir / f"seed-{seed}" / "recipe.resolved.json").read_text())
+        assert one["recipe"]["seed"] == seed and "seeds" not in one["recipe"]
+        assert one["defense"]["train"]["seed"] == seed
+    records = json.loads((run_dir / "results.json").read_text())
+    assert sorted({r["run_seed"] for r in records}) == [4, 5]
+    assert len(records) == 2 * 2 * 2  # seeds x models x views
+    trained = {r["run_seed"]: r["model"]["fingerprint"] for r in records if r["label"] == "toy-ce"}
+    assert trained[4] != trained[5]  # different training seeds, different weights
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert {(r["label"], r["dataset_key"]) for r in summary} == {
+        (m, f"procedural-shapes_test_{v}") for m in ("clip", "toy-ce") for v in ("unseen", "seen")
+    }
+    for row in summary:
+        assert row["n_seeds"] == 2 and len(row["clean"]["values"]) == 2
+        if row["label"] == "clip":  # the start model and the evaluation samples do not move
+            assert row["clean"]["std"] == 0.0
+    assert "± " in result.stdout and "| toy-ce | 2 |" in result.stdout
+    assert (run_dir / "results.md").read_text().startswith("| model | seeds |")

@@ -102,13 +102,15 @@ def plot_unseen(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path | N
     view = unseen_view(rows)
     if view is None:
         return None
-    import matplotlib
+    import matplotlib  # only when plotting: keeps `import clip_robust_ext` light
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     mine = [r for r in rows if r["dataset_key"] == view and r["eps"] is not None]
     budgets = sorted({r["eps"] for r in mine})
+    if not budgets:  # clean-only protocol: nothing to plot against
+        return None
     fig, axes = plt.subplots(1, len(budgets), figsize=(5.5 * len(budgets), 4.5), squeeze=False)
     for ax, eps in zip(axes[0], budgets):
         for r in (r for r in mine if r["eps"] == eps):

@@ -168,9 +168,11 @@ def transfer(**overrides: Any) -> Protocol:
         templates=["This is a photo of a {}"],
         datasets=transfer_views(),
         n_samples=500,
+        cascade=True,
         description="zero-shot transfer: unseen classes (their names; all names), seen classes, "
-        "and any other dataset listed; PGD-10 + APGD-CE (100 iterations), worst case per sample, "
-        "Linf 1/255 and 2/255",
+        "and any other dataset listed; PGD-10, then APGD-CE (100 iterations) on the PGD survivors "
+        "(cascade: per-attack numbers are cumulative; cascade = false for standalone ones), "
+        "worst case per sample, Linf 1/255 and 2/255",
     ).with_overrides(**overrides)
 
 
