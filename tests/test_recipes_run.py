@@ -166,4 +166,4 @@ def test_seeds_run_once_per_seed_and_report_mean_and_spread(tmp_path, register_p
         if row["label"] == "clip":  # the start model and the evaluation samples do not move
             assert row["clean"]["std"] == 0.0
     assert "± " in result.stdout and "| toy-ce | 2 |" in result.stdout
-    assert (run_dir / "results.md").read_text().startswith("| model | seeds |")
+    assert "| model | seeds | clean |" in (run_dir / "results.md").read_text()

@@ -64,27 +64,47 @@ def _cell(stat: dict[str, Any] | None) -> str:
 
 
 def spread_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown: a row per model; per dataset view, clean and robust at each budget (mean ± std)."""
+    """Markdown, one table per dataset view: a row per model; clean, the worst case at each
+    budget and, when several attacks ran, each attack (mean ± std over seeds)."""
     labels = list(dict.fromkeys(r["label"] for r in rows))
     views = list(dict.fromkeys(r["dataset_key"] for r in rows))
     budgets = sorted({r["eps"] for r in rows if r["eps"] is not None})
     eps_str = {r["eps"]: r["eps_str"] for r in rows if r["eps"] is not None}
+    skip = {
+        "label",
+        "dataset_key",
+        "eps",
+        "eps_str",
+        "class_split",
+        "seeds",
+        "n_seeds",
+        "n",
+        "clean",
+        "robust",
+    }
+    attacks = list(dict.fromkeys(k for r in rows for k in r if k not in skip))
+    if len(attacks) < 2:
+        attacks = []  # one attack: its number is the worst case
+    tag = (lambda e: f"@{eps_str[e]}") if len(budgets) > 1 else (lambda e: "")
     index = {(r["label"], r["dataset_key"], r["eps"]): r for r in rows}
-    header = ["model", "seeds"]
-    for v in views:
-        header += [f"{v} clean"] + [f"{v} robust@{eps_str[e]}" for e in budgets]
-    lines = ["| " + " | ".join(header) + " |", "|---|---:|" + "---:|" * (len(header) - 2)]
-    for label in labels:
-        any_row = next(r for r in rows if r["label"] == label)
-        cells = [label, str(any_row["n_seeds"])]
-        for v in views:
-            first = next((r for (lb, dk, _), r in index.items() if lb == label and dk == v), None)
-            cells.append(_cell(first["clean"]) if first else "")
-            for e in budgets:
-                row = index.get((label, v, e))
-                cells.append(_cell(row.get("robust")) if row else "")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    out = []
+    for view in views:
+        header = ["model", "seeds", "clean"] + [f"robust{tag(e)}" for e in budgets]
+        header += [f"{a}{tag(e)}" for e in budgets for a in attacks]
+        lines = [f"**{view}**", "", "| " + " | ".join(header) + " |"]
+        lines.append("|---|---:|" + "---:|" * (len(header) - 2))
+        for label in labels:
+            mine = [r for (lb, dk, _), r in index.items() if lb == label and dk == view]
+            if not mine:
+                continue
+            cells = [label, str(mine[0]["n_seeds"]), _cell(mine[0]["clean"])]
+            cells += [_cell((index.get((label, view, e)) or {}).get("robust")) for e in budgets]
+            cells += [
+                _cell((index.get((label, view, e)) or {}).get(a)) for e in budgets for a in attacks
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n"
 
 
 def unseen_view(rows: list[dict[str, Any]]) -> str | None:
