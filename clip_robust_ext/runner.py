@@ -226,9 +226,9 @@ def build_defense(method: dict[str, Any]):
 
 
 def train_config(method: dict[str, Any]):
-    from .recipes import _train_config_type
+    from .training.config import TrainConfig
 
-    return _train_config_type().from_dict(dict(method["train"]))
+    return TrainConfig.from_dict(dict(method["train"]))
 
 
 # ------------------------------------------------------------------------------------ result
@@ -509,9 +509,9 @@ def eval_model_spec(
     extra = _kv(model_args, "--model-arg")
     if model in models:
         spec: dict[str, Any] = {"source": model, **extra}
-        from .recipes import _signature
+        from .params import signature_of
 
-        accepted, var_kw = _signature(models[model].obj)
+        accepted, var_kw = signature_of(models[model].obj)
         for key, value in (("arch", arch), ("pretrained", pretrained)):
             if value is None:
                 continue
@@ -580,11 +580,11 @@ def run_eval(
     import re
 
     from .evaluation import load_records, protocol_from_dict
-    from .recipes import _evaluate, _model, _Registries, apply_set, parse_set
+    from .recipes import Registries, apply_set, evaluate_section, model_section, parse_set
 
-    reg = _Registries()
+    reg = Registries()
     raw_spec, default_label = eval_model_spec(model, arch, pretrained, checkpoint, model_args)
-    spec = _model(raw_spec, reg)
+    spec = model_section(raw_spec, reg)
     section: dict[str, Any] = {"protocol": protocol}
     for key, value in (
         ("attacks", list(attacks)),
@@ -601,7 +601,7 @@ def run_eval(
         if parts[0] == "evaluate":
             parts = parts[1:]
         apply_set(section, parts, value)
-    section = _evaluate(section, reg)
+    section = evaluate_section(section, reg)
     proto = protocol_from_dict(section)
     label = label or re.sub(r"[^A-Za-z0-9_.+-]", "-", default_label)
     run_dir = Path(run_dir) if run_dir else Path("runs") / f"eval-{label}"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from clipx_laat.cli import load_paper_config
-from clipx_laat.paper import PaperConfig, _resolve_split, run_paper
+from clipx_laat.paper import PaperConfig, resolve_split, run_paper
 from helpers import CIFAR10_CLASSES, assets
 
 from clip_robust_ext.errors import ClipxUsageError
@@ -17,18 +17,18 @@ CLASSES = CIFAR10_CLASSES
 
 
 def test_split_defaults_and_errors():
-    assert _resolve_split(CLASSES, None, None) == (CLASSES[:5], CLASSES[5:])
-    assert _resolve_split(CLASSES, None, ["cat", "dog"]) == (
+    assert resolve_split(CLASSES, None, None) == (CLASSES[:5], CLASSES[5:])
+    assert resolve_split(CLASSES, None, ["cat", "dog"]) == (
         [c for c in CLASSES if c not in ("cat", "dog")],
         ["cat", "dog"],
     )
-    assert _resolve_split(CLASSES, ["cat", "dog"], None)[1] == [
+    assert resolve_split(CLASSES, ["cat", "dog"], None)[1] == [
         c for c in CLASSES if c not in ("cat", "dog")
     ]
     with pytest.raises(ClipxUsageError, match="did you mean 'truck'"):
-        _resolve_split(CLASSES, None, ["truk", "dog"])
+        resolve_split(CLASSES, None, ["truk", "dog"])
     with pytest.raises(ClipxUsageError, match="overlap"):
-        _resolve_split(CLASSES, ["cat", "dog"], ["dog", "frog"])
+        resolve_split(CLASSES, ["cat", "dog"], ["dog", "frog"])
 
 
 @pytest.mark.slow

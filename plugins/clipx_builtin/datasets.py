@@ -5,7 +5,8 @@ from __future__ import annotations
 from functools import partial
 from typing import Literal
 
-from clip_robust_ext.data import (
+from clip_robust_ext.api import (
+    ClipxUsageError,
     ImageFolderDataset,
     ProceduralShapes,
     TarImageFolder,
@@ -13,7 +14,6 @@ from clip_robust_ext.data import (
     load_suite_dataset,
     suite_names,
 )
-from clip_robust_ext.errors import ClipxUsageError
 
 
 def procedural(

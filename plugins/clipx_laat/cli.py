@@ -14,23 +14,11 @@ PAPER_TOML = Path(__file__).with_name("paper.toml")
 def load_paper_config(
     config: str | Path | None = None, profile: str | None = None, overrides=()
 ) -> dict[str, Any]:
-    """paper.toml (or `config`), deep-merged with `profiles.<profile>`, then `--set key=value`."""
-    from clip_robust_ext.errors import ClipxUsageError, closest
-    from clip_robust_ext.recipes import apply_set, deep_merge, parse_set, read_toml
+    """paper.toml (or `config`) with a profile and `--set key=value` overrides, merged by the
+    recipe rules (`unset` included)."""
+    from clip_robust_ext.api import load_config
 
-    doc = read_toml(Path(config) if config else PAPER_TOML)
-    profiles = doc.pop("profiles", {})
-    if profile not in (None, "", "default"):
-        if profile not in profiles:
-            raise ClipxUsageError(
-                f"laat paper: unknown profile '{profile}'{closest(profile, profiles)}; "
-                f"profiles: default, {', '.join(sorted(profiles))}"
-            )
-        doc = deep_merge(doc, profiles[profile])
-    for item in overrides:
-        parts, value = parse_set(item)
-        apply_set(doc, parts, value)
-    return doc
+    return load_config(Path(config) if config else PAPER_TOML, profile, overrides, "laat paper")
 
 
 def register(cli: click.Group) -> None:
@@ -103,13 +91,13 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
     def anchors(model_name, dataset, split, novel, templates, as_json) -> None:
         """Mean pairwise cosine of the text anchors before and after LAAT's expansion."""
-        from clip_robust_ext.registry import get
+        from clip_robust_ext.api import get
 
         from .anchors import LAAT_TEMPLATES, build_anchor_set, text_anchors
-        from .paper import _resolve_split
+        from .paper import resolve_split
 
         ds = get("datasets", dataset).obj(split=split)
-        seen, nov = _resolve_split(list(ds.classnames), None, list(novel) if novel else None)
+        seen, nov = resolve_split(list(ds.classnames), None, list(novel) if novel else None)
         loaded = get("models", model_name).obj()
         tpl = list(templates) or list(LAAT_TEMPLATES)
         raw = build_anchor_set(

@@ -22,12 +22,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from clip_robust_ext.attacks import build_attack, verify_adversarial
-from clip_robust_ext.errors import ClipxError, ClipxUsageError, closest
-from clip_robust_ext.registry import get, names
-from clip_robust_ext.utils.eps import parse_eps
-from clip_robust_ext.utils.io import atomic_write_json, atomic_write_text
-from clip_robust_ext.utils.seeding import seed_everything
+from clip_robust_ext.api import (
+    ClipxError,
+    ClipxUsageError,
+    atomic_write_json,
+    atomic_write_text,
+    build_attack,
+    closest,
+    get,
+    names,
+    parse_eps,
+    seed_everything,
+    verify_adversarial,
+)
 
 from .anchors import LAAT_TEMPLATES, AnchorSet, build_anchor_set, text_anchors
 from .backbones import AnchorNet, build_backbone
@@ -133,7 +140,7 @@ class SplitData:
     novel_y: torch.Tensor
 
 
-def _resolve_split(classnames: list[str], seen: Sequence[str] | None, novel: Sequence[str] | None):
+def resolve_split(classnames: list[str], seen: Sequence[str] | None, novel: Sequence[str] | None):
     for group in (seen or [], novel or []):
         for c in group:
             if c not in classnames:
@@ -160,7 +167,7 @@ def _resolve_split(classnames: list[str], seen: Sequence[str] | None, novel: Seq
 def _take(dataset, classnames: list[str], wanted: list[str], per_class: int | None, seed: int):
     """Decode up to `per_class` images of each wanted class (seeded choice); labels = index in wanted.
     Returned in a seeded random order, so any prefix (e.g. the AutoAttack subset) mixes classes."""
-    from clip_robust_ext.data import few_shot_indices, targets_of
+    from clip_robust_ext.api import few_shot_indices, targets_of
 
     targets = targets_of(dataset)
     ids = {classnames.index(c): i for i, c in enumerate(wanted)}
@@ -182,7 +189,7 @@ def load_split(cfg: PaperConfig) -> SplitData:
     train = factory(split="train", **cfg.dataset_params)
     test = factory(split="test", **cfg.dataset_params)
     classnames = list(train.classnames)
-    seen, novel = _resolve_split(classnames, cfg.seen, cfg.novel)
+    seen, novel = resolve_split(classnames, cfg.seen, cfg.novel)
     tx, ty = _take(train, classnames, seen, cfg.train_per_class, cfg.seed)
     if cfg.seen_test_per_class:
         sx, sy = _take(test, classnames, seen, cfg.seen_test_per_class, cfg.seed + 1)

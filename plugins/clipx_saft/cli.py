@@ -12,14 +12,14 @@ from typing import Any
 
 import click
 
-from clip_robust_ext.errors import ClipxUsageError
+from clip_robust_ext.api import ClipxUsageError
 
 from .protocol import PROTOCOL_NAMES, TEXTS, evaluate_grid, grid_markdown
 
 
 def run_models(run_dir: Path) -> tuple[dict[str, Any], list[tuple[str, Path | None]]]:
     """(resolved recipe, [(label, checkpoint or None for the start model)]) of a recipe run."""
-    from clip_robust_ext.recipes import START_LABEL
+    from clip_robust_ext.api import START_LABEL
 
     path = run_dir / "recipe.resolved.json"
     if not path.is_file():
@@ -38,8 +38,7 @@ def run_models(run_dir: Path) -> tuple[dict[str, Any], list[tuple[str, Path | No
 
 def grid_for_run(run_dir: str | Path, device: str = "auto") -> str:
     """Both grid columns for every model of a recipe whose [evaluate] uses a saft-* protocol."""
-    from clip_robust_ext.runner import build_model, device_of, load_weights
-    from clip_robust_ext.utils.io import atomic_write_text
+    from clip_robust_ext.api import atomic_write_text, build_model, device_of, load_weights
 
     run_dir = Path(run_dir)
     doc, models = run_models(run_dir)
@@ -83,8 +82,7 @@ def register(cli: click.Group) -> None:
         if (Path(run_dir) / "recipe.resolved.json").is_file():
             click.echo(grid_for_run(run_dir, device))
             return
-        from clip_robust_ext.evaluation import load_records
-        from clip_robust_ext.utils.io import atomic_write_text
+        from clip_robust_ext.api import atomic_write_text, load_records
 
         records = [r for r in load_records(run_dir) if r.get("protocol") in PROTOCOL_NAMES.values()]
         if not records:
@@ -97,7 +95,7 @@ def register(cli: click.Group) -> None:
     @click.argument("name", required=False)
     def descriptions(name: str | None) -> None:
         """List description sets, or print one (a registered name or a CuPL-style JSON path)."""
-        from clip_robust_ext.registry import entries
+        from clip_robust_ext.api import entries
 
         from .descriptions import resolve_source
 
