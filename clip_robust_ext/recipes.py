@@ -269,6 +269,10 @@ def _name(value: Any, key: str, kind: str, known: dict[str, Any]) -> str:
     if value not in known:
         err = unknown_name(kind, value, known)
         raise ClipxUsageError(f"{key}: {err}")
+    try:  # a name two plugins share is known but ambiguous: `plugin:name` resolves it
+        known[value]
+    except ClipxUsageError as err:
+        raise ClipxUsageError(f"{key}: {err}") from None
     return value
 
 

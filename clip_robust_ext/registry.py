@@ -61,6 +61,7 @@ __all__ = [
     "get",
     "names",
     "note_error",
+    "provenance",
     "registry_errors",
 ]
 
@@ -120,6 +121,12 @@ class Registry(Mapping[str, Entry]):
         what = SINGULAR[self.kind]
         if entry.name in self.ambiguous:
             self.ambiguous[entry.name].append(entry)
+            note_error(
+                self.kind,
+                entry.plugin,
+                f"{what} '{entry.name}' is also registered by other plugins; "
+                f"use '{entry.qualified}' for this one",
+            )
             return
         held = self.plain.get(entry.name)
         if held is None:
@@ -155,7 +162,8 @@ class Registry(Mapping[str, Entry]):
             return self.qualified[name]
         if name in self.ambiguous:
             options = [e.qualified for e in self.ambiguous[name]]
-            plugins = " and ".join(f"'{e.plugin}'" for e in self.ambiguous[name])
+            plugins = ", ".join(f"'{e.plugin}'" for e in self.ambiguous[name][:-1])
+            plugins += f" and '{self.ambiguous[name][-1].plugin}'"
             raise ClipxUsageError(
                 f"{what} '{name}' is registered by plugins {plugins}; "
                 f"name one: {', '.join(repr(o) for o in options)}"
@@ -271,3 +279,12 @@ def get(kind: str, name: str) -> Entry:
 
 def names(kind: str) -> list[str]:
     return list(entries(kind))
+
+
+def provenance(kind: str, name: Any) -> dict[str, str] | None:
+    """Name, plugin and distribution of a component, or None if `name` is not (or no longer)
+    registered: what result records carry about each component."""
+    try:
+        return get(kind, name).provenance
+    except ClipxUsageError:
+        return None

@@ -281,6 +281,7 @@ def _write_run_files(run_dir: Path, resolved: ResolvedRecipe) -> None:
     from .plugins import plugin_versions
     from .utils.versions import versions
 
+    note_components(run_dir, recipe_components(resolved.doc))
     atomic_write_json(run_dir / "recipe.resolved.json", resolved.doc)
     atomic_write_text(run_dir / "recipe.resolved.toml", resolved.to_toml())
     atomic_write_json(
@@ -470,11 +471,63 @@ def evaluate_loaded(loaded: Any, protocol: Any, run_dir: Path, label: str) -> li
     return evaluate(loaded, protocol, run_dir, label)
 
 
+COMPONENTS_NAME = "components.json"
+
+
+def recipe_components(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """label -> the model source and defenses (with their plugins) behind each model of a recipe."""
+    from .registry import provenance
+
+    model = {"model": provenance("models", doc["model"]["source"])}
+    out = {START_LABEL: dict(model)}
+    pretrain = doc.get("pretrain")
+    start = {**model, "pretrain": provenance("defenses", pretrain["name"])} if pretrain else model
+    if pretrain:
+        out[pretrain["label"]] = dict(start)
+    for method in [doc.get("defense"), *doc.get("baselines", [])]:
+        if method:
+            out[method["label"]] = {**start, "defense": provenance("defenses", method["name"])}
+    return out
+
+
+def note_components(run_dir: Path, by_label: dict[str, dict[str, Any]]) -> None:
+    """Merge label -> components into run_dir/components.json (read by write_results)."""
+    path = Path(run_dir) / COMPONENTS_NAME
+    known = _read_components(run_dir)
+    atomic_write_json(path, {**known, **by_label})
+
+
+def _read_components(run_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((Path(run_dir) / COMPONENTS_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def with_components(run_dir: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each record with `components`: every component behind it (model source, defenses,
+    protocol, dataset, attacks) with the plugin and distribution that supplied it."""
+    from .registry import provenance
+
+    by_label = _read_components(run_dir)
+    out = []
+    for rec in records:
+        parts = dict(by_label.get(rec.get("label"), {}))
+        parts["protocol"] = provenance("evaluators", rec.get("protocol"))
+        parts["dataset"] = provenance("datasets", rec.get("dataset"))
+        if isinstance(rec.get("attacks"), list):
+            parts["attacks"] = [provenance("attacks", a.get("name")) for a in rec["attacks"]]
+        out.append({**rec, "components": {k: v for k, v in parts.items() if v}})
+    return out
+
+
 def write_results(run_dir: Path, records: list[dict[str, Any]]) -> str:
-    """results.json (every record), results.md / results.csv (tables); returns the markdown."""
+    """results.json (every record, with the plugins behind it), results.md / results.csv
+    (tables); returns the markdown."""
     from .evaluation import markdown_table, write_reports
 
-    atomic_write_json(run_dir / "results.json", records)
+    atomic_write_json(run_dir / "results.json", with_components(run_dir, records))
     write_reports(run_dir, records)
     return markdown_table(records)
 
@@ -608,6 +661,9 @@ def run_eval(
     with RunLock(run_dir, resume=True, what="evaluation"):
         _check_writable(run_dir)
         loaded = build_model(spec, device_of(device), seed=0)
+        from .registry import provenance
+
+        note_components(run_dir, {label: {"model": provenance("models", spec["source"])}})
         log(f"{label}: evaluating under protocol '{proto.name}' into {run_dir}")
         records = evaluate_loaded(loaded, proto, run_dir, label)
         everything = load_records(run_dir)

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import ClipxUsageError, closest
 from ..utils.eps import format_eps, parse_eps
+from ..utils.eps import resolve_budget_expr as resolve_budget_expr  # re-exported (engine)
 
 NORMS = ("Linf", "L2", "L1")
 PRECISIONS = ("fp32", "model")  # fp32: attacks must run in fp32; model: whatever the model is
