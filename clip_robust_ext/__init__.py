@@ -15,8 +15,9 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     # the API's heavy names (torch, open_clip) load on first use, so `clipx --help` stays quick
-    from . import api
+    import importlib
 
+    api = importlib.import_module(".api", __name__)  # not `from . import`: that re-enters here
     if name in api.__all__:
         return getattr(api, name)
     raise AttributeError(name)

@@ -212,18 +212,19 @@ def note_error(kind: str, plugin: str, error: str) -> None:
 
 def hook_callers(hook_name: str) -> list[tuple[str, Callable[..., Any]]]:
     """(plugin name, caller) for each implementation of a hook, in registration order (built-ins
-    first). Each caller goes through pluggy, so an implementation may accept a subset of the
-    hook's arguments, and one plugin's failure can be told from another's."""
+    first). Each implementation is called on its own, so one plugin's failure can be told from
+    another's, and with pluggy's argument rule: only the arguments it names (a subset of the
+    spec's), so arguments can be added to a hook without breaking plugins."""
     load_plugins()
     impls = getattr(pm.hook, hook_name).get_hookimpls()
-    plugins = [impl.plugin for impl in impls]
-    return [
-        (
-            impl.plugin_name,
-            pm.subset_hook_caller(hook_name, [p for p in plugins if p is not impl.plugin]),
-        )
-        for impl in impls
-    ]
+    return [(impl.plugin_name, _caller(impl)) for impl in impls]
+
+
+def _caller(impl: pluggy.HookImpl) -> Callable[..., Any]:
+    def call(**kwargs: Any) -> Any:
+        return impl.function(*(kwargs[name] for name in impl.argnames))
+
+    return call
 
 
 def distribution_of(plugin_name: str) -> tuple[str, str]:
