@@ -49,9 +49,14 @@ def register(cli: click.Group) -> None:
         default=None,
         help="Where results go (default: runs/laat-paper-<profile>).",
     )
+    @click.option(
+        "--resume",
+        is_flag=True,
+        help="Continue an interrupted run in --run-dir (finished heads are kept).",
+    )
     @click.option("--show", is_flag=True, help="Print the resolved config and exit.")
     @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-    def paper(profile, overrides, config, run_dir, show, as_json) -> None:
+    def paper(profile, overrides, config, run_dir, resume, show, as_json) -> None:
         """Train a backbone from scratch against CLIP text anchors (expanded and raw), PGD-7 at 8/255
         on the seen classes; report zero-shot clean / PGD-20 (/ AutoAttack) accuracy on the novel ones."""
         from .paper import PaperConfig, run_paper
@@ -62,7 +67,7 @@ def register(cli: click.Group) -> None:
             click.echo(json.dumps(doc, indent=2))
             return
         out = Path(run_dir or f"runs/laat-paper-{profile or 'default'}")
-        results = run_paper(cfg, out, echo=lambda s: click.echo(s, err=True))
+        results = run_paper(cfg, out, echo=lambda s: click.echo(s, err=True), resume=resume)
         if as_json:
             click.echo(json.dumps(results, indent=2, default=str))
         else:
