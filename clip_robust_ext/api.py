@@ -23,7 +23,7 @@ Groups:
   MultimodalAttack, CLIPTextAttacker, CaptionAttackCache, config_from_params
 - defenses and training: Defense, Batch, TrainContext, TrainConfig, clip_contrastive_loss, train
 - evaluation: Protocol, evaluate, load_records, RETRIEVAL_FORMULAS, recall_hits, attack_success
-- run directory and records: RunLock, START_LABEL, write_results, result_path, read_json,
+- run directory and records: RunLock, START_LABEL, finished_models, write_results, result_path, read_json,
   write_result, atomic_write_json, atomic_write_text, seed_everything, versions,
   plugin_versions, log
 - configs: load_config (profiles + `--set`), read_toml, deep_merge, merge_profile, parse_set,
@@ -107,6 +107,7 @@ _LAZY = {
     # run directory and records
     "RunLock": "runner",
     "build_model": "runner",
+    "finished_models": "runner",
     "build_dataset": "runner",
     "load_weights": "runner",
     "device_of": "runner",

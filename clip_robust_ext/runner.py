@@ -465,6 +465,25 @@ def _run(resolved: ResolvedRecipe, run_dir: Path, main: bool) -> RunResult:
     return RunResult(run_dir, records, table, resolved.to_dict(), checkpoints)
 
 
+def finished_models(run_dir: Path, doc: dict[str, Any]) -> list[tuple[str, Path | None]]:
+    """(label, checkpoint) of every model a recipe run has finished, in table order: the start
+    model (its pretrained checkpoint, or None for the source's own weights), then each trained
+    method. For commands that evaluate a finished run further (e.g. `clipx saft grid`)."""
+    run_dir = Path(run_dir)
+    start = None
+    if "pretrain" in doc and (run_dir / doc["pretrain"]["label"] / "done.json").is_file():
+        start = run_dir / doc["pretrain"]["label"] / "final.pt"
+    models: list[tuple[str, Path | None]] = [(START_LABEL, start)]
+    for method in _methods_of(doc):
+        if (run_dir / method["label"] / "done.json").is_file():
+            models.append((method["label"], run_dir / method["label"] / "final.pt"))
+    return models
+
+
+def _methods_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return ([doc["defense"]] if "defense" in doc else []) + list(doc.get("baselines", []))
+
+
 def evaluate_loaded(loaded: Any, protocol: Any, run_dir: Path, label: str) -> list[dict[str, Any]]:
     from .evaluation import evaluate
 

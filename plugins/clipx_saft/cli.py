@@ -19,28 +19,26 @@ from .protocol import PROTOCOL_NAMES, TEXTS, evaluate_grid, grid_markdown
 
 def run_models(run_dir: Path) -> tuple[dict[str, Any], list[tuple[str, Path | None]]]:
     """(resolved recipe, [(label, checkpoint or None for the start model)]) of a recipe run."""
-    from clip_robust_ext.api import START_LABEL
+    from clip_robust_ext.api import finished_models, read_json
 
-    path = run_dir / "recipe.resolved.json"
-    if not path.is_file():
+    doc = read_json(run_dir / "recipe.resolved.json")
+    if doc is None:
         raise ClipxUsageError(f"{run_dir} is not a recipe run directory (no recipe.resolved.json)")
-    doc = json.loads(path.read_text())
-    start = None
-    if "pretrain" in doc and (run_dir / doc["pretrain"]["label"] / "done.json").is_file():
-        start = run_dir / doc["pretrain"]["label"] / "final.pt"
-    models: list[tuple[str, Path | None]] = [(START_LABEL, start)]
-    methods = ([doc["defense"]] if "defense" in doc else []) + list(doc.get("baselines", []))
-    for method in methods:
-        if (run_dir / method["label"] / "done.json").is_file():
-            models.append((method["label"], run_dir / method["label"] / "final.pt"))
-    return doc, models
+    return doc, finished_models(run_dir, doc)
 
 
 def grid_for_run(run_dir: str | Path, device: str = "auto") -> str:
     """Both grid columns for every model of a recipe whose [evaluate] uses a saft-* protocol."""
-    from clip_robust_ext.api import atomic_write_text, build_model, device_of, load_weights
+    from clip_robust_ext.api import RunLock
 
     run_dir = Path(run_dir)
+    with RunLock(run_dir, resume=True, what="saft grid"):  # not while the recipe still runs
+        return _grid(run_dir, device)
+
+
+def _grid(run_dir: Path, device: str) -> str:
+    from clip_robust_ext.api import atomic_write_text, build_model, device_of, load_weights
+
     doc, models = run_models(run_dir)
     ev = dict(doc.get("evaluate") or {})
     if ev.get("protocol") not in PROTOCOL_NAMES.values():
