@@ -243,6 +243,23 @@ def test_example_attack_plugin_is_short():
     assert len(path.read_text().splitlines()) <= 30
 
 
+def test_the_api_is_re_exported_and_documented_old_paths_still_work():
+    """Plugins written against the paths docs/PLUGINS.md used to show keep working, and get the
+    same objects as the declared API."""
+    import clip_robust_ext
+    from clip_robust_ext import api
+    from clip_robust_ext.attacks.torchattacks_adapter import factory_for
+    from clip_robust_ext.evaluation import Protocol
+    from clip_robust_ext.training import Batch, Defense, TrainContext
+    from clip_robust_ext.utils.eps import format_eps, parse_eps
+
+    assert api.factory_for is factory_for and api.Protocol is Protocol
+    assert (api.Defense, api.Batch, api.TrainContext) == (Defense, Batch, TrainContext)
+    assert (api.parse_eps, api.format_eps) == (parse_eps, format_eps)
+    for name in api.__all__:
+        assert getattr(clip_robust_ext, name) is getattr(api, name), name
+
+
 def test_checker_sees_a_cycle_and_a_private_import(tmp_path):
     """The checker itself: a two-module cycle via a function-level import and a private import."""
     pkg = tmp_path / "pkg"
