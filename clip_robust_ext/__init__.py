@@ -1,6 +1,8 @@
 """clipx: attack and defend CLIP, on top of torchattacks, AutoAttack, TextAttack and open_clip.
 
-The public API plugins use. Importing this never touches the network or imports TextAttack."""
+Re-exports the plugin API (`clip_robust_ext.api`, documented in docs/PLUGINS.md): every name
+there is also `clip_robust_ext.<name>`. Importing this never touches the network or imports
+TextAttack; torch and open_clip load on first use of a name that needs them."""
 
 from __future__ import annotations
 
@@ -12,20 +14,12 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # heavy modules (torch, open_clip) load on first use, so `clipx --help` stays quick
-    lazy = {
-        "ZeroShotClassifier": ("models", "ZeroShotClassifier"),
-        "LoadedCLIP": ("models", "LoadedCLIP"),
-        "load_clip": ("models", "load_clip"),
-        "build_attack": ("attacks", "build_attack"),
-        "verify_adversarial": ("attacks", "verify_adversarial"),
-        "attack_mode": ("attacks", "attack_mode"),
-    }
-    if name in lazy:
-        import importlib
+    # the API's heavy names (torch, open_clip) load on first use, so `clipx --help` stays quick
+    import importlib
 
-        module, attr = lazy[name]
-        return getattr(importlib.import_module(f".{module}", __name__), attr)
+    api = importlib.import_module(".api", __name__)  # not `from . import`: that re-enters here
+    if name in api.__all__:
+        return getattr(api, name)
     raise AttributeError(name)
 
 

@@ -93,31 +93,23 @@ _builtin_commands: dict[str, click.Command] = {}
 def load_plugin_commands(group: click.Group) -> None:
     """Call each plugin's register_commands once; a failing plugin is reported, not fatal, and
     cannot replace a built-in command."""
-    from .plugins import load_plugins, pm, trace
-    from .registry import note_error
+    from .plugins import hook_callers, note_error, trace
 
     if not _builtin_commands:
         _builtin_commands.update(group.commands)
-    load_plugins()
-    for impl in pm.hook.register_commands.get_hookimpls():
-        if impl.plugin_name in _commands_from:
+    for plugin, caller in hook_callers("register_commands"):
+        if plugin in _commands_from:
             continue
-        _commands_from.add(impl.plugin_name)
+        _commands_from.add(plugin)
         try:
-            trace("register_commands", impl.plugin_name)
-            impl.function(cli=group)
+            trace("register_commands", plugin)
+            caller(cli=group)
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the CLI
-            note_error(
-                "commands",
-                impl.plugin_name,
-                f"register_commands failed: {type(exc).__name__}: {exc}",
-            )
+            note_error("commands", plugin, f"register_commands failed: {type(exc).__name__}: {exc}")
         for name, cmd in _builtin_commands.items():
             if group.commands.get(name) is not cmd:
                 group.commands[name] = cmd
-                note_error(
-                    "commands", impl.plugin_name, f"command '{name}' is built in; not replaced"
-                )
+                note_error("commands", plugin, f"command '{name}' is built in; not replaced")
 
 
 def emit_json(obj: Any) -> None:
@@ -263,9 +255,8 @@ def _entry_rows(kind: str, with_params: bool = False) -> list[dict[str, Any]]:
             row["modality"] = entry.modality
         row["plugin"] = entry.plugin
         row["description"] = entry.description
-        extra = {k: v for k, v in entry.meta.items() if k != "modality"}
-        if extra:
-            row["meta"] = extra
+        if entry.protocol_params:
+            row["meta"] = {"protocol_params": list(entry.protocol_params)}
         if with_params:
             row["params"] = _params_of(entry.obj)
         rows.append(row)
@@ -354,10 +345,10 @@ cli.command("templates")(
 def plugins_command(as_json: bool) -> None:
     """List plugins (built-ins included): distribution, version, hooks and any load errors."""
     from .plugins import load_errors, plugin_info
-    from .registry import _KINDS, entries, registry_errors
+    from .registry import KINDS, entries, registry_errors
 
     with stdout_to_stderr(as_json):
-        for kind in _KINDS:  # building the registries surfaces failing hooks and name clashes
+        for kind in KINDS:  # building the registries surfaces failing hooks and name clashes
             entries(kind)
         load_plugin_commands(cli)
         rows = plugin_info()

@@ -1,10 +1,15 @@
-"""Plugin manager: entry points in group `clipx`, built-ins included.
+"""Plugin manager: entry points in group `clipx`, built-ins included. This module owns the
+manager, loading, and every plugin error (load errors and hook errors); `registry` builds the
+typed registries from it and `cli` adds the commands.
 
 A plugin that fails to import, fails pluggy's validation, or implements a hook that does not
-exist is recorded in `load_errors` (shown by `clipx plugins` and on stderr); the others keep
-working. Environment:
+exist is recorded in `load_errors`; a hook that raises, or a name registered twice, is recorded
+in `registry_errors` (both shown by `clipx plugins` and on stderr); the others keep working.
+`pm.generation` counts registrations, so caches built from the hooks know when to rebuild.
+Environment:
 - CLIPX_LOAD_PLUGINS selects external plugins: unset = all, "" = built-ins only,
-  "a,b" = built-ins plus those entry-point or distribution names (the LLM_LOAD_PLUGINS idea).
+  "a,b" = built-ins plus those entry-point or distribution names (the LLM_LOAD_PLUGINS idea),
+  "-a" = all but a (exclusions may follow inclusions: "a,b,-b"); an unknown name is warned about.
 - CLIPX_TRACE_PLUGINS=1 prints every hook call to stderr (datasette's DATASETTE_TRACE_PLUGINS).
 """
 
@@ -14,17 +19,35 @@ import difflib
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import metadata
+from typing import Any
 
 import pluggy
 
 from . import hookspecs
+from .errors import closest
 
 GROUP = "clipx"
 BUILTIN_DISTRIBUTION = "clip-robust-ext"
 
-pm = pluggy.PluginManager(GROUP)
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager, counting (un)registrations so registries are rebuilt only then."""
+
+    generation = 0
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        self.generation += 1
+        return super().register(plugin, name)
+
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> object:
+        self.generation += 1
+        return super().unregister(plugin, name)
+
+
+pm = PluginManager(GROUP)
 pm.add_hookspecs(hookspecs)
 
 
@@ -39,29 +62,71 @@ class PluginLoadError:
 
 
 load_errors: list[PluginLoadError] = []
+registry_errors: list[dict[str, str]] = []  # {kind, plugin, error}: hooks that failed, clashes
 _distributions: dict[str, tuple[str, str]] = {}  # plugin name -> (distribution, version)
 _loaded = False
+UNNAMED = "(unnamed distribution)"
 
 
 def _dist_of(ep: metadata.EntryPoint) -> tuple[str, str]:
+    """(name, version) of the distribution behind an entry point; metadata without a Name
+    (a broken install) must not break loading."""
     dist = getattr(ep, "dist", None)
     if dist is None:
         return ("unknown", "unknown")
-    return (dist.metadata["Name"], dist.version)
+    try:
+        name = dist.metadata["Name"]
+    except Exception:  # noqa: BLE001 - unreadable metadata
+        name = None
+    try:
+        version = dist.version or "unknown"
+    except Exception:  # noqa: BLE001
+        version = "unknown"
+    return (str(name) if name else UNNAMED, str(version))
 
 
 def _canonical(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
-def _selected(ep: metadata.EntryPoint, dist_name: str) -> bool:
-    if _canonical(dist_name) == BUILTIN_DISTRIBUTION:
-        return True
-    wanted = os.environ.get("CLIPX_LOAD_PLUGINS")
-    if wanted is None:
-        return True
-    names = {_canonical(w.strip()) for w in wanted.split(",") if w.strip()}
-    return _canonical(ep.name) in names or _canonical(dist_name) in names
+@dataclass(frozen=True)
+class Selection:
+    """CLIPX_LOAD_PLUGINS parsed: None = every plugin, else the allowed names; minus excluded."""
+
+    allowed: frozenset[str] | None
+    excluded: frozenset[str]
+
+    @classmethod
+    def from_env(cls) -> Selection:
+        wanted = os.environ.get("CLIPX_LOAD_PLUGINS")
+        if wanted is None:
+            return cls(None, frozenset())
+        items = [_canonical(w.strip()) for w in wanted.split(",") if w.strip()]
+        allowed = {w for w in items if not w.startswith("-")}
+        excluded = {w[1:].strip() for w in items if w.startswith("-")}
+        # only exclusions ("-a"): every other plugin stays
+        return cls(frozenset(allowed) if allowed or not excluded else None, frozenset(excluded))
+
+    def names(self) -> set[str]:
+        return set(self.allowed or ()) | set(self.excluded)
+
+    def admits(self, ep: metadata.EntryPoint, dist_name: str) -> bool:
+        if _canonical(dist_name) == BUILTIN_DISTRIBUTION:
+            return True
+        mine = {_canonical(ep.name), _canonical(dist_name)}
+        if mine & self.excluded:
+            return False
+        return self.allowed is None or bool(mine & self.allowed)
+
+
+def _warn_unknown_selection(selection: Selection, eps: list[metadata.EntryPoint]) -> None:
+    known = {_canonical(ep.name) for ep in eps} | {_canonical(_dist_of(ep)[0]) for ep in eps}
+    for name in sorted(selection.names() - known):
+        print(
+            f"clipx: CLIPX_LOAD_PLUGINS names '{name}', which is no installed clipx plugin"
+            f"{closest(name, sorted(known))}",
+            file=sys.stderr,
+        )
 
 
 def load_plugins() -> None:
@@ -75,9 +140,11 @@ def load_plugins() -> None:
         # built-ins first, so a third party cannot shadow a built-in name
         key=lambda ep: (_canonical(_dist_of(ep)[0]) != BUILTIN_DISTRIBUTION, ep.name),
     )
+    selection = Selection.from_env()
+    _warn_unknown_selection(selection, eps)
     for ep in eps:
         dist_name, version = _dist_of(ep)
-        if not _selected(ep, dist_name):
+        if not selection.admits(ep, dist_name):
             continue
         if pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
             if ep.name in _distributions and _distributions[ep.name][0] == dist_name:
@@ -129,12 +196,44 @@ def reload_plugins() -> None:
             pm.unregister(name=name)
     _distributions.clear()
     load_errors.clear()
-    from . import registry
-
-    registry.registry_errors.clear()
+    registry_errors.clear()
     importlib.invalidate_caches()  # importlib.metadata caches path listings
     _loaded = False
     load_plugins()
+
+
+def note_error(kind: str, plugin: str, error: str) -> None:
+    """Record a failure of a plugin's hook once (shown by `clipx plugins` and on stderr)."""
+    item = {"kind": kind, "plugin": plugin, "error": error}
+    if item not in registry_errors:
+        registry_errors.append(item)
+        print(f"clipx: plugin '{plugin}': {error}", file=sys.stderr)
+
+
+def hook_callers(hook_name: str) -> list[tuple[str, Callable[..., Any]]]:
+    """(plugin name, caller) for each implementation of a hook, in registration order (built-ins
+    first). Each implementation is called on its own, so one plugin's failure can be told from
+    another's, and with pluggy's argument rule: only the arguments it names (a subset of the
+    spec's), so arguments can be added to a hook without breaking plugins."""
+    load_plugins()
+    impls = getattr(pm.hook, hook_name).get_hookimpls()
+    return [(impl.plugin_name, _caller(impl)) for impl in impls]
+
+
+def _caller(impl: pluggy.HookImpl) -> Callable[..., Any]:
+    def call(**kwargs: Any) -> Any:
+        return impl.function(*(kwargs[name] for name in impl.argnames))
+
+    return call
+
+
+def distribution_of(plugin_name: str) -> tuple[str, str]:
+    """(distribution, version) that supplied a plugin; runtime registrations have none."""
+    return _distributions.get(plugin_name, ("(registered at runtime)", ""))
+
+
+def is_builtin(plugin_name: str) -> bool:
+    return _canonical(distribution_of(plugin_name)[0]) == BUILTIN_DISTRIBUTION
 
 
 def trace(hook: str, plugin: str, detail: str = "") -> None:
@@ -150,7 +249,7 @@ def plugin_info() -> list[dict]:
     for name, plugin in pm.list_name_plugin():
         if plugin is None:
             continue
-        dist, version = _distributions.get(name, ("(registered at runtime)", ""))
+        dist, version = distribution_of(name)
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
         out.append(
             {

@@ -11,20 +11,15 @@ no eval, no import paths, only registry names.
 
 from __future__ import annotations
 
-import collections.abc
 import copy
-import dataclasses
 import hashlib
-import inspect
 import json
-import math
-import os
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 try:  # Python 3.11+
     import tomllib
@@ -32,8 +27,15 @@ except ImportError:  # pragma: no cover - Python 3.10 with the tomli backport
     import tomli as tomllib
 
 from .errors import ClipxUsageError, closest, unknown_name
+from .params import budget_text as _budget_text
+from .params import check_kwargs as _factory_kwargs
+from .params import coerce
+from .params import dataclass_fields as _dataclass_fields
+from .params import is_eps_like as _is_eps_like
+from .params import signature_of as _signature
+from .params import types_from_defaults as _types_from_defaults
+from .params import unknown_key as _unknown_key
 from .registry import entries
-from .utils.tomlwriter import dump_toml
 
 STAGES = ("pretrain", "defend", "evaluate")
 SECTIONS = ("recipe", "model", "data", "pretrain", "defense", "baselines", "evaluate", "profiles")
@@ -41,7 +43,6 @@ RECIPE_KEYS = ("name", "description", "seed", "seeds", "stages", "device", "prof
 METHOD_KEYS = ("name", "label", "train", "params")  # + TrainConfig fields + factory parameters
 START_LABEL = "clip"
 RESERVED_LABELS = (START_LABEL, "eval")  # the start model's label; the evaluation folder
-_EPS_LIKE = re.compile(r"(^|_)(eps|epsilon|alpha|step_size)($|_)")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -238,219 +239,12 @@ def apply_set(doc: dict[str, Any], parts: list[str], value: Any) -> None:
             raise ClipxUsageError(f"--set {'.'.join(parts)}: '{prefix}' is a value, not a table")
 
 
-# --------------------------------------------------------------------------------------------
-# values: type checks from annotations, budgets written as "4/255"
-
-
-def _is_eps_like(key: str) -> bool:
-    parts = [p for p in key.split(".") if not p.isdigit()]
-    return bool(parts) and bool(_EPS_LIKE.search(parts[-1]))
-
-
-def _number(value: Any, key: str) -> float:
-    from .utils.eps import parse_eps
-
-    limit = 1.0 if _is_eps_like(key) else math.inf
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ClipxUsageError(f"{key}: expected a number, got {value!r}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ClipxUsageError(f"{key}: expected a finite number, got {value!r}")
-    if limit == math.inf and isinstance(value, (int, float)):
-        return float(value)
-    return parse_eps(value, name=key, max_value=limit)
-
-
-_SIMPLE_TYPES = {"float": float, "int": int, "str": str, "bool": bool, "None": type(None)}
-
-
-def _simple_annotation(ann: str) -> Any:
-    """'float | str' (an unevaluated annotation of builtins) -> the type; else None."""
-    parts = [p.strip() for p in ann.replace("Optional[", "").rstrip("]").split("|")]
-    if not parts or any(p not in _SIMPLE_TYPES for p in parts):
-        return None
-    types_ = [_SIMPLE_TYPES[p] for p in parts]
-    return types_[0] if len(types_) == 1 else typing.Union[tuple(types_)]  # noqa: UP007
-
-
-def _union_rank(option: Any) -> int:
-    return 0 if option in (int, float, bool) else 1 if option is str else 2
-
-
-def _budget_text(value: str, key: str) -> Any:
-    """A budget string: a number or fraction ('4/255' -> float), or an arithmetic expression of
-    `eps` ('eps/4', kept as text) checked here without running code."""
-    if re.search(r"\beps\b", value):
-        from .evaluation.protocols import resolve_budget_expr
-
-        try:
-            resolve_budget_expr(value, 1 / 255)
-        except ClipxUsageError as exc:
-            raise ClipxUsageError(f"{key}: {exc}") from None
-        return value
-    return _number(value, key)
-
-
-def _type_name(ann: Any) -> str:
-    return getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
-
-
-def coerce(value: Any, ann: Any, key: str) -> Any:
-    """Check `value` against annotation `ann`; floats accept '4/255'. Unknown types pass through."""
-    if ann in (inspect.Parameter.empty, Any, None, object):
-        return value
-    if isinstance(ann, str):  # an annotation that could not be evaluated: best effort
-        simple = _simple_annotation(ann)
-        if simple is not None:
-            return coerce(value, simple, key)
-        if (
-            isinstance(value, str)
-            and re.search(r"\bfloat\b", ann)
-            and not re.search(r"\bstr\b", ann)
-        ):
-            return _number(value, key)
-        return value
-    origin, args = typing.get_origin(ann), typing.get_args(ann)
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in args if a is not type(None)]
-        if float in options and str in options and isinstance(value, str) and _is_eps_like(key):
-            # a budget written as text ("4/255", or "eps/4" where eps is known later): anything
-            # else is a typo, not a free-form string
-            return _budget_text(value, key)
-        first: ClipxUsageError | None = None
-        # numbers first ('4/255' -> float), then str (a path is not a 1-element list)
-        for option in sorted(options, key=_union_rank):
-            try:
-                return coerce(value, option, key)
-            except ClipxUsageError as exc:
-                first = first or exc
-        raise first or ClipxUsageError(f"{key}: unexpected value {value!r}")
-    if origin is typing.Literal:
-        if value in args:
-            return value
-        choices = [str(a) for a in args]
-        raise ClipxUsageError(
-            f"{key}: {value!r} is not one of {choices}{closest(str(value), choices)}"
-        )
-    if ann is bool:
-        if not isinstance(value, bool):
-            raise ClipxUsageError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if ann is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ClipxUsageError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if ann is float:
-        return _number(value, key)
-    if ann is str:
-        if not isinstance(value, str):
-            raise ClipxUsageError(f"{key}: expected a string, got {value!r}")
-        return value
-    if isinstance(ann, type) and issubclass(ann, os.PathLike):  # Path, os.PathLike
-        if not isinstance(value, str):
-            raise ClipxUsageError(f"{key}: expected a path (string), got {value!r}")
-        return value
-    seq = (list, tuple, collections.abc.Sequence, collections.abc.Iterable)
-    if ann in seq or origin in seq:
-        if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            if args and args[0] in (float, str, int) and not isinstance(value, (dict, list)):
-                value = [value]  # eps = "1/255" where a list of budgets is expected
-            else:
-                raise ClipxUsageError(f"{key}: expected an array, got {value!r}")
-        if origin is tuple and args and (len(args) != 2 or args[1] is not Ellipsis):
-            if len(value) != len(args):
-                raise ClipxUsageError(f"{key}: expected {len(args)} values, got {value!r}")
-            return [coerce(v, a, f"{key}.{i}") for i, (v, a) in enumerate(zip(value, args))]
-        elem = args[0] if args else Any
-        return [coerce(v, elem, f"{key}.{i}") for i, v in enumerate(value)]
-    if ann is dict or origin in (dict, collections.abc.Mapping):
-        if not isinstance(value, dict):
-            raise ClipxUsageError(f"{key}: expected a table, got {value!r}")
-        return value
-    return value
-
-
-def _signature(obj: Any) -> tuple[dict[str, Any], bool]:
-    """(parameter name -> annotation, accepts **kwargs) of a factory or class."""
-    try:
-        try:
-            sig = inspect.signature(obj, eval_str=True)
-        except Exception:  # noqa: BLE001 - forward references that do not resolve
-            sig = inspect.signature(obj)
-    except (TypeError, ValueError):
-        return {}, True
-    params: dict[str, Any] = {}
-    var_kw = False
-    for p in sig.parameters.values():
-        if p.kind is p.VAR_KEYWORD:
-            var_kw = True
-        elif p.kind not in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY):
-            params[p.name] = p.annotation
-    declared = getattr(obj, "recipe_params", None)
-    if var_kw and isinstance(declared, dict):
-        # a factory that takes **options but declares them ({name: default}): checked like
-        # named parameters, typed by their defaults
-        for name, default in declared.items():
-            params.setdefault(name, type(default) if default is not None else Any)
-        return params, False
-    if var_kw and not [p for p in params if p != "model"]:
-        # an opaque `build(**params)` closing over the class it builds: that class's
-        # constructor is the real signature (e.g. `def factory(cls): def build(**p): ...`)
-        for cell in getattr(obj, "__closure__", None) or ():
-            try:
-                target = cell.cell_contents
-            except ValueError:
-                continue
-            if inspect.isclass(target):
-                return _signature(target)
-    return params, var_kw
-
-
-def _types_from_defaults(obj: Any, annotations: dict[str, Any]) -> dict[str, Any]:
-    """Types for unannotated parameters (torchattacks' `steps=10`) from their defaults: a bool
-    stays a bool, an int may be given as a float, a float as an int or '4/255', a str a str."""
-    try:
-        params = inspect.signature(obj).parameters
-    except (TypeError, ValueError):
-        return {}
-    out: dict[str, Any] = {}
-    for name, ann in annotations.items():
-        p = params.get(name)
-        if ann is not inspect.Parameter.empty or p is None or p.default is p.empty:
-            continue
-        default = p.default
-        if isinstance(default, bool):
-            out[name] = bool
-        elif isinstance(default, int):
-            out[name] = int | float
-        elif isinstance(default, float):
-            out[name] = float
-        elif isinstance(default, str):
-            out[name] = str
-    return out
-
-
 def _train_config_type():
     try:
         from .training.trainer import TrainConfig
     except ImportError:
         from .training.config import TrainConfig
     return TrainConfig
-
-
-def _dataclass_fields(cls: type) -> dict[str, Any]:
-    try:
-        hints = typing.get_type_hints(cls)
-    except Exception:  # noqa: BLE001
-        hints = {}
-    return {f.name: hints.get(f.name, f.type) for f in dataclasses.fields(cls) if f.init}
-
-
-def _unknown_key(key: str, valid: list[str] | tuple[str, ...] | set[str]) -> ClipxUsageError:
-    name = key.rsplit(".", 1)[-1]
-    valid = sorted(valid)
-    return ClipxUsageError(
-        f"{key}: unknown key{closest(name, valid)}; valid keys here: {', '.join(valid)}"
-    )
 
 
 def _table(value: Any, key: str) -> dict[str, Any]:
@@ -475,6 +269,10 @@ def _name(value: Any, key: str, kind: str, known: dict[str, Any]) -> str:
     if value not in known:
         err = unknown_name(kind, value, known)
         raise ClipxUsageError(f"{key}: {err}")
+    try:  # a name two plugins share is known but ambiguous: `plugin:name` resolves it
+        known[value]
+    except ClipxUsageError as err:
+        raise ClipxUsageError(f"{key}: {err}") from None
     return value
 
 
@@ -482,7 +280,7 @@ def _name(value: Any, key: str, kind: str, known: dict[str, Any]) -> str:
 # validation and normalisation
 
 
-class _Registries:
+class Registries:
     """Registry snapshots for one resolution (each registry is built once)."""
 
     def __init__(self) -> None:
@@ -494,19 +292,7 @@ class _Registries:
         return self._cache[kind]
 
 
-def _factory_kwargs(
-    values: dict[str, Any], factory: Any, key: str, reserved: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    params, var_kw = _signature(factory)
-    out = {}
-    for k, v in values.items():
-        if k in params:
-            out[k] = coerce(v, params[k], f"{key}.{k}")
-        elif var_kw:
-            out[k] = v
-        else:
-            raise _unknown_key(f"{key}.{k}", list(params) + list(reserved))
-    return out
+_Registries = Registries  # the short name the validators below use
 
 
 def _templates(value: Any, key: str, reg: _Registries, descriptions: bool = False) -> Any:
@@ -527,7 +313,7 @@ def _templates(value: Any, key: str, reg: _Registries, descriptions: bool = Fals
     )
 
 
-def _model(section: Any, reg: _Registries) -> dict[str, Any]:
+def model_section(section: Any, reg: Registries) -> dict[str, Any]:
     section = dict(_table(section, "model"))
     _require(section, "source", "model", "a model registry name, e.g. 'procedural-small'")
     source = _name(section.pop("source"), "model.source", "model", reg["models"])
@@ -608,7 +394,7 @@ def _method(
     return {"name": name, "label": label, "train": train, "params": explicit}
 
 
-def _evaluate(section: Any, reg: _Registries) -> dict[str, Any]:
+def evaluate_section(section: Any, reg: Registries) -> dict[str, Any]:
     """[evaluate]: protocol preset name + overrides of Protocol fields or the preset's own
     parameters; the protocol is built here so bad values fail at `recipe show` time."""
     from .evaluation import Protocol, protocol_from_dict
@@ -725,7 +511,7 @@ def validate(doc: dict[str, Any], reg: _Registries | None = None) -> dict[str, A
         out["recipe"]["seeds"] = _seed_list(head["seeds"])
     if "model" not in doc:
         raise ClipxUsageError("model: missing section [model] (the starting model)")
-    out["model"] = _model(doc["model"], reg)
+    out["model"] = model_section(doc["model"], reg)
     needs_training = any(k in doc for k in ("pretrain", "defense", "baselines"))
     if "data" in doc:
         out["data"] = _dataset(doc["data"], "data", reg, extra=("templates", "n"))
@@ -748,7 +534,7 @@ def validate(doc: dict[str, Any], reg: _Registries | None = None) -> dict[str, A
             f"baselines: label '{dupes[0]}' is used twice; set label = \"...\" to tell them apart"
         )
     if "evaluate" in doc:
-        out["evaluate"] = _evaluate(doc["evaluate"], reg)
+        out["evaluate"] = evaluate_section(doc["evaluate"], reg)
     present = {
         "pretrain": "pretrain" in out,
         "defend": bool(_methods(out, include_pretrain=False)),
@@ -873,6 +659,20 @@ def _error_in(exc: ClipxUsageError, doc: dict[str, Any]) -> bool:
     return True
 
 
+def dump_toml(doc: dict[str, Any]) -> str:
+    """TOML text of a JSON-like dict; TOML has no null, so keys whose value is None are left out
+    (they mean "the default" in a recipe)."""
+    return tomli_w.dumps(_without_none(doc))
+
+
+def _without_none(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_none(v) for k, v in node.items() if v is not None}
+    if isinstance(node, list):
+        return [_without_none(v) for v in node]
+    return node
+
+
 def load_raw(name_or_path: str | Path) -> tuple[Path, dict[str, Any]]:
     path = find_recipe(name_or_path)
     return path, read_toml(path)
@@ -956,8 +756,24 @@ def list_recipes() -> list[dict[str, Any]]:
     return sorted(out, key=lambda d: d["name"])
 
 
-def run_recipe(recipe, profile=None, run_dir=None, resume=False, overrides=()):
-    """Resolve (if needed) and run a recipe; see clip_robust_ext.runner.run_recipe."""
-    from .runner import run_recipe as _run
-
-    return _run(recipe, profile=profile, run_dir=run_dir, resume=resume, overrides=overrides)
+def load_config(
+    path: str | Path,
+    profile: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    what: str = "config",
+) -> dict[str, Any]:
+    """A plugin's own TOML config with the recipe rules: `[profiles.<name>]` merged as recipes
+    merge profiles (`unset`, a changed component replaces its section), then `--set key=value`
+    overrides. Returns the plain dict (validation is the plugin's)."""
+    doc = read_toml(Path(path))
+    profiles = _table(doc.pop("profiles", {}), "profiles")
+    if profile not in (None, "", "default"):
+        if profile not in profiles:
+            raise unknown_name(f"{what} profile", profile, ["default", *profiles])
+        doc = merge_profile(doc, _table(profiles[profile], f"profiles.{profile}"), profile)
+    for item in overrides:
+        parts, value = parse_set(item)
+        if parts[0] == "profiles":
+            raise ClipxUsageError(f"--set {item}: select a profile with --profile instead")
+        apply_set(doc, parts, value)
+    return doc

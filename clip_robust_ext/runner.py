@@ -227,9 +227,9 @@ def build_defense(method: dict[str, Any]):
 
 
 def train_config(method: dict[str, Any]):
-    from .recipes import _train_config_type
+    from .training.config import TrainConfig
 
-    return _train_config_type().from_dict(dict(method["train"]))
+    return TrainConfig.from_dict(dict(method["train"]))
 
 
 # ------------------------------------------------------------------------------------ result
@@ -282,6 +282,7 @@ def _write_run_files(run_dir: Path, resolved: ResolvedRecipe) -> None:
     from .plugins import plugin_versions
     from .utils.versions import versions
 
+    note_components(run_dir, recipe_components(resolved.doc))
     atomic_write_json(run_dir / "recipe.resolved.json", resolved.doc)
     atomic_write_text(run_dir / "recipe.resolved.toml", resolved.to_toml())
     atomic_write_json(
@@ -506,17 +507,88 @@ def _run(resolved: ResolvedRecipe, run_dir: Path, main: bool) -> RunResult:
     return RunResult(run_dir, records, table, resolved.to_dict(), checkpoints)
 
 
+def finished_models(run_dir: Path, doc: dict[str, Any]) -> list[tuple[str, Path | None]]:
+    """(label, checkpoint) of every model a recipe run has finished, in table order: the start
+    model (its pretrained checkpoint, or None for the source's own weights), then each trained
+    method. For commands that evaluate a finished run further (e.g. `clipx saft grid`)."""
+    run_dir = Path(run_dir)
+    start = None
+    if "pretrain" in doc and (run_dir / doc["pretrain"]["label"] / "done.json").is_file():
+        start = run_dir / doc["pretrain"]["label"] / "final.pt"
+    models: list[tuple[str, Path | None]] = [(START_LABEL, start)]
+    for method in _methods_of(doc):
+        if (run_dir / method["label"] / "done.json").is_file():
+            models.append((method["label"], run_dir / method["label"] / "final.pt"))
+    return models
+
+
+def _methods_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return ([doc["defense"]] if "defense" in doc else []) + list(doc.get("baselines", []))
+
+
 def evaluate_loaded(loaded: Any, protocol: Any, run_dir: Path, label: str) -> list[dict[str, Any]]:
     from .evaluation import evaluate
 
     return evaluate(loaded, protocol, run_dir, label)
 
 
+COMPONENTS_NAME = "components.json"
+
+
+def recipe_components(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """label -> the model source and defenses (with their plugins) behind each model of a recipe."""
+    from .registry import provenance
+
+    model = {"model": provenance("models", doc["model"]["source"])}
+    out = {START_LABEL: dict(model)}
+    pretrain = doc.get("pretrain")
+    start = {**model, "pretrain": provenance("defenses", pretrain["name"])} if pretrain else model
+    if pretrain:
+        out[pretrain["label"]] = dict(start)
+    for method in [doc.get("defense"), *doc.get("baselines", [])]:
+        if method:
+            out[method["label"]] = {**start, "defense": provenance("defenses", method["name"])}
+    return out
+
+
+def note_components(run_dir: Path, by_label: dict[str, dict[str, Any]]) -> None:
+    """Merge label -> components into run_dir/components.json (read by write_results)."""
+    path = Path(run_dir) / COMPONENTS_NAME
+    known = _read_components(run_dir)
+    atomic_write_json(path, {**known, **by_label})
+
+
+def _read_components(run_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((Path(run_dir) / COMPONENTS_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def with_components(run_dir: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each record with `components`: every component behind it (model source, defenses,
+    protocol, dataset, attacks) with the plugin and distribution that supplied it."""
+    from .registry import provenance
+
+    by_label = _read_components(run_dir)
+    out = []
+    for rec in records:
+        parts = dict(by_label.get(rec.get("label"), {}))
+        parts["protocol"] = provenance("evaluators", rec.get("protocol"))
+        parts["dataset"] = provenance("datasets", rec.get("dataset"))
+        if isinstance(rec.get("attacks"), list):
+            parts["attacks"] = [provenance("attacks", a.get("name")) for a in rec["attacks"]]
+        out.append({**rec, "components": {k: v for k, v in parts.items() if v}})
+    return out
+
+
 def write_results(run_dir: Path, records: list[dict[str, Any]]) -> str:
-    """results.json (every record), results.md / results.csv (tables); returns the markdown."""
+    """results.json (every record, with the plugins behind it), results.md / results.csv
+    (tables); returns the markdown."""
     from .evaluation import markdown_table, write_reports
 
-    atomic_write_json(run_dir / "results.json", records)
+    atomic_write_json(run_dir / "results.json", with_components(run_dir, records))
     write_reports(run_dir, records)
     return markdown_table(records)
 
@@ -551,9 +623,9 @@ def eval_model_spec(
     extra = _kv(model_args, "--model-arg")
     if model in models:
         spec: dict[str, Any] = {"source": model, **extra}
-        from .recipes import _signature
+        from .params import signature_of
 
-        accepted, var_kw = _signature(models[model].obj)
+        accepted, var_kw = signature_of(models[model].obj)
         for key, value in (("arch", arch), ("pretrained", pretrained)):
             if value is None:
                 continue
@@ -622,11 +694,11 @@ def run_eval(
     import re
 
     from .evaluation import load_records, protocol_from_dict
-    from .recipes import _evaluate, _model, _Registries, apply_set, parse_set
+    from .recipes import Registries, apply_set, evaluate_section, model_section, parse_set
 
-    reg = _Registries()
+    reg = Registries()
     raw_spec, default_label = eval_model_spec(model, arch, pretrained, checkpoint, model_args)
-    spec = _model(raw_spec, reg)
+    spec = model_section(raw_spec, reg)
     section: dict[str, Any] = {"protocol": protocol}
     for key, value in (
         ("attacks", list(attacks)),
@@ -643,13 +715,16 @@ def run_eval(
         if parts[0] == "evaluate":
             parts = parts[1:]
         apply_set(section, parts, value)
-    section = _evaluate(section, reg)
+    section = evaluate_section(section, reg)
     proto = protocol_from_dict(section)
     label = label or re.sub(r"[^A-Za-z0-9_.+-]", "-", default_label)
     run_dir = Path(run_dir) if run_dir else Path("runs") / f"eval-{label}"
     with RunLock(run_dir, resume=True, what="evaluation"):
         _check_writable(run_dir)
         loaded = build_model(spec, device_of(device), seed=0)
+        from .registry import provenance
+
+        note_components(run_dir, {label: {"model": provenance("models", spec["source"])}})
         log(f"{label}: evaluating under protocol '{proto.name}' into {run_dir}")
         records = evaluate_loaded(loaded, proto, run_dir, label)
         everything = load_records(run_dir)

@@ -23,7 +23,7 @@ def c10():
 def test_registered_with_protocol_params():
     entry = get("attacks", "autoattack")
     assert entry.modality == "image"
-    assert set(entry.meta["protocol_params"]) == {"norm", "seed", "backend"}
+    assert set(entry.protocol_params) == {"norm", "seed", "backend"}
 
 
 @pytest.mark.parametrize(

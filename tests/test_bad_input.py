@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from clip_robust_ext import hookimpl
 from clip_robust_ext.cli import cli
-from clip_robust_ext.utils.tomlwriter import dump_toml
+from clip_robust_ext.recipes import dump_toml
 
 # ------------------------------------------------------------------------------ test inputs
 

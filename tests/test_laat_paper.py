@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from clipx_laat.cli import load_paper_config
-from clipx_laat.paper import PaperConfig, _resolve_split, run_paper
+from clipx_laat.paper import PaperConfig, resolve_split, run_paper
 from helpers import CIFAR10_CLASSES, assets
 
 from clip_robust_ext.errors import ClipxUsageError
@@ -17,18 +17,18 @@ CLASSES = CIFAR10_CLASSES
 
 
 def test_split_defaults_and_errors():
-    assert _resolve_split(CLASSES, None, None) == (CLASSES[:5], CLASSES[5:])
-    assert _resolve_split(CLASSES, None, ["cat", "dog"]) == (
+    assert resolve_split(CLASSES, None, None) == (CLASSES[:5], CLASSES[5:])
+    assert resolve_split(CLASSES, None, ["cat", "dog"]) == (
         [c for c in CLASSES if c not in ("cat", "dog")],
         ["cat", "dog"],
     )
-    assert _resolve_split(CLASSES, ["cat", "dog"], None)[1] == [
+    assert resolve_split(CLASSES, ["cat", "dog"], None)[1] == [
         c for c in CLASSES if c not in ("cat", "dog")
     ]
     with pytest.raises(ClipxUsageError, match="did you mean 'truck'"):
-        _resolve_split(CLASSES, None, ["truk", "dog"])
+        resolve_split(CLASSES, None, ["truk", "dog"])
     with pytest.raises(ClipxUsageError, match="overlap"):
-        _resolve_split(CLASSES, ["cat", "dog"], ["dog", "frog"])
+        resolve_split(CLASSES, ["cat", "dog"], ["dog", "frog"])
 
 
 @pytest.mark.slow
@@ -90,3 +90,44 @@ def test_take_is_per_class_and_shuffled():
     assert y.tolist() != sorted(y.tolist())  # mixed order: a prefix covers several classes
     x2, y2 = _take(ds, names, [names[3], names[1], names[7]], per_class=4, seed=0)
     assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
+@pytest.mark.slow
+def test_paper_mode_run_dir_lock_resume_and_metrics_not_accumulated(tmp_path):
+    """The recipe runner's run-dir rules: a finished head is reused, metrics.jsonl is not
+    appended to across re-runs, an interrupted run needs --resume, a new config retrains."""
+    import os
+    import socket
+
+    assets()
+    overrides = ["epochs=1", "train_per_class=8", "test_per_class=4", "seen_test_per_class=2"]
+    cfg = PaperConfig.from_dict(load_paper_config(profile="smoke", overrides=overrides))
+    said: list[str] = []
+    first = run_paper(cfg, tmp_path, echo=said.append)
+    metrics = (tmp_path / "metrics.jsonl").read_text()
+    assert metrics and json.loads((tmp_path / "versions.json").read_text())["plugins"]["laat"]
+
+    said.clear()
+    again = run_paper(cfg, tmp_path, echo=said.append)
+    assert any("[expanded] already trained and evaluated" in s for s in said)
+    assert again["heads"] == first["heads"]
+    assert (tmp_path / "metrics.jsonl").read_text() == metrics  # not appended
+
+    dead = os.fork()  # a pid that has surely exited: the owner of a stale lock
+    if dead == 0:
+        os._exit(0)
+    os.waitpid(dead, 0)
+    lock = {"pid": dead, "host": socket.gethostname(), "started": 0}
+    (tmp_path / "run.lock").write_text(json.dumps(lock))
+    with pytest.raises(ClipxUsageError, match="did not finish; pass --resume"):
+        run_paper(cfg, tmp_path, echo=said.append)
+    run_paper(cfg, tmp_path, echo=said.append, resume=True)
+    assert not (tmp_path / "run.lock").exists()
+
+    said.clear()
+    other = PaperConfig.from_dict(
+        load_paper_config(profile="smoke", overrides=[*overrides, "seed=1"])
+    )
+    run_paper(other, tmp_path, echo=said.append)
+    assert not any("already trained" in s for s in said)  # a new config retrains the head
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == len(metrics.splitlines())

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import ClipxUsageError
+from ..params import checked
 from ..utils.eps import parse_eps
 from .base import attack_mode
 
@@ -286,6 +287,6 @@ def _device_of(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def build_autoattack(model: nn.Module, **params: Any) -> AutoAttackAdapter:
-    """Registry factory: `build_attack('autoattack', zs, eps='1/255', attacks=[...], seed=0)`."""
-    return AutoAttackAdapter(model, **params)
+# Registry factory: `build_attack('autoattack', zs, eps='1/255', attacks=[...], seed=0)`; its
+# signature is the adapter's, so recipes check every key before anything runs
+build_autoattack = checked(AutoAttackAdapter, "attack 'autoattack'")

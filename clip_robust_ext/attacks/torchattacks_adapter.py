@@ -7,12 +7,13 @@ eval mode (restoring the previous state) and exposes eps/norm for the integrity 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import ClipxUsageError
+from ..params import checked
 from ..utils.eps import parse_eps
 from .base import attack_mode
 
@@ -40,12 +41,6 @@ class TorchattacksAttack:
     """A torchattacks Attack run with frozen weights in eval mode, in fp32."""
 
     def __init__(self, cls: type, model: nn.Module, **params: Any):
-        allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "model"}
-        unknown = sorted(set(params) - allowed)
-        if unknown:
-            raise ClipxUsageError(
-                f"{cls.__name__}: unknown parameter(s) {unknown}; accepted: {sorted(allowed)}"
-            )
         for key in _BUDGET_KEYS:
             if key in params and cls.__name__ not in _UNBOUNDED:
                 params[key] = parse_eps(
@@ -71,12 +66,13 @@ class TorchattacksAttack:
         return f"torchattacks.{self.cls_name}({self.params})"
 
 
-def factory_for(cls: type):
+def factory_for(cls: type) -> Callable[..., TorchattacksAttack]:
+    """The registry factory of a torchattacks-style Attack class: `factory(model, **params)`,
+    with the class's own parameters as its signature (checked by name on every call, read by
+    recipes and `clipx attacks`)."""
+
     def build(model: nn.Module, **params: Any) -> TorchattacksAttack:
         return TorchattacksAttack(cls, model, **params)
 
     build.__doc__ = f"torchattacks.{cls.__name__}"
-    build.__wrapped__ = (
-        cls  # inspect.signature(build) shows the attack's parameters (clipx attacks)
-    )
-    return build
+    return checked(build, f"attack '{cls.__name__.lower()}'", signature=inspect.signature(cls))

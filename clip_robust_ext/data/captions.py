@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from ..errors import ClipxUsageError
-from .folders import _to_tensor
+from .folders import image_to_tensor
 
 SHAPE_CAPTIONS = (
     "a photo of a {colour} {shape}.",
@@ -151,7 +151,7 @@ def karpathy_gallery(
         if not path.is_file():
             raise ClipxUsageError(f"image listed in {annotations.name} not found: {path}")
         with Image.open(path) as img:
-            images.append(_to_tensor(img, image_size))
+            images.append(image_to_tensor(img, image_size))
     return CaptionGallery(
         torch.stack(images), [c for _, c in items], name=f"{annotations.stem}-{split}"
     )

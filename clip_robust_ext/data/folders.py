@@ -134,3 +134,9 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         with Image.open(self.files[i]) as img:
             return _to_tensor(img, self.image_size), self.targets[i]
+
+
+def image_to_tensor(img: Image.Image, size: int | None = None) -> torch.Tensor:
+    """A PIL image as float (3, H, W) in [0, 1], resized to `size` if given: how every image
+    folder of clipx reads an image (also the caption galleries)."""
+    return _to_tensor(img, size)

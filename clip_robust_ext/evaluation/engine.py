@@ -146,7 +146,7 @@ def plan_attacks(zs: nn.Module, protocol: Protocol, key: str = "dataset") -> lis
     for spec in protocol.attacks:
         entry = get("attacks", spec["name"])
         modality = entry.modality or "image"
-        takes = set(entry.meta.get("protocol_params", ()))
+        takes = set(entry.protocol_params)
         budgets: list[float | None] = list(protocol.eps) if modality != "text" else [None]
         for eps in budgets:
             params = {

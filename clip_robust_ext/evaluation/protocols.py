@@ -7,17 +7,16 @@ and built from a recipe's `[evaluate]` table. Named presets are registered throu
 
 from __future__ import annotations
 
-import ast
 import copy
 import dataclasses
 import hashlib
 import json
-import operator
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ClipxUsageError, closest
 from ..utils.eps import format_eps, parse_eps
+from ..utils.eps import resolve_budget_expr as resolve_budget_expr  # re-exported (engine)
 
 NORMS = ("Linf", "L2", "L1")
 PRECISIONS = ("fp32", "model")  # fp32: attacks must run in fp32; model: whatever the model is
@@ -83,41 +82,6 @@ def dataset_key(spec: dict[str, Any]) -> str:
 
 def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
-
-
-_OPS = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.USub: operator.neg,
-}
-
-
-def resolve_budget_expr(value: Any, eps: float) -> Any:
-    """'eps/4', '2.5*eps/10' -> float given eps; anything else is returned unchanged."""
-    if not isinstance(value, str) or "eps" not in value:
-        return value
-
-    def ev(node: ast.AST) -> float:
-        if isinstance(node, ast.Expression):
-            return ev(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-            return float(node.value)
-        if isinstance(node, ast.Name) and node.id == "eps":
-            return eps
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-            return _OPS[type(node.op)](ev(node.left), ev(node.right))
-        if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
-            return _OPS[type(node.op)](ev(node.operand))
-        raise ValueError
-
-    try:
-        return ev(ast.parse(value, mode="eval"))
-    except (ValueError, SyntaxError, ZeroDivisionError):
-        raise ClipxUsageError(
-            f"cannot evaluate {value!r}: use numbers, eps, + - * / (e.g. 'eps/4')"
-        ) from None
 
 
 @dataclass

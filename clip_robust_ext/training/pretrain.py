@@ -28,6 +28,7 @@ from ..data import procedural as _procedural_module
 from ..errors import ClipxUsageError
 from ..models import LoadedCLIP, ZeroShotClassifier, load_clip, save_open_clip_checkpoint
 from ..models.clip import CONFIG_DIR
+from ..params import checked, keyword_parameters
 from ..utils.io import atomic_write_json
 from .config import TrainConfig
 from .trainer import train
@@ -289,5 +290,10 @@ def procedural_small(
     return loaded
 
 
-# the options behind **overrides, so recipes check them at `clipx recipe show` time
-procedural_small.recipe_params = PROCEDURAL_SMALL_DEFAULTS  # type: ignore[attr-defined]
+# the registered factory: the options behind **overrides are part of its signature, so recipes
+# check them at `clipx recipe show` time
+procedural_small_model = checked(
+    procedural_small,
+    "model 'procedural-small'",
+    extra=keyword_parameters(PROCEDURAL_SMALL_DEFAULTS),
+)

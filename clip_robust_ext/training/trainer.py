@@ -25,6 +25,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -271,17 +272,15 @@ def train(
     an existing run_dir/checkpoint.pt of the same setup is continued (a finished one is loaded and
     returned at once). Writes run_dir/{checkpoint.pt, final.pt (open_clip format), metrics.jsonl}.
     eval_fn(loaded, step) -> dict|list runs every config.eval_every steps on every rank (so it may
-    shard), in eval mode, without disturbing the training RNG; rank 0 logs what it returns."""
+    shard), in eval mode, without disturbing the training RNG; rank 0 logs what it returns.
+
+    Steps: set-up (this function), `_Run` (optimiser, state restored from a checkpoint), its
+    `loop` of `train_step`s with `checkpoint` and evaluation, then `_finish` (export)."""
     defense = _as_defense(defense)
     config = _as_config(config).resolved(defense)
     info = D.init_distributed()
     run_dir = Path(run_dir)
-    if classnames is None:
-        classnames = getattr(dataset, "classnames", None)
-        if not classnames:
-            raise ClipxUsageError("train(): the dataset has no `classnames`; pass classnames=")
-    classnames = list(classnames)
-    templates = list(templates) if templates else list(DEFAULT_TEMPLATES)
+    classnames, templates = _names_and_templates(dataset, classnames, templates)
     n = len(dataset)
     spe = D.ShardedBatchSampler.steps_per_epoch(n, config.batch_size)
     if spe == 0:
@@ -305,106 +304,194 @@ def train(
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     seed_everything(config.seed + info.rank)
     # the reference is the *starting* model, copied before any resumed weights are loaded
-    reference = None
-    if defense.needs_reference:
-        ref_loaded = copy.deepcopy(loaded)
-        ref_loaded.model.eval().requires_grad_(False)
-        reference = ZeroShotClassifier(ref_loaded, classnames, templates).to(device).eval()
+    reference = _reference(loaded, defense, classnames, templates, device)
     if state is not None:
         model.load_state_dict(state["model"])
     logger = _Logger(run_dir, info.is_main)
-    bar = None
+    run: _Run | None = None
     try:
         if state is not None and state["step"] >= total:
             _finish(loaded, run_dir, info, defense, total)
             return loaded
-        params = set_trainable(model, config.trainable)
-        zs = ZeroShotClassifier(loaded, classnames, templates).to(device)
-        ctx = TrainContext(
-            model=zs,
+        setup = _Setup(
+            defense, config, info, device, run_dir, ckpt_path, fingerprint, total, spe, logger
+        )
+        run = _Run(loaded, setup, reference, classnames, templates)
+        if state is not None:
+            run.restore(state)
+        run.loop(dataset, eval_fn, progress)
+        run.checkpoint()
+        _finish(loaded, run_dir, info, defense, total)
+        return loaded
+    finally:
+        if run is not None and run.bar is not None:  # an error must not land on the bar's line
+            run.bar.close()
+        logger.close()
+        for name, p in model.named_parameters():
+            p.requires_grad_(flags.get(name, True))
+        model.eval()
+
+
+def _names_and_templates(
+    dataset: Dataset, classnames: list[str] | None, templates: list[str] | None
+) -> tuple[list[str], list[str]]:
+    if classnames is None:
+        classnames = getattr(dataset, "classnames", None)
+        if not classnames:
+            raise ClipxUsageError("train(): the dataset has no `classnames`; pass classnames=")
+    return list(classnames), list(templates) if templates else list(DEFAULT_TEMPLATES)
+
+
+def _reference(
+    loaded: LoadedCLIP,
+    defense: Defense,
+    classnames: list[str],
+    templates: list[str],
+    device: torch.device,
+) -> ZeroShotClassifier | None:
+    """A frozen copy of the starting model, for defenses that need one."""
+    if not defense.needs_reference:
+        return None
+    ref_loaded = copy.deepcopy(loaded)
+    ref_loaded.model.eval().requires_grad_(False)
+    return ZeroShotClassifier(ref_loaded, classnames, templates).to(device).eval()
+
+
+@dataclass
+class _Setup:
+    """What a run is: fixed before its first step."""
+
+    defense: Defense
+    config: TrainConfig
+    info: D.DistInfo
+    device: torch.device
+    run_dir: Path
+    ckpt_path: Path
+    fingerprint: dict
+    total: int  # optimiser steps
+    spe: int  # steps per epoch
+    logger: _Logger
+
+
+class _Run:
+    """One training run's state: model, zero-shot head, optimiser, schedule, step counters.
+    The steps a reader follows: __init__ (optimiser and schedule), restore (from a checkpoint),
+    loop -> train_step / advance, checkpoint."""
+
+    def __init__(
+        self,
+        loaded: LoadedCLIP,
+        setup: _Setup,
+        reference: ZeroShotClassifier | None,
+        classnames: list[str],
+        templates: list[str],
+    ):
+        config, device, defense = setup.config, setup.device, setup.defense
+        self.loaded, self.setup, self.model = loaded, setup, loaded.model
+        self.classnames, self.templates = classnames, templates
+        self.params = set_trainable(self.model, config.trainable)
+        self.zs = ZeroShotClassifier(loaded, classnames, templates).to(device)
+        self.ctx = TrainContext(
+            model=self.zs,
             reference=reference,
             classnames=classnames,
             templates=templates,
             device=device,
             build_attack=fp32_attack_builder,
-            extras={"dist": info, "config": config, "run_dir": run_dir},
+            extras={"dist": setup.info, "config": config, "run_dir": setup.run_dir},
         )
-        defense.setup(ctx)
+        defense.setup(self.ctx)
         if isinstance(defense, nn.Module):
             defense.to(device)
-            params += [p for p in defense.parameters() if p.requires_grad]
-        module = _DefenseLoss(zs, defense, ctx)
-        optimizer = build_optimizer(module, config)
-        scheduler = build_scheduler(optimizer, config, total)
-        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
-        scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
+            self.params += [p for p in defense.parameters() if p.requires_grad]
+        self.module = _DefenseLoss(self.zs, defense, self.ctx)
+        self.optimizer = build_optimizer(self.module, config)
+        self.scheduler = build_scheduler(self.optimizer, config, setup.total)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
+        self.scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
+        self.step = self.epoch = self.step_in_epoch = 0
+        self.runner: nn.Module = self.module
+        self.bar: Any = None
 
-        step = epoch = step_in_epoch = 0
-        if state is not None:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if scaler is not None and state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            if isinstance(defense, nn.Module) and state.get("defense_state"):
-                defense.load_state_dict(state["defense_state"])
-            step, epoch, step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
-            rngs = state.get("rng") or []
-            if len(rngs) == info.world_size:
-                set_rng_state_tensors(rngs[info.rank])
-            else:  # resumed with another process count: data order stays exact, noise does not
-                print(
-                    f"clipx: resuming with {info.world_size} processes (checkpoint: {len(rngs)}); "
-                    "attack noise will differ from an uninterrupted run",
-                    file=sys.stderr,
-                )
-                seed_everything(config.seed + info.rank + 7919 * step)
-            if info.is_main:
-                _truncate_metrics(logger.path, step)
+    def restore(self, state: dict) -> None:
+        """Continue from a training checkpoint: optimiser, schedule, counters, RNG streams."""
+        info, defense = self.setup.info, self.setup.defense
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if isinstance(defense, nn.Module) and state.get("defense_state"):
+            defense.load_state_dict(state["defense_state"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.step_in_epoch = state["step_in_epoch"]
+        rngs = state.get("rng") or []
+        if len(rngs) == info.world_size:
+            set_rng_state_tensors(rngs[info.rank])
+        else:  # resumed with another process count: data order stays exact, noise does not
+            print(
+                f"clipx: resuming with {info.world_size} processes (checkpoint: {len(rngs)}); "
+                "attack noise will differ from an uninterrupted run",
+                file=sys.stderr,
+            )
+            seed_everything(self.setup.config.seed + info.rank + 7919 * self.step)
+        if info.is_main:
+            _truncate_metrics(self.setup.logger.path, self.step)
 
-        runner: nn.Module = module
+    def checkpoint(self) -> None:
+        """checkpoint.pt with everything an exact resume needs (rank 0 writes it)."""
+        setup = self.setup
+        rngs = D.gather_objects(rng_state_tensors())
+        if setup.info.is_main:
+            save_checkpoint(
+                setup.ckpt_path,
+                {
+                    "step": self.step,
+                    "epoch": self.epoch,
+                    "step_in_epoch": self.step_in_epoch,
+                    "total_steps": setup.total,
+                    "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                    "defense_state": setup.defense.state_dict()
+                    if isinstance(setup.defense, nn.Module)
+                    else None,
+                    "rng": rngs,
+                    "world_size": setup.info.world_size,
+                    "fingerprint": setup.fingerprint,
+                    "config": plain(setup.config.to_dict()),
+                    "arch": self.loaded.arch,
+                },
+            )
+        D.barrier()
+
+    def loop(self, dataset: Dataset, eval_fn: EvalFn | None, progress: bool) -> None:
+        """Steps until `total`, epoch by epoch, from wherever the counters stand."""
+        setup, config = self.setup, self.setup.config
+        info, device = setup.info, setup.device
         if info.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            runner = DDP(
-                module,
+            self.runner = DDP(
+                self.module,
                 device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=True,
             )
-
-        def checkpoint() -> None:
-            rngs = D.gather_objects(rng_state_tensors())
-            if info.is_main:
-                save_checkpoint(
-                    ckpt_path,
-                    {
-                        "step": step,
-                        "epoch": epoch,
-                        "step_in_epoch": step_in_epoch,
-                        "total_steps": total,
-                        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict() if scaler is not None else None,
-                        "defense_state": defense.state_dict()
-                        if isinstance(defense, nn.Module)
-                        else None,
-                        "rng": rngs,
-                        "world_size": info.world_size,
-                        "fingerprint": fingerprint,
-                        "config": plain(config.to_dict()),
-                        "arch": loaded.arch,
-                    },
-                )
-            D.barrier()
-
-        caption_of = caption_function(dataset, classnames, templates)
-        bar = _progress(total, step, progress and info.is_main, defense.name)
-        started = time.perf_counter()
-        model.train()
-        zs.train()
-        while step < total:
+        caption_of = caption_function(dataset, self.classnames, self.templates)
+        self.bar = _progress(setup.total, self.step, progress and info.is_main, setup.defense.name)
+        self.started = time.perf_counter()
+        self.model.train()
+        self.zs.train()
+        n = len(dataset)
+        while self.step < setup.total:
             sampler = D.ShardedBatchSampler(
-                n, config.batch_size, config.seed, epoch, step_in_epoch, info.rank, info.world_size
+                n,
+                config.batch_size,
+                config.seed,
+                self.epoch,
+                self.step_in_epoch,
+                info.rank,
+                info.world_size,
             )
             loader = DataLoader(
                 _Indexed(dataset),
@@ -412,89 +499,90 @@ def train(
                 num_workers=config.num_workers,
                 collate_fn=_collate,
                 # own generator: creating a loader must not consume the global RNG
-                generator=torch.Generator().manual_seed(config.seed * 31 + epoch),
+                generator=torch.Generator().manual_seed(config.seed * 31 + self.epoch),
             )
             for images, labels, index in loader:
                 captions = [caption_of(int(i), int(y)) for i, y in zip(index, labels)]
                 batch = Batch(images.to(device), labels.to(device), captions, index)
-                ctx.step, ctx.epoch = step, epoch
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(
-                    device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-                ):
-                    loss, metrics = runner(batch)
-                names = sorted(metrics)
-                # loss and metrics in one device tensor: the finiteness check below is the
-                # step's only host sync (deliberate: a NaN must stop the run before the update)
-                values = torch.stack(
-                    [_scalar(loss, device)] + [_scalar(metrics[k], device) for k in names]
-                )
-                values = D.all_reduce_mean(values)
-                if not torch.isfinite(values[0]):
-                    last = (
-                        f"the last good checkpoint (step {_ckpt_step(ckpt_path)}) is kept in {ckpt_path}"
-                        if ckpt_path.is_file()
-                        else "no checkpoint had been written yet"
-                    )
-                    raise ClipxError(
-                        f"{defense.name}: non-finite loss ({float(values[0])}) at step {step + 1}; "
-                        f"training stopped, {last}"
-                    )
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                else:
-                    loss.backward()
-                if config.grad_clip:
-                    if scaler is not None:
-                        scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                lr = optimizer.param_groups[0]["lr"]
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                scheduler.step()
-                if config.clamp_logit_scale and hasattr(model, "logit_scale"):
-                    with torch.no_grad():
-                        model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
-                record = {
-                    "step": step + 1,
-                    "epoch": epoch,  # the epoch this step's batch came from
-                    "lr": lr,
-                    "loss": float(values[0]),
-                    **{k: float(v) for k, v in zip(names, values[1:].tolist())},
-                }
-                step += 1
-                step_in_epoch += 1
-                if step_in_epoch >= spe:
-                    epoch, step_in_epoch = epoch + 1, 0
-                if step % config.log_every == 0 or step == total:
-                    logger.log({**record, "time_s": round(time.perf_counter() - started, 3)})
-                bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4f}")
-                if (
-                    eval_fn is not None
-                    and config.eval_every
-                    and (step % config.eval_every == 0 or step == total)
-                ):
-                    _evaluate(eval_fn, loaded, zs, step, logger)
-                if step >= total:
+                record = self.train_step(batch)
+                self.advance(record, eval_fn)
+                if self.step >= setup.total:
                     break
-                if config.checkpoint_every and step % config.checkpoint_every == 0:
-                    checkpoint()
+                if config.checkpoint_every and self.step % config.checkpoint_every == 0:
+                    self.checkpoint()
             # an epoch boundary reached inside the loop already advanced (epoch, step_in_epoch)
-        bar.close()
-        checkpoint()
-        _finish(loaded, run_dir, info, defense, total)
-        return loaded
-    finally:
-        if bar is not None:  # an error message must not land on the progress bar's line
-            bar.close()
-        logger.close()
-        for name, p in model.named_parameters():
-            p.requires_grad_(flags.get(name, True))
-        model.eval()
+        self.bar.close()
+
+    def train_step(self, batch: Batch) -> dict[str, Any]:
+        """One optimiser step on `batch`; returns its metrics record (loss, lr, defense metrics)."""
+        setup, config, device = self.setup, self.setup.config, self.setup.device
+        optimizer, scaler = self.optimizer, self.scaler
+        self.ctx.step, self.ctx.epoch = self.step, self.epoch
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(
+            device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        ):
+            loss, metrics = self.runner(batch)
+        names = sorted(metrics)
+        # loss and metrics in one device tensor: the finiteness check below is the
+        # step's only host sync (deliberate: a NaN must stop the run before the update)
+        values = torch.stack([_scalar(loss, device)] + [_scalar(metrics[k], device) for k in names])
+        values = D.all_reduce_mean(values)
+        if not torch.isfinite(values[0]):
+            ckpt_path = setup.ckpt_path
+            last = (
+                f"the last good checkpoint (step {_ckpt_step(ckpt_path)}) is kept in {ckpt_path}"
+                if ckpt_path.is_file()
+                else "no checkpoint had been written yet"
+            )
+            raise ClipxError(
+                f"{setup.defense.name}: non-finite loss ({float(values[0])}) at step "
+                f"{self.step + 1}; training stopped, {last}"
+            )
+        if scaler is not None:
+            scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        if config.grad_clip:
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, config.grad_clip)
+        lr = optimizer.param_groups[0]["lr"]
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        self.scheduler.step()
+        if config.clamp_logit_scale and hasattr(self.model, "logit_scale"):
+            with torch.no_grad():
+                self.model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+        return {
+            "step": self.step + 1,
+            "epoch": self.epoch,  # the epoch this step's batch came from
+            "lr": lr,
+            "loss": float(values[0]),
+            **{k: float(v) for k, v in zip(names, values[1:].tolist())},
+        }
+
+    def advance(self, record: dict[str, Any], eval_fn: EvalFn | None) -> None:
+        """Count the step, log it, and evaluate when it is time."""
+        setup, config = self.setup, self.setup.config
+        self.step += 1
+        self.step_in_epoch += 1
+        if self.step_in_epoch >= setup.spe:
+            self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        step, total = self.step, setup.total
+        if step % config.log_every == 0 or step == total:
+            setup.logger.log({**record, "time_s": round(time.perf_counter() - self.started, 3)})
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{record['loss']:.4f}")
+        if (
+            eval_fn is not None
+            and config.eval_every
+            and (step % config.eval_every == 0 or step == total)
+        ):
+            _evaluate(eval_fn, self.loaded, self.zs, step, setup.logger)
 
 
 def evaluation_callback(protocol: Any, run_dir: str | Path, label: str = "step") -> EvalFn:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import operator
 from fractions import Fraction
+from typing import Any
 
 from ..errors import ClipxUsageError
 
@@ -40,3 +43,38 @@ def format_eps(eps: float) -> str:
     if abs(k - round(k)) < 1e-6:
         return f"{round(k)}/255"
     return f"{eps:.6g}"
+
+
+_OPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.USub: operator.neg,
+}
+
+
+def resolve_budget_expr(value: Any, eps: float) -> Any:
+    """'eps/4', '2.5*eps/10' -> float given eps; anything else is returned unchanged."""
+    if not isinstance(value, str) or "eps" not in value:
+        return value
+
+    def ev(node: ast.AST) -> float:
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return float(node.value)
+        if isinstance(node, ast.Name) and node.id == "eps":
+            return eps
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](ev(node.operand))
+        raise ValueError
+
+    try:
+        return ev(ast.parse(value, mode="eval"))
+    except (ValueError, SyntaxError, ZeroDivisionError):
+        raise ClipxUsageError(
+            f"cannot evaluate {value!r}: use numbers, eps, + - * / (e.g. 'eps/4')"
+        ) from None

@@ -14,10 +14,10 @@ def register_defenses(register):
 
 @hookimpl
 def register_models(register):
-    from clip_robust_ext.training.pretrain import procedural_small
+    from clip_robust_ext.api import procedural_small_model
 
     register(
         "procedural-small",
-        procedural_small,
+        procedural_small_model,
         description="clipx-tiny-rn contrastively pre-trained on ProceduralShapes (cached by content hash)",
     )

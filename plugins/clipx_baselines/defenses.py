@@ -6,16 +6,23 @@ mode, verified) except FARE's embedding-space inner max (fare_attack.EmbeddingPG
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from clip_robust_ext.attacks import attack_mode, verify_adversarial
-from clip_robust_ext.errors import ClipxUsageError, closest
-from clip_robust_ext.training import Batch, Defense, TrainContext, clip_contrastive_loss
-from clip_robust_ext.utils.eps import format_eps, parse_eps
+from clip_robust_ext.api import (
+    Batch,
+    ClipxUsageError,
+    Defense,
+    TrainContext,
+    attack_mode,
+    checked,
+    clip_contrastive_loss,
+    format_eps,
+    parse_eps,
+    verify_adversarial,
+)
 
 from .fare_attack import EmbeddingPGD, embedding_l2
 
@@ -204,18 +211,7 @@ class FARE(Defense):
 
 def factory(cls: type[Defense]):
     """factory(**params) -> Defense, naming unknown parameters with the closest accepted one."""
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-
-    def build(**params: Any) -> Defense:
-        for key in params:
-            if key not in accepted:
-                raise ClipxUsageError(
-                    f"defense '{cls.name}': unknown parameter '{key}'{closest(key, accepted)}; accepted: {accepted}"
-                )
-        return cls(**params)
-
-    build.__doc__ = cls.__doc__
-    return build
+    return checked(cls, f"defense '{cls.name}'")
 
 
 DEFENSES = {cls.name: cls for cls in (FTStandard, TeCoA, PMGAFT, FARE)}

@@ -46,6 +46,6 @@ def register_evaluators(register):
 
 @hookimpl
 def register_recipes(register):
-    from clip_robust_ext.recipes import register_shipped
+    from clip_robust_ext.api import register_shipped
 
     register_shipped(register)

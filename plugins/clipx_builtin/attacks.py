@@ -1,6 +1,6 @@
 """Image attacks from torchattacks, each under its lowercase class name."""
 
-from clip_robust_ext.attacks.torchattacks_adapter import factory_for, torchattacks_classes
+from clip_robust_ext.api import factory_for, torchattacks_classes
 
 
 def register_all(register) -> None:

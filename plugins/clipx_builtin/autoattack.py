@@ -1,6 +1,6 @@
 """AutoAttack (fra31 settings) as the image attack "autoattack"."""
 
-from clip_robust_ext.attacks.autoattack_adapter import build_autoattack
+from clip_robust_ext.api import build_autoattack
 
 
 def register_all(register) -> None:
@@ -10,6 +10,5 @@ def register_all(register) -> None:
         modality="image",
         # the engine fills these from the protocol when the attack spec leaves them out
         protocol_params=("norm", "seed", "backend"),
-        backends=("pyautoattack", "fra31", "torchattacks", "auto"),
         description="AutoAttack with fra31 settings (pyautoattack | fra31 | torchattacks backends)",
     )

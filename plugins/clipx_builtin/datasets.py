@@ -5,8 +5,9 @@ from __future__ import annotations
 from functools import partial
 from typing import Literal
 
-from clip_robust_ext.data import (
+from clip_robust_ext.api import (
     CIFAR10_SPLITS,
+    ClipxUsageError,
     ImageFolderDataset,
     ProceduralShapes,
     TarImageFolder,
@@ -14,7 +15,6 @@ from clip_robust_ext.data import (
     load_suite_dataset,
     suite_names,
 )
-from clip_robust_ext.errors import ClipxUsageError
 
 
 def procedural(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from clip_robust_ext.data.paths import assets_dir
-from clip_robust_ext.errors import ClipxUsageError
-from clip_robust_ext.models import LoadedCLIP, load_clip
+from clip_robust_ext.api import ClipxUsageError, LoadedCLIP, assets_dir, load_clip
 
 
 def open_clip_model(

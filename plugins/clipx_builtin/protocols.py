@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from clip_robust_ext.evaluation.protocols import Protocol
+from clip_robust_ext.api import Protocol
 
 
 def _tecoa16() -> list[str]:
-    from clip_robust_ext.data.suite import TECOA_16  # torchvision: imported only when built
+    from clip_robust_ext.api import TECOA_16
 
     return list(TECOA_16)
 

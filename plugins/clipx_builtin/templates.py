@@ -1,6 +1,6 @@
 """Template sets: the TeCoA single template, OpenAI's ImageNet ensembles, shapes."""
 
-from clip_robust_ext.data.templates import TEMPLATE_SETS
+from clip_robust_ext.api import TEMPLATE_SETS
 
 
 def register_all(register) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from clip_robust_ext import hookimpl
-from clip_robust_ext.attacks import AttackOutput, attack_mode, verify_adversarial
+from clip_robust_ext.api import AttackOutput, attack_mode, verify_adversarial
 
 from .attack import CoAttackKL
 from .retrieval import RetrievalProtocol
@@ -49,7 +49,7 @@ class CoAttackClassifier:
         random_start: str = "positive",
         **text_params: Any,
     ):
-        from clip_robust_ext.attacks.text.classifier import TextAttackOnPrompts
+        from clip_robust_ext.api import TextAttackOnPrompts
 
         text_params.setdefault("goal", "kl")
         self.model = model
@@ -83,9 +83,12 @@ def register_attacks(register):
         modality="image",
         description="image-only embedding-KL PGD (Co-Attack's image baseline)",
     )
+    from clip_robust_ext.api import checked, text_attack_parameters
+
     register(
         "coattack",
-        CoAttackClassifier,
+        # the text attack's parameters are part of the signature: recipes check them up front
+        checked(CoAttackClassifier, "attack 'coattack'", extra=text_attack_parameters()),
         modality="multimodal",
         description="CLIP-KL Co-Attack: KL text attack on prompts, then KL image PGD away from them",
     )

@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from torchattacks.attack import Attack
 
-from clip_robust_ext.errors import ClipxUsageError
-from clip_robust_ext.utils.eps import parse_eps
+from clip_robust_ext.api import ClipxUsageError, parse_eps
 
 RANDOM_STARTS = ("positive", "symmetric", "none")
 

@@ -10,21 +10,23 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from clip_robust_ext.attacks import attack_mode, verify_adversarial
-from clip_robust_ext.data.captions import (
+from clip_robust_ext.api import (
+    RETRIEVAL_FORMULAS,
     CaptionGallery,
+    ClipxUsageError,
+    Protocol,
+    ZeroShotClassifier,
+    attack_mode,
+    attack_success,
     class_galleries,
+    format_eps,
     karpathy_gallery,
     procedural_galleries,
+    recall_hits,
+    seed_everything,
+    verify_adversarial,
+    versions,
 )
-from clip_robust_ext.errors import ClipxUsageError
-from clip_robust_ext.evaluation import Protocol
-from clip_robust_ext.evaluation.retrieval import RETRIEVAL_FORMULAS, attack_success, recall_hits
-from clip_robust_ext.models import ZeroShotClassifier
-from clip_robust_ext.utils.eps import format_eps
-from clip_robust_ext.utils.io import atomic_write_json
-from clip_robust_ext.utils.seeding import seed_everything
-from clip_robust_ext.utils.versions import versions
 
 from .attack import CoAttackKL
 
@@ -37,7 +39,7 @@ def build_galleries(spec: dict[str, Any], seed: int) -> list[CaptionGallery]:
     if source == "procedural":
         return procedural_galleries(seed=seed, **spec)
     if source == "classes":
-        from clip_robust_ext.registry import get
+        from clip_robust_ext.api import get
 
         ds_name = spec.pop("dataset", "cifar10-jpegs")
         split = spec.pop("split", "test")
@@ -56,9 +58,14 @@ GALLERY_SOURCES = {"procedural": procedural_galleries, "classes": class_gallerie
 
 def check_galleries(spec: Any) -> None:
     """The [evaluate.galleries] table: a known source and that builder's parameters."""
-    from clip_robust_ext.errors import closest, unknown_name
-    from clip_robust_ext.recipes import _signature, _unknown_key, coerce
-    from clip_robust_ext.registry import entries
+    from clip_robust_ext.api import (
+        closest,
+        coerce,
+        entries,
+        signature_of,
+        unknown_key,
+        unknown_name,
+    )
 
     if not isinstance(spec, dict):
         raise ClipxUsageError(f"galleries: expected a table, got {spec!r}")
@@ -69,7 +76,7 @@ def check_galleries(spec: Any) -> None:
             f"galleries.source: {source!r} is not one of {', '.join(choices)}"
             f"{closest(str(source), choices)}"
         )
-    params, _ = _signature(GALLERY_SOURCES[source])
+    params, _ = signature_of(GALLERY_SOURCES[source])
     params.pop("seed", None)  # the protocol's seed
     if source == "classes":
         params.update(dataset=str, split=str)
@@ -83,21 +90,20 @@ def check_galleries(spec: Any) -> None:
         if key == "source":
             continue
         if key not in params:
-            raise _unknown_key(f"galleries.{key}", ["source", *params])
+            raise unknown_key(f"galleries.{key}", ["source", *params])
         coerce(value, params[key], f"galleries.{key}")
 
 
 def check_text_attack(params: Any) -> None:
     """The [evaluate.text_attack] table: TextAttackConfig fields (goal and seed are the protocol's)."""
-    from clip_robust_ext.attacks.text.config import TextAttackConfig
-    from clip_robust_ext.recipes import _unknown_key
+    from clip_robust_ext.api import TextAttackConfig, unknown_key
 
     if not isinstance(params, dict):
         raise ClipxUsageError(f"text_attack: expected a table, got {params!r}")
     allowed = [f for f in TextAttackConfig.__dataclass_fields__ if f not in ("goal", "seed")]
     for key in params:
         if key not in allowed and key != "tokenizer":
-            raise _unknown_key(f"text_attack.{key}", allowed)
+            raise unknown_key(f"text_attack.{key}", allowed)
     if not isinstance(params.get("masked_lm", ""), str):
         raise ClipxUsageError(
             f"text_attack.masked_lm: expected a hub name or a local folder, got {params['masked_lm']!r}"
@@ -135,19 +141,22 @@ class RetrievalProtocol(Protocol):
     def evaluate_with(
         self, loaded, run_dir, label: str, resume: bool = True, progress: bool = True
     ) -> list[dict]:
-        from pathlib import Path
+        from clip_robust_ext.api import (
+            CLIPTextAttacker,
+            config_from_params,
+            model_fingerprint,
+            read_json,
+            result_path,
+            write_result,
+        )
 
-        from clip_robust_ext.attacks.text.attacker import CLIPTextAttacker
-        from clip_robust_ext.attacks.text.classifier import config_from_params
-
-        path = Path(run_dir) / "eval" / label / self.name / "retrieval.json"
-        key = repr(sorted(self.to_dict().items()))
-        if resume and path.is_file():
-            import json
-
-            saved = json.loads(path.read_text())
-            if saved.get("protocol_key") == key:
-                return saved["records"]
+        # the engine's record store and rule: the key covers the settings and the model weights,
+        # so another checkpoint under the same label is evaluated, not served the old numbers
+        path = result_path(run_dir, label, self.name, "retrieval")
+        key = repr(sorted(self.to_dict().items())) + "|model=" + model_fingerprint(loaded.model)
+        saved = read_json(path) if resume else None
+        if saved is not None and saved.get("protocol_key") == key:
+            return saved["records"]
         started = time.time()
         zs = ZeroShotClassifier(loaded, classnames=["object"])
         zs.eval()
@@ -234,7 +243,7 @@ class RetrievalProtocol(Protocol):
                         "elapsed_s": time.time() - started,
                     }
                 )
-        atomic_write_json(path, {"protocol_key": key, "records": out})
+        write_result(path, {"protocol_key": key, "records": out})
         return out
 
     def _image_attack(self, zs, images, eps, weight, text_emb, g_index, mode) -> torch.Tensor:

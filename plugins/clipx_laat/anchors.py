@@ -7,9 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from clip_robust_ext.errors import ClipxUsageError
-from clip_robust_ext.models import LoadedCLIP, ZeroShotClassifier
-from clip_robust_ext.models.zeroshot import build_prompts
+from clip_robust_ext.api import ClipxUsageError, LoadedCLIP, ZeroShotClassifier, build_prompts
 
 from .expansion import Expansion, apply_expansion, fit_expansion, mean_pairwise_cosine
 

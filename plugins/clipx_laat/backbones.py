@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clip_robust_ext.errors import ClipxUsageError
+from clip_robust_ext.api import ClipxUsageError
 
 # CIFAR-100 statistics used by the reference for CIFAR-FS
 CIFAR_MEAN = (0.5070751592371323, 0.48654887331495095, 0.4409178433670343)

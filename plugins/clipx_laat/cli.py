@@ -14,23 +14,11 @@ PAPER_TOML = Path(__file__).with_name("paper.toml")
 def load_paper_config(
     config: str | Path | None = None, profile: str | None = None, overrides=()
 ) -> dict[str, Any]:
-    """paper.toml (or `config`), deep-merged with `profiles.<profile>`, then `--set key=value`."""
-    from clip_robust_ext.errors import ClipxUsageError, closest
-    from clip_robust_ext.recipes import apply_set, deep_merge, parse_set, read_toml
+    """paper.toml (or `config`) with a profile and `--set key=value` overrides, merged by the
+    recipe rules (`unset` included)."""
+    from clip_robust_ext.api import load_config
 
-    doc = read_toml(Path(config) if config else PAPER_TOML)
-    profiles = doc.pop("profiles", {})
-    if profile not in (None, "", "default"):
-        if profile not in profiles:
-            raise ClipxUsageError(
-                f"laat paper: unknown profile '{profile}'{closest(profile, profiles)}; "
-                f"profiles: default, {', '.join(sorted(profiles))}"
-            )
-        doc = deep_merge(doc, profiles[profile])
-    for item in overrides:
-        parts, value = parse_set(item)
-        apply_set(doc, parts, value)
-    return doc
+    return load_config(Path(config) if config else PAPER_TOML, profile, overrides, "laat paper")
 
 
 def register(cli: click.Group) -> None:
@@ -61,9 +49,14 @@ def register(cli: click.Group) -> None:
         default=None,
         help="Where results go (default: runs/laat-paper-<profile>).",
     )
+    @click.option(
+        "--resume",
+        is_flag=True,
+        help="Continue an interrupted run in --run-dir (finished heads are kept).",
+    )
     @click.option("--show", is_flag=True, help="Print the resolved config and exit.")
     @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-    def paper(profile, overrides, config, run_dir, show, as_json) -> None:
+    def paper(profile, overrides, config, run_dir, resume, show, as_json) -> None:
         """Train a backbone from scratch against CLIP text anchors (expanded and raw), PGD-7 at 8/255
         on the seen classes; report zero-shot clean / PGD-20 (/ AutoAttack) accuracy on the novel ones."""
         from .paper import PaperConfig, run_paper
@@ -74,7 +67,7 @@ def register(cli: click.Group) -> None:
             click.echo(json.dumps(doc, indent=2))
             return
         out = Path(run_dir or f"runs/laat-paper-{profile or 'default'}")
-        results = run_paper(cfg, out, echo=lambda s: click.echo(s, err=True))
+        results = run_paper(cfg, out, echo=lambda s: click.echo(s, err=True), resume=resume)
         if as_json:
             click.echo(json.dumps(results, indent=2, default=str))
         else:
@@ -103,13 +96,13 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
     def anchors(model_name, dataset, split, novel, templates, as_json) -> None:
         """Mean pairwise cosine of the text anchors before and after LAAT's expansion."""
-        from clip_robust_ext.registry import get
+        from clip_robust_ext.api import get
 
         from .anchors import LAAT_TEMPLATES, build_anchor_set, text_anchors
-        from .paper import _resolve_split
+        from .paper import resolve_split
 
         ds = get("datasets", dataset).obj(split=split)
-        seen, nov = _resolve_split(list(ds.classnames), None, list(novel) if novel else None)
+        seen, nov = resolve_split(list(ds.classnames), None, list(novel) if novel else None)
         loaded = get("models", model_name).obj()
         tpl = list(templates) or list(LAAT_TEMPLATES)
         raw = build_anchor_set(

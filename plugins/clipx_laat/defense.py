@@ -15,12 +15,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from clip_robust_ext.attacks import verify_adversarial
-from clip_robust_ext.errors import ClipxUsageError
-from clip_robust_ext.models import ZeroShotClassifier
-from clip_robust_ext.models.zeroshot import build_prompts
-from clip_robust_ext.training import Batch, Defense, TrainContext
-from clip_robust_ext.utils.eps import format_eps, parse_eps
+from clip_robust_ext.api import (
+    Batch,
+    ClipxUsageError,
+    Defense,
+    TrainContext,
+    ZeroShotClassifier,
+    build_prompts,
+    format_eps,
+    parse_eps,
+    verify_adversarial,
+)
 
 from .expansion import apply_expansion, fit_expansion, mean_pairwise_cosine
 from .losses import cosine_logits, laat_loss

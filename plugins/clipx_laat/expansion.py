@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from clip_robust_ext.errors import ClipxUsageError
+from clip_robust_ext.api import ClipxUsageError
 
 _EPS = 1e-12
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from clip_robust_ext.errors import ClipxUsageError
+from clip_robust_ext.api import ClipxUsageError
 
 
 def cosine_logits(features: torch.Tensor, anchors: torch.Tensor, tau: float = 1.0) -> torch.Tensor:

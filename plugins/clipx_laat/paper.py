@@ -11,6 +11,7 @@ does not host it; the loop here is deliberately small: SGD + one step decay, as 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -22,12 +23,23 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from clip_robust_ext.attacks import build_attack, verify_adversarial
-from clip_robust_ext.errors import ClipxError, ClipxUsageError, closest
-from clip_robust_ext.registry import get, names
-from clip_robust_ext.utils.eps import parse_eps
-from clip_robust_ext.utils.io import atomic_write_json, atomic_write_text
-from clip_robust_ext.utils.seeding import seed_everything
+from clip_robust_ext.api import (
+    ClipxError,
+    ClipxUsageError,
+    RunLock,
+    atomic_write_json,
+    atomic_write_text,
+    build_attack,
+    closest,
+    get,
+    names,
+    parse_eps,
+    plugin_versions,
+    read_json,
+    seed_everything,
+    verify_adversarial,
+    versions,
+)
 
 from .anchors import LAAT_TEMPLATES, AnchorSet, build_anchor_set, text_anchors
 from .backbones import AnchorNet, build_backbone
@@ -133,7 +145,7 @@ class SplitData:
     novel_y: torch.Tensor
 
 
-def _resolve_split(classnames: list[str], seen: Sequence[str] | None, novel: Sequence[str] | None):
+def resolve_split(classnames: list[str], seen: Sequence[str] | None, novel: Sequence[str] | None):
     for group in (seen or [], novel or []):
         for c in group:
             if c not in classnames:
@@ -160,7 +172,7 @@ def _resolve_split(classnames: list[str], seen: Sequence[str] | None, novel: Seq
 def _take(dataset, classnames: list[str], wanted: list[str], per_class: int | None, seed: int):
     """Decode up to `per_class` images of each wanted class (seeded choice); labels = index in wanted.
     Returned in a seeded random order, so any prefix (e.g. the AutoAttack subset) mixes classes."""
-    from clip_robust_ext.data import few_shot_indices, targets_of
+    from clip_robust_ext.api import few_shot_indices, targets_of
 
     targets = targets_of(dataset)
     ids = {classnames.index(c): i for i, c in enumerate(wanted)}
@@ -182,7 +194,7 @@ def load_split(cfg: PaperConfig) -> SplitData:
     train = factory(split="train", **cfg.dataset_params)
     test = factory(split="test", **cfg.dataset_params)
     classnames = list(train.classnames)
-    seen, novel = _resolve_split(classnames, cfg.seen, cfg.novel)
+    seen, novel = resolve_split(classnames, cfg.seen, cfg.novel)
     tx, ty = _take(train, classnames, seen, cfg.train_per_class, cfg.seed)
     if cfg.seen_test_per_class:
         sx, sy = _take(test, classnames, seen, cfg.seen_test_per_class, cfg.seed + 1)
@@ -407,21 +419,41 @@ def anchor_report(
 
 
 def run_paper(
-    cfg: PaperConfig, run_dir: str | Path, echo: Callable[[str], None] = print
+    cfg: PaperConfig,
+    run_dir: str | Path,
+    echo: Callable[[str], None] = print,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train one backbone per head (expanded / raw anchors), test zero-shot on the novel classes,
-    write results.json, results.md and metrics.jsonl into run_dir; return the results."""
+    write results.json, results.md and metrics.jsonl into run_dir; return the results.
+
+    The run directory follows the recipe runner's rules: a lock refuses a second run (and an
+    interrupted one unless `resume`), versions.json records packages and plugins, and a head
+    whose record (`head-<head>.json`) matches this config and these plugin versions is reused,
+    not retrained; metrics.jsonl holds exactly the training steps of the kept heads."""
     if cfg.autoattack and "autoattack" not in names("attacks"):
         raise ClipxUsageError("laat: autoattack=true but no 'autoattack' attack is registered")
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir, resume, what="laat paper run"):
+        return _run_paper(cfg, run_dir, echo)
+
+
+def _run_key(cfg_dict: dict[str, Any], plugins: dict[str, str]) -> str:
+    text = json.dumps({"config": cfg_dict, "plugins": plugins}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _run_paper(cfg: PaperConfig, run_dir: Path, echo: Callable[[str], None]) -> dict[str, Any]:
     t_start = time.time()
+    cfg_dict = {k: v for k, v in asdict(cfg).items()}
+    plugins = plugin_versions()
+    key = _run_key(cfg_dict, plugins)
+    atomic_write_json(run_dir / "versions.json", {"packages": versions(), "plugins": plugins})
     data = load_split(cfg)
     loaded = get("models", cfg.anchor_model).obj(**cfg.anchor_model_params)
     raw_seen = text_anchors(loaded, data.seen, cfg.templates)
     raw_novel = text_anchors(loaded, data.novel, cfg.templates)
     sets = {h: build_anchor_set(raw_seen, raw_novel, expand=(h == "expanded")) for h in cfg.heads}
-    cfg_dict = {k: v for k, v in asdict(cfg).items()}
     results: dict[str, Any] = {
         "config": cfg_dict,
         "seen": data.seen,
@@ -436,43 +468,70 @@ def run_paper(
         f"mean pairwise cosine raw {a['raw']['all']:.3f} -> expanded {a['expanded']['all']:.3f} "
         f"(theta_max {a['expanded']['theta_max_deg']:.1f} deg)"
     )
-    metrics_path = run_dir / "metrics.jsonl"
-    with open(metrics_path, "a") as mf:
-        for head, anchors in sets.items():
-            t0 = time.time()
-
-            def log(rec: dict[str, Any], head: str = head) -> None:
-                mf.write(json.dumps({"head": head, **rec}) + "\n")
-                mf.flush()
-
-            model = train_backbone(anchors, data, cfg, log)
-            train_s = time.time() - t0
-            torch.save(
-                {"state_dict": model.state_dict(), "config": cfg_dict, "head": head},
-                run_dir / f"backbone-{head}.pt",
-            )
-            res: dict[str, Any] = {"train_seconds": round(train_s, 1)}
-            if len(data.seen_x):
-                res["seen"] = evaluate_head(model, anchors.seen, data.seen_x, data.seen_y, cfg)
-            res["novel"] = evaluate_head(
-                model, anchors.novel, data.novel_x, data.novel_y, cfg, autoattack=cfg.autoattack
-            )
-            if cfg.episodes:
-                res["episodic"] = evaluate_episodes(
-                    model, anchors.novel, data.novel_x, data.novel_y, cfg
-                )
-            res["eval_seconds"] = round(time.time() - t0 - train_s, 1)
-            results["heads"][head] = res
-            sn = res.get("seen", {})
-            echo(
-                f"[{head}] novel clean {_pct(res['novel'], 'clean_acc')} robust {_pct(res['novel'], 'robust_acc')} "
-                f"| seen clean {_pct(sn, 'clean_acc')} robust {_pct(sn, 'robust_acc')} "
-                f"({train_s:.0f}s train)"
-            )
+    for head, anchors in sets.items():
+        results["heads"][head] = _run_head(head, anchors, data, cfg, run_dir, key, echo)
+    _write_metrics(run_dir, list(sets))
     results["seconds"] = round(time.time() - t_start, 1)
     atomic_write_json(run_dir / "results.json", results)
     atomic_write_text(run_dir / "results.md", results_markdown(results))
     return results
+
+
+def _run_head(
+    head: str,
+    anchors: AnchorSet,
+    data: SplitData,
+    cfg: PaperConfig,
+    run_dir: Path,
+    key: str,
+    echo: Callable[[str], None],
+) -> dict[str, Any]:
+    """Train and evaluate one head, or reuse its finished record."""
+    record_path = run_dir / f"head-{head}.json"
+    done = read_json(record_path)
+    if done and done.get("key") == key and (run_dir / f"backbone-{head}.pt").is_file():
+        echo(f"[{head}] already trained and evaluated ({record_path})")
+        return done["result"]
+    t0 = time.time()
+    with open(run_dir / f"metrics-{head}.jsonl", "w") as mf:  # a retrained head starts afresh
+
+        def log(rec: dict[str, Any]) -> None:
+            mf.write(json.dumps({"head": head, **rec}) + "\n")
+            mf.flush()
+
+        model = train_backbone(anchors, data, cfg, log)
+    train_s = time.time() - t0
+    torch.save(
+        {"state_dict": model.state_dict(), "config": asdict(cfg), "head": head},
+        run_dir / f"backbone-{head}.pt",
+    )
+    res: dict[str, Any] = {"train_seconds": round(train_s, 1)}
+    if len(data.seen_x):
+        res["seen"] = evaluate_head(model, anchors.seen, data.seen_x, data.seen_y, cfg)
+    res["novel"] = evaluate_head(
+        model, anchors.novel, data.novel_x, data.novel_y, cfg, autoattack=cfg.autoattack
+    )
+    if cfg.episodes:
+        res["episodic"] = evaluate_episodes(model, anchors.novel, data.novel_x, data.novel_y, cfg)
+    res["eval_seconds"] = round(time.time() - t0 - train_s, 1)
+    atomic_write_json(record_path, {"key": key, "result": res})  # written last: marks it done
+    sn = res.get("seen", {})
+    echo(
+        f"[{head}] novel clean {_pct(res['novel'], 'clean_acc')} robust {_pct(res['novel'], 'robust_acc')} "
+        f"| seen clean {_pct(sn, 'clean_acc')} robust {_pct(sn, 'robust_acc')} "
+        f"({train_s:.0f}s train)"
+    )
+    return res
+
+
+def _write_metrics(run_dir: Path, heads: list[str]) -> None:
+    """metrics.jsonl: the training steps of this run's heads, each once (never appended to)."""
+    lines = []
+    for head in heads:
+        path = run_dir / f"metrics-{head}.jsonl"
+        if path.is_file():
+            lines += path.read_text().splitlines(keepends=True)
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(lines))
 
 
 def _pct(rec: dict[str, Any], key: str) -> str:

@@ -1,62 +1,43 @@
 """Factories of the registered text and multimodal attacks (TextAttack loads on first use).
 
-Each factory carries an explicit `__signature__` so recipes check parameter names and types
-before any work starts."""
+Both are `checked` factories: their signature lists every text-attack parameter, so recipes
+check parameter names and types before any work starts."""
 
 from __future__ import annotations
 
 import inspect
-import typing
 from typing import Any
 
-from clip_robust_ext.attacks.text.config import TextAttackConfig
-from clip_robust_ext.models import ZeroShotClassifier
+from clip_robust_ext.api import ZeroShotClassifier, checked, text_attack_parameters
 
 _KW = inspect.Parameter.KEYWORD_ONLY
 
 
-def _text_parameters() -> list[inspect.Parameter]:
-    hints = typing.get_type_hints(TextAttackConfig)
-    out = [
-        inspect.Parameter("target", _KW, default="prompts", annotation=str),
-        inspect.Parameter("anchors", _KW, default="text", annotation=Any),
-    ]
-    for name, field in TextAttackConfig.__dataclass_fields__.items():
-        annotation = Any if name == "masked_lm" else hints[name]  # a name, a path or a model object
-        out.append(inspect.Parameter(name, _KW, default=field.default, annotation=annotation))
-    out.append(inspect.Parameter("tokenizer", _KW, default=None, annotation=Any))
-    return out
-
-
-def _signature(extra: list[inspect.Parameter]) -> inspect.Signature:
-    model = inspect.Parameter(
-        "model", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=ZeroShotClassifier
-    )
-    return inspect.Signature([model, *extra, *_text_parameters()])
-
-
-def text_attack(model: ZeroShotClassifier, **params: Any):
+def _text_attack(model: ZeroShotClassifier, **params: Any):
     """text-attack(model, transformation="bert-mlm", goal="kl", max_words=1, max_candidates=10,
     masked_lm="bert-base-uncased", min_confidence=0.3, target="prompts", anchors="text", seed=0)."""
-    from clip_robust_ext.attacks.text.classifier import TextAttackOnPrompts
+    from clip_robust_ext.api import TextAttackOnPrompts
 
     return TextAttackOnPrompts(model, **params)
 
 
-def multimodal(model: ZeroShotClassifier, **params: Any):
+def _multimodal(model: ZeroShotClassifier, **params: Any):
     """multimodal(model, eps="1/255", alpha="1/255", steps=10, image_attack="pgd", **text-attack params)."""
-    from clip_robust_ext.attacks.text.classifier import MultimodalAttack
+    from clip_robust_ext.api import MultimodalAttack
 
     return MultimodalAttack(model, **params)
 
 
-text_attack.__signature__ = _signature([])
-multimodal.__signature__ = _signature(
-    [
+text_attack = checked(_text_attack, "attack 'text-attack'", extra=text_attack_parameters())
+multimodal = checked(
+    _multimodal,
+    "attack 'multimodal'",
+    extra=[
         inspect.Parameter("eps", _KW, default="1/255", annotation=float | str),
         inspect.Parameter("alpha", _KW, default="1/255", annotation=float | str),
         inspect.Parameter("steps", _KW, default=10, annotation=int),
         inspect.Parameter("image_attack", _KW, default="pgd", annotation=str),
         inspect.Parameter("random_start", _KW, default=True, annotation=bool),
-    ]
+        *text_attack_parameters(),
+    ],
 )

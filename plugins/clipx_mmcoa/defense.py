@@ -15,16 +15,24 @@ step reproduces that.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
 
-from clip_robust_ext.attacks import verify_adversarial
-from clip_robust_ext.attacks.text import CaptionAttackCache, CLIPTextAttacker, TextAttackConfig
-from clip_robust_ext.errors import ClipxUsageError, closest
-from clip_robust_ext.training import Batch, Defense, TrainContext, clip_contrastive_loss
-from clip_robust_ext.utils.eps import format_eps, parse_eps
+from clip_robust_ext.api import (
+    Batch,
+    CaptionAttackCache,
+    CLIPTextAttacker,
+    ClipxUsageError,
+    Defense,
+    TextAttackConfig,
+    TrainContext,
+    checked,
+    clip_contrastive_loss,
+    format_eps,
+    parse_eps,
+    verify_adversarial,
+)
 
 
 class MMCoA(Defense):
@@ -152,23 +160,5 @@ class MMCoA(Defense):
         }
 
 
-def factory(**params: Any) -> MMCoA:
-    """mmcoa(**params) -> MMCoA; unknown parameters name the closest accepted one."""
-    accepted = [p for p in inspect.signature(MMCoA.__init__).parameters if p != "self"]
-    for key in params:
-        if key not in accepted:
-            raise ClipxUsageError(
-                f"defense 'mmcoa': unknown parameter '{key}'{closest(key, accepted)}; accepted: {accepted}"
-            )
-    return MMCoA(**params)
-
-
-factory.__doc__ = MMCoA.__doc__
-# recipes check parameter names and types against this before any work starts
-factory.__signature__ = inspect.signature(MMCoA.__init__, eval_str=True).replace(
-    parameters=[
-        p
-        for name, p in inspect.signature(MMCoA.__init__, eval_str=True).parameters.items()
-        if name != "self"
-    ]
-)
+# mmcoa(**params) -> MMCoA; recipes check parameter names and types against its signature
+factory = checked(MMCoA, "defense 'mmcoa'")

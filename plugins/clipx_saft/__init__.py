@@ -38,7 +38,7 @@ __all__ = [
 @hookimpl
 def register_templates(register):
     for name, data in shipped_sets().items():
-        register(name, data, description=SHIPPED[name][1], kind="descriptions")
+        register(name, data, description=SHIPPED[name][1])
 
 
 @hookimpl

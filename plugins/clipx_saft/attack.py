@@ -13,10 +13,7 @@ import torch
 import torch.nn.functional as F
 from torchattacks.attack import Attack
 
-from clip_robust_ext.attacks import attack_mode
-from clip_robust_ext.errors import ClipxUsageError
-from clip_robust_ext.models import ZeroShotClassifier
-from clip_robust_ext.utils.eps import parse_eps
+from clip_robust_ext.api import ClipxUsageError, ZeroShotClassifier, attack_mode, checked, parse_eps
 
 from .descriptions import (
     DEFAULT_TEMPLATE,
@@ -139,12 +136,8 @@ class SemanticEnsemblePGD(Attack):
         return adv
 
 
-def semantic_ensemble(model: ZeroShotClassifier, **params: Any) -> SemanticEnsemblePGD:
-    """Registry factory: eps, alpha, steps, random_start, descriptions, k, filter, template."""
-    allowed = {"eps", "alpha", "steps", "random_start", "descriptions", "k", "filter", "template"}
-    unknown = sorted(set(params) - allowed)
-    if unknown:
-        raise ClipxUsageError(
-            f"semantic-ensemble: unknown parameter(s) {unknown}; accepted: {sorted(allowed)}"
-        )
-    return SemanticEnsemblePGD(model, **params)
+# Registry factory: eps, alpha, steps, random_start, descriptions, k, filter, template (a
+# ready ClassDescriptions object is for Python callers only)
+semantic_ensemble = checked(
+    SemanticEnsemblePGD, "attack 'semantic-ensemble'", hidden=("class_descriptions",)
+)

@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clip_robust_ext.errors import ClipxUsageError
-from clip_robust_ext.models import ZeroShotClassifier
+from clip_robust_ext.api import ClipxUsageError, ZeroShotClassifier
 
 DISTANCES = ("l2", "l1", "cos")
 

@@ -12,36 +12,33 @@ from typing import Any
 
 import click
 
-from clip_robust_ext.errors import ClipxUsageError
+from clip_robust_ext.api import ClipxUsageError
 
 from .protocol import PROTOCOL_NAMES, TEXTS, evaluate_grid, grid_markdown
 
 
 def run_models(run_dir: Path) -> tuple[dict[str, Any], list[tuple[str, Path | None]]]:
     """(resolved recipe, [(label, checkpoint or None for the start model)]) of a recipe run."""
-    from clip_robust_ext.recipes import START_LABEL
+    from clip_robust_ext.api import finished_models, read_json
 
-    path = run_dir / "recipe.resolved.json"
-    if not path.is_file():
+    doc = read_json(run_dir / "recipe.resolved.json")
+    if doc is None:
         raise ClipxUsageError(f"{run_dir} is not a recipe run directory (no recipe.resolved.json)")
-    doc = json.loads(path.read_text())
-    start = None
-    if "pretrain" in doc and (run_dir / doc["pretrain"]["label"] / "done.json").is_file():
-        start = run_dir / doc["pretrain"]["label"] / "final.pt"
-    models: list[tuple[str, Path | None]] = [(START_LABEL, start)]
-    methods = ([doc["defense"]] if "defense" in doc else []) + list(doc.get("baselines", []))
-    for method in methods:
-        if (run_dir / method["label"] / "done.json").is_file():
-            models.append((method["label"], run_dir / method["label"] / "final.pt"))
-    return doc, models
+    return doc, finished_models(run_dir, doc)
 
 
 def grid_for_run(run_dir: str | Path, device: str = "auto") -> str:
     """Both grid columns for every model of a recipe whose [evaluate] uses a saft-* protocol."""
-    from clip_robust_ext.runner import build_model, device_of, load_weights
-    from clip_robust_ext.utils.io import atomic_write_text
+    from clip_robust_ext.api import RunLock
 
     run_dir = Path(run_dir)
+    with RunLock(run_dir, resume=True, what="saft grid"):  # not while the recipe still runs
+        return _grid(run_dir, device)
+
+
+def _grid(run_dir: Path, device: str) -> str:
+    from clip_robust_ext.api import atomic_write_text, build_model, device_of, load_weights
+
     doc, models = run_models(run_dir)
     ev = dict(doc.get("evaluate") or {})
     if ev.get("protocol") not in PROTOCOL_NAMES.values():
@@ -83,8 +80,7 @@ def register(cli: click.Group) -> None:
         if (Path(run_dir) / "recipe.resolved.json").is_file():
             click.echo(grid_for_run(run_dir, device))
             return
-        from clip_robust_ext.evaluation import load_records
-        from clip_robust_ext.utils.io import atomic_write_text
+        from clip_robust_ext.api import atomic_write_text, load_records
 
         records = [r for r in load_records(run_dir) if r.get("protocol") in PROTOCOL_NAMES.values()]
         if not records:
@@ -97,7 +93,7 @@ def register(cli: click.Group) -> None:
     @click.argument("name", required=False)
     def descriptions(name: str | None) -> None:
         """List description sets, or print one (a registered name or a CuPL-style JSON path)."""
-        from clip_robust_ext.registry import entries
+        from clip_robust_ext.api import entries
 
         from .descriptions import resolve_source
 

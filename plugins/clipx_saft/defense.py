@@ -13,11 +13,16 @@ from typing import Any
 
 import torch
 
-from clip_robust_ext.attacks import verify_adversarial
-from clip_robust_ext.errors import ClipxUsageError
-from clip_robust_ext.training import Batch, Defense, TrainContext
-from clip_robust_ext.utils.eps import format_eps, parse_eps
-from clip_robust_ext.utils.io import atomic_write_json
+from clip_robust_ext.api import (
+    Batch,
+    ClipxUsageError,
+    Defense,
+    TrainContext,
+    atomic_write_json,
+    format_eps,
+    parse_eps,
+    verify_adversarial,
+)
 
 from .attack import SemanticEnsemblePGD, ensemble_ce, ensemble_logits
 from .attention import DISTANCES, attention_distance, attention_map, features_and_tokens

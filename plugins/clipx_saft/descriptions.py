@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clip_robust_ext.errors import ClipxUsageError
-from clip_robust_ext.models import DEFAULT_TEMPLATES
+from clip_robust_ext.api import DEFAULT_TEMPLATES, ClipxUsageError
 
 DATA_DIR = Path(__file__).parent / "data"
 SHIPPED: dict[str, tuple[str, str]] = {
@@ -87,7 +86,7 @@ def resolve_source(source: DescriptionSource) -> tuple[str, dict[str, list[str]]
             f"descriptions must be a set name, a JSON path or a dict, got {type(source).__name__}"
         )
     text = str(source)
-    from clip_robust_ext.registry import entries
+    from clip_robust_ext.api import entries
 
     registered = entries("templates")
     if text in registered:
@@ -100,7 +99,7 @@ def resolve_source(source: DescriptionSource) -> tuple[str, dict[str, list[str]]
     if text.endswith(".json") or Path(text).exists():
         return str(Path(text).resolve()), load_description_file(text)
     sets = [n for n, e in registered.items() if isinstance(e.obj, Mapping)]
-    from clip_robust_ext.errors import unknown_name
+    from clip_robust_ext.api import unknown_name
 
     raise unknown_name("description set", text, sets)
 
@@ -287,7 +286,7 @@ def refine_by_name_similarity(
 
 def auto_source(classnames: Sequence[str]) -> str | None:
     """The registered description set covering the most of `classnames` (None if none covers any)."""
-    from clip_robust_ext.registry import entries
+    from clip_robust_ext.api import entries
 
     best, best_cov = None, 0
     for name, entry in entries("templates").items():

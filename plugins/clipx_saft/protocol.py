@@ -17,9 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from clip_robust_ext.errors import ClipxUsageError
-from clip_robust_ext.evaluation import Protocol
-from clip_robust_ext.models import LoadedCLIP
+from clip_robust_ext.api import ClipxUsageError, LoadedCLIP, Protocol
 
 from .descriptions import DEFAULT_TEMPLATE, load_description_file
 
@@ -42,7 +40,7 @@ def _eval_templates(descriptions: Any) -> Any:
 
 
 def _tecoa16() -> list[str]:
-    from clip_robust_ext.data.suite import TECOA_16  # torchvision: imported only when built
+    from clip_robust_ext.api import TECOA_16
 
     return list(TECOA_16)
 
@@ -127,7 +125,7 @@ def evaluate_grid(
 
     settings: k, filter, steps, alpha, template and any Protocol field (datasets, eps, n_samples,
     seed, batch_size ...). Results are resumable files under run_dir/eval like any evaluation."""
-    from clip_robust_ext.evaluation import evaluate
+    from clip_robust_ext.api import evaluate
 
     records = []
     for text in TEXTS:

@@ -56,10 +56,8 @@ Monte Carlo with 100 points per triangle costs 9x the closed form (value + param
 Reproduce: python -m clipx_simplex.bench
 """
 
-import inspect
-
 from clip_robust_ext import hookimpl
-from clip_robust_ext.errors import ClipxUsageError, closest
+from clip_robust_ext.api import checked
 
 from .defense import AdvSimplex
 from .divergence import DIVERGENCES, get_divergence
@@ -83,18 +81,7 @@ __all__ = [
 ]
 
 
-def build_advsimplex(**params) -> AdvSimplex:
-    accepted = list(inspect.signature(AdvSimplex).parameters)
-    for key in params:
-        if key not in accepted:
-            raise ClipxUsageError(
-                f"defense 'advsimplex': unknown parameter '{key}'{closest(key, accepted)}; accepted: {accepted}"
-            )
-    return AdvSimplex(**params)
-
-
-build_advsimplex.__doc__ = AdvSimplex.__doc__
-build_advsimplex.__signature__ = inspect.signature(AdvSimplex)  # recipes route keys by it
+build_advsimplex = checked(AdvSimplex, "defense 'advsimplex'")  # recipes check keys by it
 
 
 @hookimpl

@@ -18,10 +18,7 @@ from typing import Any
 
 import torch
 
-from clip_robust_ext.data import ProceduralShapes
-from clip_robust_ext.models import ZeroShotClassifier
-from clip_robust_ext.registry import get
-from clip_robust_ext.training import Batch, TrainContext
+from clip_robust_ext.api import Batch, ProceduralShapes, TrainContext, ZeroShotClassifier, get
 
 from .divergence import get_divergence
 from .expectation import closed_form, monte_carlo

@@ -7,9 +7,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from clip_robust_ext.errors import ClipxError, ClipxUsageError
-from clip_robust_ext.training import Batch, Defense, TrainContext
-from clip_robust_ext.utils.eps import format_eps, parse_eps
+from clip_robust_ext.api import (
+    Batch,
+    ClipxError,
+    ClipxUsageError,
+    Defense,
+    TrainContext,
+    format_eps,
+    parse_eps,
+)
 
 from .divergence import DIVERGENCES, get_divergence
 from .expectation import DERIVATIVES, closed_form, exact_math, monte_carlo

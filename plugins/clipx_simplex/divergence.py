@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from clip_robust_ext.errors import unknown_name
+from clip_robust_ext.api import unknown_name
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 

@@ -10,7 +10,7 @@ import torch
 import torchattacks
 from torch import nn
 
-from clip_robust_ext.attacks import attack_mode, verify_adversarial
+from clip_robust_ext.api import attack_mode, verify_adversarial
 
 
 class TrajectoryPGD(torchattacks.PGD):

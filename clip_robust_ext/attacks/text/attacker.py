@@ -96,8 +96,8 @@ class CLIPTextAttacker:
                 "goal 'zero-shot' needs anchors (K, D): reference embeddings the labels index"
             )
         if self._attack is None:
-            from ...models.text_wrapper import CLIPTextModelWrapper
             from .compose import build_textattack, build_transformation
+            from .wrapper import CLIPTextModelWrapper
 
             self._wrapper = CLIPTextModelWrapper(
                 self.classifier, anchors=self.anchors, batch_size=self.config.batch_size

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import typing
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -62,6 +64,23 @@ class TextAttackConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def text_attack_parameters() -> list[inspect.Parameter]:
+    """The keyword parameters of an attack on class prompts (TextAttackOnPrompts): target,
+    anchors, every TextAttackConfig field, tokenizer. For `checked(..., extra=...)`, so a recipe's
+    text-attack keys are checked at `clipx recipe show`."""
+    kw = inspect.Parameter.KEYWORD_ONLY
+    hints = typing.get_type_hints(TextAttackConfig)
+    out = [
+        inspect.Parameter("target", kw, default="prompts", annotation=str),
+        inspect.Parameter("anchors", kw, default="text", annotation=Any),
+    ]
+    for name, spec in TextAttackConfig.__dataclass_fields__.items():
+        annotation = Any if name == "masked_lm" else hints[name]  # a name, a path or a model
+        out.append(inspect.Parameter(name, kw, default=spec.default, annotation=annotation))
+    out.append(inspect.Parameter("tokenizer", kw, default=None, annotation=Any))
+    return out
 
 
 @dataclass

@@ -12,7 +12,7 @@ __version__ = "0.2.0"
 
 @hookimpl
 def register_attacks(register):
-    from clip_robust_ext.attacks.torchattacks_adapter import factory_for
+    from clip_robust_ext.api import factory_for
 
     from .attack import RestartFGSM
 

@@ -3,9 +3,7 @@ the zero-shot logits on FGSM-RS examples. The Trainer engine owns the loop; this
 
 import torch.nn.functional as F
 
-from clip_robust_ext.attacks import verify_adversarial
-from clip_robust_ext.training import Defense
-from clip_robust_ext.utils.eps import parse_eps
+from clip_robust_ext.api import Defense, parse_eps, verify_adversarial
 
 
 class FastAT(Defense):

@@ -1,6 +1,6 @@
 """The CLIP text tower as a TextAttack victim model.
 
-Importing this module imports TextAttack (offline-safe, see attacks/text/env.py); nothing in
+Importing this module imports TextAttack (offline-safe, see env.py); nothing in
 `clip_robust_ext` imports it eagerly, so `import clip_robust_ext` stays TextAttack-free.
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ..attacks.text.env import import_textattack
-from .zeroshot import ZeroShotClassifier
+from ...models import ZeroShotClassifier
+from .env import import_textattack
 
 _ta = import_textattack()
 
