@@ -407,12 +407,20 @@ def plugins_command(as_json: bool) -> None:
     "--model",
     "model",
     required=True,
-    help="A model source (clipx models), an open_clip architecture, or a checkpoint file.",
+    help="A model source (clipx models), an open_clip architecture, hf-hub:ORG/NAME, "
+    "local-dir:PATH, or a checkpoint file.",
 )
 @click.option(
-    "--arch", default=None, help="open_clip architecture (with --model open_clip or a checkpoint)."
+    "--arch",
+    default=None,
+    help="open_clip architecture, hf-hub:ORG/NAME or local-dir:PATH (with --model open_clip "
+    "or a checkpoint).",
 )
-@click.option("--pretrained", default=None, help="open_clip pretrained tag or checkpoint path.")
+@click.option(
+    "--pretrained",
+    default=None,
+    help="open_clip pretrained tag, hf-hub:ORG/NAME, local-dir:PATH or checkpoint path.",
+)
 @click.option(
     "--checkpoint",
     default=None,

@@ -574,7 +574,9 @@ def eval_model_spec(
     else:
         import open_clip
 
-        if model not in open_clip.list_models():
+        from .models.hub import has_schema
+
+        if model not in open_clip.list_models() and not has_schema(model):
             choices = list(models) + open_clip.list_models()
             raise unknown_name(
                 "model (clipx model source or open_clip architecture)", model, choices

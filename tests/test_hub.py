@@ -124,3 +124,23 @@ def test_clipx_eval_hub_and_local_dir_offline(hf_cache, tmp_path):
     assert "hf-hub:clipx-test/absent" in missing.stderr
     assert str(home / "hub" / "models--clipx-test--absent") in missing.stderr
     assert "Traceback" not in missing.output
+
+
+def test_hub_name_as_model(hf_cache, tmp_path):
+    """`--model hf-hub:ORG/NAME` like `--model ViT-B-32`: the open_clip source with that name."""
+    result = CliRunner().invoke(
+        cli,
+        ["eval", "--model", f"hf-hub:{REPO_ID}", "--protocol", "clean"]
+        + [
+            "--dataset",
+            "procedural-shapes",
+            "--n",
+            "4",
+            "--json",
+            "--run-dir",
+            str(tmp_path / "r"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["request"]["model"] == {"source": "open_clip", "arch": f"hf-hub:{REPO_ID}"}
