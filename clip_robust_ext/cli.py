@@ -336,11 +336,27 @@ cli.command("datasets")(
         "datasets", "List dataset sources.", ["name", "plugin", "description"], params=True
     )
 )
-cli.command("models")(
-    _registry_command(
-        "models", "List model sources.", ["name", "plugin", "description"], params=True
-    )
+_model_sources = _registry_command(
+    "models", "List model sources.", ["name", "plugin", "description"], params=True
 )
+
+
+@cli.command("models")
+@click.option(
+    "--zoo", is_flag=True, help="List published robust CLIP checkpoints (--model zoo:NAME)."
+)
+@json_option
+def models_command(zoo: bool, as_json: bool) -> None:
+    """List model sources; --zoo: the published robust checkpoints with their reported numbers."""
+    if not zoo:
+        return _model_sources(as_json=as_json)
+    from .models.zoo import zoo_rows
+
+    rows = zoo_rows()
+    if as_json:
+        emit_json(rows)
+    else:
+        print_table(rows, ["name", "arch", "method", "eps", "numbers", "where", "source"])
 cli.command("protocols")(
     _registry_command("evaluators", "List evaluation protocols.", ["name", "plugin", "description"])
 )
@@ -408,7 +424,7 @@ def plugins_command(as_json: bool) -> None:
     "model",
     required=True,
     help="A model source (clipx models), an open_clip architecture, hf-hub:ORG/NAME, "
-    "local-dir:PATH, or a checkpoint file.",
+    "local-dir:PATH, zoo:NAME (clipx models --zoo), or a checkpoint file.",
 )
 @click.option(
     "--arch",

@@ -576,7 +576,8 @@ def eval_model_spec(
 
         from .models.hub import has_schema
 
-        if model not in open_clip.list_models() and not has_schema(model):
+        named = has_schema(model) or model.startswith("zoo:")  # hf-hub:, local-dir:, zoo:
+        if model not in open_clip.list_models() and not named:
             choices = list(models) + open_clip.list_models()
             raise unknown_name(
                 "model (clipx model source or open_clip architecture)", model, choices

@@ -73,7 +73,8 @@ def load_clip(
     """Build `arch` with open_clip and load weights.
 
     arch: an open_clip architecture name, or (as open_clip takes) `hf-hub:ORG/NAME` or
-    `local-dir:PATH`, whose config and weights come from the hub cache / that folder.
+    `local-dir:PATH`, whose config and weights come from the hub cache / that folder, or
+    `zoo:NAME`, a published robust checkpoint (models/zoo.toml).
     pretrained: None (random init, offline; the folder's weights for a schema name), an open_clip
     tag such as 'openai' (hub download), `hf-hub:ORG/NAME` / `local-dir:PATH` (their weights),
     or a local checkpoint in any format `checkpoints.py` accepts. Weights other than tags are
@@ -86,6 +87,12 @@ def load_clip(
         register_model_config(config)
     if precision not in _PRECISIONS:
         raise unknown_name("precision", precision, _PRECISIONS)
+    if arch.startswith("zoo:"):
+        if pretrained is not None:
+            raise ClipxUsageError(f"{arch}: a zoo model brings its own weights; drop pretrained")
+        from .zoo import load_zoo
+
+        return load_zoo(arch, precision=precision, device=device)
     if has_schema(arch):
         model, info = _build_from_folder(arch, pretrained)
     else:

@@ -110,6 +110,14 @@ def _not_cached(repo: str, filename: str):
     )
 
 
+def hub_file(repo: str, filename: str) -> Path:
+    """A named file of a hub repo (cached or downloaded); one-line error if the repo lacks it."""
+    path = _hub_file(repo, filename)
+    if path is None:
+        raise ClipxUsageError(f"{HUB_PREFIX}{repo}: the repo has no file {filename}")
+    return path
+
+
 def hub_weights(repo: str) -> Path:
     """The weights file of an open_clip hub repo (safetensors preferred, as open_clip does)."""
     for name in WEIGHT_NAMES:
