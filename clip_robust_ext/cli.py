@@ -357,6 +357,8 @@ def models_command(zoo: bool, as_json: bool) -> None:
         emit_json(rows)
     else:
         print_table(rows, ["name", "arch", "method", "eps", "numbers", "where", "source"])
+
+
 cli.command("protocols")(
     _registry_command("evaluators", "List evaluation protocols.", ["name", "plugin", "description"])
 )

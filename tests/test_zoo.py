@@ -97,4 +97,3 @@ def test_models_zoo_cli_lists_entries_with_sources_and_numbers():
     assert "fare2-vitl14" in table.stdout and "clean: 67.0" in table.stdout
     plain = CliRunner().invoke(cli, ["models", "--json"])
     assert "open_clip" in {r["name"] for r in json.loads(plain.stdout)}
-
