@@ -359,6 +359,21 @@ def models_command(zoo: bool, as_json: bool) -> None:
         print_table(rows, ["name", "arch", "method", "eps", "numbers", "where", "source"])
 
 
+@cli.command("export")
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--hub-folder",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder to write: open_clip config + safetensors + model card (local-dir:/hf-hub: ready).",
+)
+def export_command(model_dir: str, hub_folder: str) -> None:
+    """Export a trained model (RUN_DIR/LABEL) as an open_clip hub folder with a model card."""
+    from .export import export_hub_folder
+
+    click.echo(f"wrote {export_hub_folder(model_dir, hub_folder)}")
+
+
 cli.command("protocols")(
     _registry_command("evaluators", "List evaluation protocols.", ["name", "plugin", "description"])
 )
