@@ -133,24 +133,33 @@ def _build_named(arch: str, pretrained: str | os.PathLike | None) -> tuple[torch
     if pretrained is not None and _is_local_file(pretrained):
         model = open_clip.create_model(arch, pretrained=None, device="cpu")
         return model, _load_file(model, pretrained)
+    # a hub-hosted tag is looked up in the HF cache of the current environment (HF_HOME read now)
+    repo = _tag_repo(arch, pretrained)
     try:
         model = open_clip.create_model(
-            arch, pretrained=pretrained, device="cpu", cache_dir=str(hub_cache_dir())
+            arch,
+            pretrained=pretrained,
+            device="cpu",
+            cache_dir=str(hub_cache_dir()) if repo else None,
         )
     except Exception as exc:
+        hint = (
+            f" - hub repo {repo}, cache {hub_cache_dir()}; offline, pass a local checkpoint"
+            if repo
+            else " - without network access pass a local checkpoint path as pretrained"
+        )
         raise ClipxError(
             f"cannot load open_clip weights '{arch}' / '{pretrained}': {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}{_tag_hint(arch, pretrained)}"
+            f"{str(exc).splitlines()[0] if str(exc) else ''}{hint}"
         ) from None
     return model, {"checkpoint_format": "open_clip-tag" if pretrained else "random-init"}
 
 
-def _tag_hint(arch: str, tag: str | os.PathLike | None) -> str:
-    """Where an open_clip tag's weights would be cached, so an offline failure says what to fetch."""
-    repo = (open_clip.get_pretrained_cfg(arch, str(tag)) or {}).get("hf_hub", "").strip("/")
-    if repo:
-        return f" - hub repo {repo}, cache {hub_cache_dir()}; offline, pass a local checkpoint"
-    return " - without network access pass a local checkpoint path as pretrained"
+def _tag_repo(arch: str, tag: str | os.PathLike | None) -> str:
+    """The HF hub repo an open_clip pretrained tag downloads from ('' if none / not a hub tag)."""
+    if not tag:
+        return ""
+    return (open_clip.get_pretrained_cfg(arch, str(tag)) or {}).get("hf_hub", "").strip("/")
 
 
 def _build_from_folder(
