@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Install clipx and its toolchain into the active Python environment (create a venv first if you
-# want one: python3 -m venv .venv && . .venv/bin/activate).
+# Install clipx and its toolchain.
+#
+# Where: into the active virtualenv or conda env when one is active; otherwise into ./.venv, which
+# is created (from python3) and reused. A system Python is never installed into: Debian/Ubuntu
+# mark it externally managed (PEP 668) and have no `python` command, only `python3`.
 #
 # Why a script and not one `pip install`:
 # - torchattacks (every release 3.4-3.5.1) pins requests~=2.25.1, which conflicts with the
@@ -12,6 +15,51 @@
 #   and torch 2.14.1 + torchvision 0.29.1 (the pair that imports together). Resolves in ~3-4 min.
 set -euo pipefail
 cd "$(dirname "$0")"
-python -m pip install -c constraints.txt -e ".[dev]"
-python -m pip install --no-deps "torchattacks==3.5.1"
-python -c "import clip_robust_ext, torchattacks, pyautoattack, open_clip; print('clipx installed')"
+
+first_python() {  # the first of the given commands that exists
+    local name
+    for name in "$@"; do
+        if command -v "$name" >/dev/null 2>&1; then
+            command -v "$name"
+            return 0
+        fi
+    done
+    echo "install.sh: no Python found (tried: $*); install python3 first" >&2
+    exit 1
+}
+
+make_venv() {  # ./.venv from the system python3; without ensurepip (no python3-venv), pip.pyz
+    local system
+    system="$(first_python python3 python)"
+    echo "install.sh: no active virtualenv/conda env - creating ./.venv with $system"
+    if ! "$system" -m venv .venv >/dev/null 2>&1; then
+        rm -rf .venv
+        "$system" -m venv --without-pip .venv || {
+            echo "install.sh: '$system -m venv' failed; install the venv module (e.g. apt install python3-venv)" >&2
+            exit 1
+        }
+        echo "install.sh: $system has no ensurepip; bootstrapping pip from https://bootstrap.pypa.io/pip/pip.pyz"
+        "$PWD/.venv/bin/python" -c "import urllib.request as u; u.urlretrieve('https://bootstrap.pypa.io/pip/pip.pyz', '.venv/pip.pyz')"
+        "$PWD/.venv/bin/python" .venv/pip.pyz install --quiet pip
+        rm -f .venv/pip.pyz
+    fi
+}
+
+ACTIVE="${VIRTUAL_ENV:-${CONDA_PREFIX:-}}"
+if [[ -n "$ACTIVE" ]]; then
+    if [[ -x "$ACTIVE/bin/python" ]]; then PY="$ACTIVE/bin/python"; else PY="$(first_python python python3)"; fi
+    echo "install.sh: installing into the active environment $ACTIVE ($PY)"
+    CREATED=""
+else
+    [[ -x .venv/bin/python ]] || make_venv
+    PY="$PWD/.venv/bin/python"
+    echo "install.sh: installing into ./.venv ($PY)"
+    CREATED=1
+fi
+
+"$PY" -m pip install -c constraints.txt -e ".[dev]"
+"$PY" -m pip install --no-deps "torchattacks==3.5.1"
+"$PY" -c "import clip_robust_ext, torchattacks, pyautoattack, open_clip; print('clipx installed')"
+if [[ -n "$CREATED" ]]; then
+    echo "install.sh: clipx is in ./.venv - activate it with:  . .venv/bin/activate"
+fi

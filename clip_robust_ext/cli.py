@@ -327,11 +327,44 @@ cli.command("datasets")(
         "datasets", "List dataset sources.", ["name", "plugin", "description"], params=True
     )
 )
-cli.command("models")(
-    _registry_command(
-        "models", "List model sources.", ["name", "plugin", "description"], params=True
-    )
+_model_sources = _registry_command(
+    "models", "List model sources.", ["name", "plugin", "description"], params=True
 )
+
+
+@cli.command("models")
+@click.option(
+    "--zoo", is_flag=True, help="List published robust CLIP checkpoints (--model zoo:NAME)."
+)
+@json_option
+def models_command(zoo: bool, as_json: bool) -> None:
+    """List model sources; --zoo: the published robust checkpoints with their reported numbers."""
+    if not zoo:
+        return _model_sources(as_json=as_json)
+    from .models.zoo import zoo_rows
+
+    rows = zoo_rows()
+    if as_json:
+        emit_json(rows)
+    else:
+        print_table(rows, ["name", "arch", "method", "eps", "numbers", "where", "source"])
+
+
+@cli.command("export")
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--hub-folder",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder to write: open_clip config + safetensors + model card (local-dir:/hf-hub: ready).",
+)
+def export_command(model_dir: str, hub_folder: str) -> None:
+    """Export a trained model (RUN_DIR/LABEL) as an open_clip hub folder with a model card."""
+    from .export import export_hub_folder
+
+    click.echo(f"wrote {export_hub_folder(model_dir, hub_folder)}")
+
+
 cli.command("protocols")(
     _registry_command("evaluators", "List evaluation protocols.", ["name", "plugin", "description"])
 )
@@ -398,12 +431,20 @@ def plugins_command(as_json: bool) -> None:
     "--model",
     "model",
     required=True,
-    help="A model source (clipx models), an open_clip architecture, or a checkpoint file.",
+    help="A model source (clipx models), an open_clip architecture, hf-hub:ORG/NAME, "
+    "local-dir:PATH, zoo:NAME (clipx models --zoo), or a checkpoint file.",
 )
 @click.option(
-    "--arch", default=None, help="open_clip architecture (with --model open_clip or a checkpoint)."
+    "--arch",
+    default=None,
+    help="open_clip architecture, hf-hub:ORG/NAME or local-dir:PATH (with --model open_clip "
+    "or a checkpoint).",
 )
-@click.option("--pretrained", default=None, help="open_clip pretrained tag or checkpoint path.")
+@click.option(
+    "--pretrained",
+    default=None,
+    help="open_clip pretrained tag, hf-hub:ORG/NAME, local-dir:PATH or checkpoint path.",
+)
 @click.option(
     "--checkpoint",
     default=None,

@@ -51,14 +51,13 @@ _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 def shipped_recipe_dirs() -> list[Path]:
-    """recipes/ next to the package (editable install / checkout), and `clipx_recipes` if built."""
-    dirs = [Path(__file__).resolve().parent.parent / "recipes"]
-    try:
-        import importlib.resources
+    """recipes/ next to the package (editable install / checkout), and `clipx_recipes` if
+    installed (a wheel installs recipes/*.toml under that name, as a namespace package)."""
+    import importlib.util
 
-        dirs.append(Path(str(importlib.resources.files("clipx_recipes"))))
-    except (ImportError, TypeError):
-        pass
+    dirs = [Path(__file__).resolve().parent.parent / "recipes"]
+    spec = importlib.util.find_spec("clipx_recipes")
+    dirs += [Path(d) for d in (spec.submodule_search_locations or [])] if spec else []
     seen: list[Path] = []
     for d in dirs:
         if d.is_dir() and d not in seen:

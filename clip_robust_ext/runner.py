@@ -646,7 +646,10 @@ def eval_model_spec(
     else:
         import open_clip
 
-        if model not in open_clip.list_models():
+        from .models.hub import has_schema
+
+        named = has_schema(model) or model.startswith("zoo:")  # hf-hub:, local-dir:, zoo:
+        if model not in open_clip.list_models() and not named:
             choices = list(models) + open_clip.list_models()
             raise unknown_name(
                 "model (clipx model source or open_clip architecture)", model, choices
