@@ -67,6 +67,9 @@ def test_registered_with_paper_defaults():
     assert get("defenses", "ft-standard").obj().trainable == "both"
     with pytest.raises(ClipxUsageError, match="did you mean 'steps'"):
         get("defenses", "tecoa").obj(stepz=3)
+    assert get("defenses", "pmg-aft").obj().logits == "cosine"  # the authors' code
+    with pytest.raises(ClipxUsageError, match="logits"):
+        get("defenses", "pmg-aft").obj(logits="scale")
     with pytest.raises(ClipxUsageError, match="reduction"):
         get("defenses", "pmg-aft").obj(reduction="mean")
     with pytest.raises(ClipxUsageError, match="eps"):
@@ -108,6 +111,69 @@ def test_pmg_aft_terms_and_reduction():
     torch.testing.assert_close(loss_sum, m_sum["ce"] + m_sum["kl_ref"] + m_sum["kl_clean"])
     loss_sum.backward()
     assert zs.clip.visual.conv1.weight.grad is not None
+
+
+def _reference_pgd(logits_fn, x, y, eps, alpha, steps):
+    """TeCoA-lineage PGD written from the description: uniform start, sign steps, CE."""
+    adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        grad = torch.autograd.grad(F.cross_entropy(logits_fn(adv), y), adv)[0]
+        adv = (x + (adv.detach() + alpha * grad.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+    return adv.detach()
+
+
+def _authors_pmg_logits(classifier, images):
+    """PMG-AFT's wrapper as its code behaves: the logit-scaled text embedding is re-normalised
+    (which removes the scale) before the product with the normalised image embedding."""
+    text = classifier.logit_scale() * classifier.class_matrix()
+    text = text / text.norm(dim=-1, keepdim=True)
+    image = classifier.encode_image(images, normalize=False)
+    return (image / image.norm(dim=-1, keepdim=True)) @ text.t()
+
+
+def _pmg_aft_against_written_reference(logits: str) -> float:
+    """Checks the defense's loss against the objective written here; returns KL_clean."""
+    zs, ctx, batch = _setup(True)
+    with torch.no_grad():  # move the model away from the reference so KL_ref is not zero
+        torch.manual_seed(1)
+        for p in zs.clip.visual.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    zs.eval()
+    if logits == "cosine":
+
+        def fn(model, x):
+            return _authors_pmg_logits(model, x)
+    else:
+
+        def fn(model, x):
+            return model.logit_scale() * model.encode_image(x) @ model.class_matrix().t()
+
+    eps, alpha = 4 / 255, 1 / 255
+    defense = get("defenses", "pmg-aft").obj(eps="4/255", steps=3, logits=logits)
+    assert defense.config()["logits"] == logits
+    torch.manual_seed(0)
+    loss, metrics = defense.loss(batch, ctx)
+    torch.manual_seed(0)
+    x_adv = _reference_pgd(lambda x: fn(zs, x), batch.images, batch.labels, eps, alpha, 3)
+    with torch.no_grad():
+        adv, clean, ref = fn(zs, x_adv), fn(zs, batch.images), fn(ctx.reference, x_adv)
+        log_adv = adv.log_softmax(1)
+        kl_ref = (ref.softmax(1) * (ref.log_softmax(1) - log_adv)).sum()
+        kl_clean = (clean.softmax(1) * (clean.log_softmax(1) - log_adv)).sum()
+        expected = F.cross_entropy(adv, batch.labels) + kl_ref + kl_clean
+    torch.testing.assert_close(metrics["kl_ref"], kl_ref, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(metrics["kl_clean"], kl_clean, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-4, atol=1e-6)
+    return float(metrics["kl_clean"])
+
+
+def test_pmg_aft_logits_option_reproduces_each_objective():
+    # default 'cosine' = the authors' code (softmax of plain cosines); 'scaled' = 100 x cos.
+    # The same batch and model: at temperature 1 the KL terms are far smaller.
+    cosine = _pmg_aft_against_written_reference("cosine")
+    scaled = _pmg_aft_against_written_reference("scaled")
+    assert 0 < cosine < scaled / 10
 
 
 def test_fare_embedding_attack_and_loss():

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from clip_robust_ext.attacks import attack_mode, verify_adversarial
 from clip_robust_ext.errors import ClipxUsageError, closest
@@ -48,7 +49,7 @@ class _PGDMixin:
         return x_adv
 
     def config(self) -> dict[str, Any]:
-        out = dict(vars(self))
+        out = {k: v for k, v in vars(self).items() if not k.startswith("_")}
         out["eps"], out["alpha"] = format_eps(self.eps), format_eps(self.alpha)
         return out
 
@@ -101,16 +102,36 @@ class TeCoA(_PGDMixin, Defense):
         return F.cross_entropy(logits, batch.labels), {"adv_acc": _accuracy(logits, batch.labels)}
 
 
+class CosineLogits(nn.Module):
+    """A ZeroShotClassifier's logits at temperature 1: cos(image, class text), no logit scale.
+
+    PMG-AFT's wrapper (authors' code) re-normalises the logit-scaled text embedding, which
+    removes the scale: its CE, both KL terms and its PGD all see plain cosines."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier.encode_image(images) @ self.classifier.class_matrix().t()
+
+
 class PMGAFT(_PGDMixin, Defense):
     """PMG-AFT (Wang et al., CVPR 2024): CE(P(x_adv), y) + w_ref KL(P_ref(x_adv) || P(x_adv))
     + w_clean KL(P(x) || P(x_adv)). The official code sums the KL terms over the batch
-    (reduction='sum', the default here); 'batchmean' divides them by the batch size."""
+    (reduction='sum', the default here); 'batchmean' divides them by the batch size.
+
+    Fidelity (docs/FIDELITY.md#pmg-aft): logits='cosine' (default) is the authors' code, where
+    P = softmax(cos) at temperature 1 in the CE, both KL terms and the training PGD; the paper
+    states no temperature. logits='scaled' uses CLIP's logit scale (100 x cos), clipx's earlier
+    behaviour: the KL terms then weigh ~100x more against the CE, a different objective."""
 
     name = "pmg-aft"
     trainable = "visual"
     needs_reference = True
     train_defaults = {"optimizer": "sgd", "momentum": 0.9, "lr": 5e-5, "weight_decay": 0.0}
     REDUCTIONS = ("sum", "batchmean")
+    LOGITS = ("cosine", "scaled")
 
     def __init__(
         self,
@@ -120,20 +141,48 @@ class PMGAFT(_PGDMixin, Defense):
         w_ref: float = 1.0,
         w_clean: float = 1.0,
         reduction: str = "sum",
+        logits: str = "cosine",
     ):
         self._budget(eps, alpha, steps)
         if reduction not in self.REDUCTIONS:
             raise ClipxUsageError(
                 f"pmg-aft: reduction must be one of {self.REDUCTIONS}, got {reduction!r}"
             )
+        if logits not in self.LOGITS:
+            raise ClipxUsageError(f"pmg-aft: logits must be one of {self.LOGITS}, got {logits!r}")
         self.w_ref, self.w_clean, self.reduction = float(w_ref), float(w_clean), reduction
+        self.logits = logits
+        self._heads: dict[int, nn.Module] = {}
+
+    def head(self, classifier: nn.Module) -> nn.Module:
+        """The classifier whose logits the loss and the attack use (cached per classifier)."""
+        if self.logits == "scaled":
+            return classifier
+        key = id(classifier)
+        if key not in self._heads or self._heads[key].classifier is not classifier:
+            self._heads[key] = CosineLogits(classifier)
+        return self._heads[key]
+
+    def adversarial(self, batch: Batch, ctx: TrainContext) -> torch.Tensor:
+        attack = ctx.attack(
+            "pgd",
+            model=self.head(ctx.model),
+            eps=self.eps,
+            alpha=self.alpha,
+            steps=self.steps,
+            random_start=True,
+        )
+        x_adv = attack(batch.images, batch.labels).images
+        verify_adversarial(batch.images, x_adv, self.eps, "Linf", f"{self.name}/pgd")
+        return x_adv
 
     def loss(self, batch: Batch, ctx: TrainContext):
         x_adv = self.adversarial(batch, ctx)
-        logits_adv = ctx.model(x_adv)
-        logits_clean = ctx.model(batch.images)
+        model = self.head(ctx.model)
+        logits_adv = model(x_adv)
+        logits_clean = model(batch.images)
         with torch.no_grad():
-            logits_ref = ctx.reference(x_adv)
+            logits_ref = self.head(ctx.reference)(x_adv)
         log_p_adv = F.log_softmax(logits_adv.float(), dim=1)
         ce = F.cross_entropy(logits_adv, batch.labels)
         kl_ref = F.kl_div(log_p_adv, F.softmax(logits_ref.float(), dim=1), reduction=self.reduction)
