@@ -44,7 +44,8 @@ def text_attack(model: ZeroShotClassifier, **params: Any):
 
 
 def multimodal(model: ZeroShotClassifier, **params: Any):
-    """multimodal(model, eps="1/255", alpha="1/255", steps=10, image_attack="pgd", **text-attack params)."""
+    """multimodal(model, eps="1/255", alpha="1/255", steps=10, image_attack="pgd",
+    image_target="perturbed-prompts" | "clean-prompts" (MMCoA's test.py), **text-attack params)."""
     from clip_robust_ext.attacks.text.classifier import MultimodalAttack
 
     return MultimodalAttack(model, **params)
@@ -58,5 +59,6 @@ multimodal.__signature__ = _signature(
         inspect.Parameter("steps", _KW, default=10, annotation=int),
         inspect.Parameter("image_attack", _KW, default="pgd", annotation=str),
         inspect.Parameter("random_start", _KW, default=True, annotation=bool),
+        inspect.Parameter("image_target", _KW, default="perturbed-prompts", annotation=str),
     ]
 )
