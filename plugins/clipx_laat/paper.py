@@ -15,7 +15,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from .anchors import LAAT_TEMPLATES, AnchorSet, build_anchor_set, text_anchors
 from .backbones import AnchorNet, build_backbone
 from .expansion import mean_pairwise_cosine
 from .losses import laat_loss
+from .selection import SELECTIONS, BestEpoch
 
 HEADS = ("expanded", "raw")  # the reference's --head cos-span / cos-clip
 TRAIN_TYPES = (
@@ -83,6 +84,18 @@ class PaperConfig:
     n_way: int = 5
     n_query: int = 20
     seed: int = 0
+    # fidelity to the reference's train.py (docs/FIDELITY.md#laat); defaults keep clipx's behaviour
+    select_epoch: str = (
+        "last"  # | "best-robust-on-test" (the reference: optimistic, test-split episodes)
+    )
+    select_episodes: int = (
+        20  # episodes per epoch for best-robust-on-test (the reference's --n_val)
+    )
+    use_linear: bool | None = (
+        None  # bias-free projection to the anchor dim; None = only if dims differ
+    )
+    drop_rate: float = 0.0  # ResNet-12 dropout + DropBlock (the reference's --drop_rate)
+    dropblock_size: int = 2  # 2 for CIFAR-FS, 5 for miniImageNet in the reference
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> PaperConfig:
@@ -109,6 +122,17 @@ class PaperConfig:
                 raise ClipxUsageError(f"laat: {key} must be >= 1")
         if self.tau <= 0:
             raise ClipxUsageError(f"laat: tau must be > 0, got {self.tau}")
+        if self.select_epoch not in SELECTIONS:
+            raise ClipxUsageError(
+                f"laat: select_epoch must be one of {SELECTIONS}, got '{self.select_epoch}'"
+                f"{closest(str(self.select_epoch), SELECTIONS)}"
+            )
+        if self.select_epoch != "last" and int(self.select_episodes) < 1:
+            raise ClipxUsageError("laat: select_episodes must be >= 1")
+        if self.use_linear not in (None, True, False):
+            raise ClipxUsageError(
+                f"laat: use_linear must be true, false or unset, got {self.use_linear!r}"
+            )
         parse_eps(self.eps, name="eps"), parse_eps(self.alpha, name="alpha")
 
     @property
@@ -327,7 +351,9 @@ def train_backbone(
 ) -> AnchorNet:
     """Adversarial training from scratch on the seen classes with a frozen anchor head."""
     seed_everything(cfg.seed)
-    model = AnchorNet(build_backbone(cfg.backbone, cfg.width), anchors.seen, tau=cfg.tau)
+    backbone = build_backbone(cfg.backbone, cfg.width, cfg.drop_rate, cfg.dropblock_size)
+    model = AnchorNet(backbone, anchors.seen, tau=cfg.tau, use_linear=cfg.use_linear)
+    best = BestEpoch(model) if cfg.select_epoch == "best-robust-on-test" else None
     params = [
         p for p in model.parameters() if p.requires_grad
     ]  # anchors are a buffer: never trained
@@ -380,8 +406,27 @@ def train_backbone(
                         "seconds": round(time.time() - t0, 2),
                     }
                 )
+        if best is not None:
+            score = novel_split_robust_acc(model, anchors, data, cfg, epoch)
+            best.update(epoch, score)
+            if log is not None:
+                log({"epoch": epoch, "select_robust_acc": score, "best_epoch": best.best_epoch})
+    if best is not None:
+        best.restore()
+        model.selection = best.summary()
     model.eval()
     return model
+
+
+def novel_split_robust_acc(
+    model: AnchorNet, anchors: AnchorSet, data: SplitData, cfg: PaperConfig, epoch: int
+) -> float:
+    """The reference's per-epoch model-selection score: mean robust accuracy over fresh episodes
+    of the novel-class TEST images (see selection.py). Leaves the model on the seen-class head."""
+    probe = replace(cfg, episodes=cfg.select_episodes, seed=cfg.seed + 7919 * (epoch + 1))
+    score = evaluate_episodes(model, anchors.novel, data.novel_x, data.novel_y, probe)
+    model.set_anchors(anchors.seen)
+    return float(score["robust_acc"]["mean"])
 
 
 # -- the whole experiment ----------------------------------------------------------------------------
@@ -452,6 +497,7 @@ def run_paper(
                 run_dir / f"backbone-{head}.pt",
             )
             res: dict[str, Any] = {"train_seconds": round(train_s, 1)}
+            res["selection"] = getattr(model, "selection", {"selection": "last"})
             if len(data.seen_x):
                 res["seen"] = evaluate_head(model, anchors.seen, data.seen_x, data.seen_y, cfg)
             res["novel"] = evaluate_head(
