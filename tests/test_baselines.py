@@ -230,3 +230,54 @@ def test_ft_standard_contrastive_loss_and_class_aware_targets():
         - (targets * logits.t().log_softmax(1)).sum(1).mean() / 2
     )
     torch.testing.assert_close(aware, manual)
+
+
+def test_apgd_checkpoints_follow_the_paper_schedule():
+    from clipx_baselines.fare_attack import apgd_checkpoints
+
+    # p: 0, .22, .41, .57, .70, .80, .87, .93, .99 (written from Croce & Hein 2020, section 3)
+    assert apgd_checkpoints(100) == [0, 22, 41, 57, 70, 80, 87, 93, 99]
+    assert apgd_checkpoints(10) == [0, 3, 5, 6, 7, 8, 9, 10]
+
+
+def test_apgd_reaches_the_constrained_maximum_of_a_concave_loss():
+    """max -||x - t||^2 over the eps ball and [0, 1]: the answer is t clipped to both."""
+    from clipx_baselines.fare_attack import apgd_maximise
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 4, 4, generator=g) * 0.8 + 0.1
+    t = x + 0.2 * torch.randn(x.shape, generator=g)
+    eps = 8 / 255
+
+    def loss(z):
+        return -((z - t) ** 2).flatten(1).sum(1)
+
+    torch.manual_seed(0)
+    best = apgd_maximise(loss, x, eps, steps=50)
+    expected = torch.clamp(torch.minimum(torch.maximum(t, x - eps), x + eps), 0, 1)
+    assert (best - x).abs().max() <= eps + 1e-6 and best.min() >= 0 and best.max() <= 1
+    torch.testing.assert_close(best, expected, atol=2e-3, rtol=0)
+
+
+def test_fare_apgd_inner_attack_option():
+    from clipx_baselines.fare_attack import EmbeddingAPGD, embedding_l2
+
+    zs, ctx, batch = _setup(True)
+    target = zs.encode_image(batch.images, normalize=False).detach()
+    torch.manual_seed(0)
+    x_adv = EmbeddingAPGD(zs, eps=4 / 255, steps=10)(batch.images, target)
+    torch.manual_seed(0)
+    x_rand = (batch.images + torch.empty_like(batch.images).uniform_(-4 / 255, 4 / 255)).clamp(0, 1)
+    with torch.no_grad():
+        d_adv = embedding_l2(zs.encode_image(x_adv, normalize=False), target).mean()
+        d_rand = embedding_l2(zs.encode_image(x_rand, normalize=False), target).mean()
+    assert (x_adv - batch.images).abs().max() <= 4 / 255 + 1e-6
+    assert d_adv > 3 * d_rand
+    fare = get("defenses", "fare").obj(eps="4/255", steps=5, inner_attack="apgd")
+    assert fare.config()["inner_attack"] == "apgd"
+    assert "inner_attack" not in get("defenses", "fare").obj().config()  # default: PGD
+    torch.manual_seed(0)
+    loss, _ = fare.loss(batch, ctx)
+    assert float(loss.detach()) > 0
+    with pytest.raises(ClipxUsageError, match="inner_attack"):
+        get("defenses", "fare").obj(inner_attack="fgsm")

@@ -28,6 +28,9 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
 
 # Fields that do not change the trained weights: they may differ between a run and its resume.
 NON_SEMANTIC = ("checkpoint_every", "eval_every", "log_every", "num_workers")
+# Fields added after runs existed: left out of the resume fingerprint while at these defaults, so
+# a run started before they existed still resumes.
+ADDED_LATER = {"decay_all_params": False}
 
 
 @dataclass

@@ -18,7 +18,7 @@ from clip_robust_ext.errors import ClipxUsageError, closest
 from clip_robust_ext.training import Batch, Defense, TrainContext, clip_contrastive_loss
 from clip_robust_ext.utils.eps import format_eps, parse_eps
 
-from .fare_attack import EmbeddingPGD, embedding_l2
+from .fare_attack import EmbeddingAPGD, EmbeddingPGD, embedding_l2
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -202,7 +202,10 @@ class FARE(Defense):
     """FARE (Schlarmann et al., ICML 2024): unsupervised; min ||f(x_adv) - f_ref(x)||_2^2 on
     un-normalised image embeddings, x_adv maximising the same distance (PGD-10, step 1/255).
     The paper trains eps 2/255 (FARE^2) and 4/255 (FARE^4); 4/255 is the default here, as in
-    the repository's training script. clean_weight mixes in the clean-image term (code option)."""
+    the repository's training script. clean_weight mixes in the clean-image term (code option).
+    inner_attack: "pgd" (the README commands behind the released checkpoints) | "apgd" (the
+    training script's argparse default; APGD on the same loss, step size from the APGD schedule,
+    alpha unused)."""
 
     name = "fare"
     trainable = "visual"
@@ -215,7 +218,13 @@ class FARE(Defense):
         alpha: float | str = "1/255",
         steps: int = 10,
         clean_weight: float = 0.0,
+        inner_attack: str = "pgd",
     ):
+        if inner_attack not in ("pgd", "apgd"):
+            raise ClipxUsageError(
+                f"fare: inner_attack must be 'pgd' or 'apgd', got {inner_attack!r}"
+            )
+        self.inner_attack = inner_attack
         self.eps = parse_eps(eps, name="eps")
         self.alpha = parse_eps(alpha, name="alpha")
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
@@ -230,7 +239,10 @@ class FARE(Defense):
         with torch.no_grad():
             target = ctx.reference.encode_image(x, normalize=False)
         if self._attack is None or self._attack.model is not ctx.model:
-            self._attack = EmbeddingPGD(ctx.model, self.eps, self.alpha, self.steps)
+            if self.inner_attack == "apgd":
+                self._attack = EmbeddingAPGD(ctx.model, self.eps, self.steps)
+            else:
+                self._attack = EmbeddingPGD(ctx.model, self.eps, self.alpha, self.steps)
         with attack_mode(ctx.model), torch.autocast(x.device.type, enabled=False):
             x_adv = self._attack(x.float(), target.float())
         verify_adversarial(x, x_adv, self.eps, "Linf", "fare/embedding-pgd")
@@ -248,6 +260,8 @@ class FARE(Defense):
             "alpha": format_eps(self.alpha),
             "steps": self.steps,
             "clean_weight": self.clean_weight,
+            # only when not the default, so FARE runs started before the option still resume
+            **({"inner_attack": self.inner_attack} if self.inner_attack != "pgd" else {}),
         }
 
 

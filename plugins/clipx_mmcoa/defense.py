@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from clip_robust_ext.attacks import verify_adversarial
 from clip_robust_ext.attacks.text import CaptionAttackCache, CLIPTextAttacker, TextAttackConfig
+from clip_robust_ext.attacks.text.config import FIDELITY_DEFAULTS
 from clip_robust_ext.errors import ClipxUsageError, closest
 from clip_robust_ext.models import ZeroShotClassifier
 from clip_robust_ext.training import Batch, Defense, TrainContext, clip_contrastive_loss
@@ -180,8 +181,9 @@ class MMCoA(Defense):
             "lambda_txt": self.lambda_txt,
             "class_aware": self.class_aware,
             "text_refresh_steps": self.text_refresh_steps,
-            "leak_attack_gradients": self.leak_attack_gradients,
-            "text": self.text_config.to_dict(),
+            # fidelity options only when set, so runs started before they existed still resume
+            **({"leak_attack_gradients": True} if self.leak_attack_gradients else {}),
+            "text": self.text_config.to_dict(omit_defaults=FIDELITY_DEFAULTS),
             "masked_lm_object": None if self._masked_lm is None else type(self._masked_lm).__name__,
         }
 

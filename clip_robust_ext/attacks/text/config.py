@@ -12,6 +12,8 @@ GOALS = ("kl", "zero-shot")
 TARGETS = ("prompts", "captions")
 SUBSTITUTE_POSITIONS = ("word", "previous-token")
 STOPWORD_LISTS = ("clipx", "reference")
+# reference-code options (docs/FIDELITY.md#mmcoa) and their defaults
+FIDELITY_DEFAULTS = {"substitutes_from": "word", "stopwords": "clipx"}
 
 
 @dataclass(frozen=True)
@@ -76,10 +78,16 @@ class TextAttackConfig:
             )
 
     def key(self) -> tuple:
-        return tuple(sorted(asdict(self).items()))
+        # the fidelity options enter only when set: caches made before they existed stay valid
+        return tuple(sorted(self.to_dict(omit_defaults=FIDELITY_DEFAULTS).items()))
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self, omit_defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+        """All fields; those in `omit_defaults` are left out while at that value."""
+        out = asdict(self)
+        for key, default in (omit_defaults or {}).items():
+            if out.get(key) == default:
+                out.pop(key)
+        return out
 
 
 @dataclass
