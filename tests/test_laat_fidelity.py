@@ -119,3 +119,28 @@ def test_best_robust_on_test_selection_restores_the_best_epoch():
     assert summary["selected_epoch"] == scores.index(max(scores))
     assert summary["per_epoch_robust_acc"] == scores
     torch.testing.assert_close(model.anchors, seen_anchor)  # back on the training head
+
+
+def test_support_prototypes_are_the_references_k_shot_head():
+    """Written from train.py's description: the mean clean support feature per class, mixed with
+    the anchor as text_weight * t + K * mean when text_weight > 0, then normalised."""
+    from clipx_laat.paper import evaluate_episodes, support_prototypes
+
+    torch.manual_seed(0)
+    anchors = F.normalize(torch.randn(3, 16), dim=-1)
+    net = AnchorNet(build_backbone("conv4", 8), anchors, use_linear=True).eval()
+    support = torch.rand(3, 2, 3, 16, 16)  # 3 classes, K = 2
+    with torch.no_grad():
+        feats = net.features(support.flatten(0, 1)).view(3, 2, -1)
+    torch.testing.assert_close(
+        support_prototypes(net, anchors, support), F.normalize(feats.mean(1), dim=-1)
+    )
+    mixed = F.normalize(0.5 * anchors + 2 * feats.mean(1), dim=-1)
+    torch.testing.assert_close(support_prototypes(net, anchors, support, text_weight=0.5), mixed)
+
+    x, y = torch.rand(12, 3, 16, 16), torch.arange(12) % 3
+    cfg = PaperConfig(episodes=2, n_way=3, n_support=1, n_query=2, test_steps=1)
+    res = evaluate_episodes(net, anchors, x, y, cfg)
+    assert res["n_support"] == 1 and 0 <= res["clean_acc"]["mean"] <= 1
+    with pytest.raises(ClipxUsageError, match="n_support"):
+        evaluate_episodes(net, anchors, x, y, PaperConfig(episodes=1, n_way=3, n_support=4))

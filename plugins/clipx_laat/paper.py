@@ -96,6 +96,8 @@ class PaperConfig:
     )
     drop_rate: float = 0.0  # ResNet-12 dropout + DropBlock (the reference's --drop_rate)
     dropblock_size: int = 2  # 2 for CIFAR-FS, 5 for miniImageNet in the reference
+    n_support: int = 0  # episodic K-shot: K support images per class make the head (0 = zero-shot)
+    text_weight: float = 0.0  # K-shot head = text_weight * anchor + K * mean support feature
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> PaperConfig:
@@ -129,6 +131,8 @@ class PaperConfig:
             )
         if self.select_epoch != "last" and int(self.select_episodes) < 1:
             raise ClipxUsageError("laat: select_episodes must be >= 1")
+        if int(self.n_support) < 0 or self.text_weight < 0:
+            raise ClipxUsageError("laat: n_support and text_weight must be >= 0")
         if self.use_linear not in (None, True, False):
             raise ClipxUsageError(
                 f"laat: use_linear must be true, false or unset, got {self.use_linear!r}"
@@ -308,8 +312,9 @@ def evaluate_head(
 def evaluate_episodes(
     model: AnchorNet, anchors: torch.Tensor, x: torch.Tensor, y: torch.Tensor, cfg: PaperConfig
 ) -> dict[str, Any]:
-    """Episodic N-way 0-shot tasks (the reference's protocol): each episode draws n_way novel classes
-    and n_query images per class; the head is those classes' anchors. Mean and 95% CI over episodes."""
+    """Episodic N-way K-shot tasks (the reference's protocol): each episode draws n_way novel classes
+    and n_support + n_query images per class; the head is those classes' anchors (K = 0) or their
+    support prototypes (K > 0, see support_prototypes). Mean and 95% CI over episodes."""
     n_cls = anchors.shape[0]
     if cfg.n_way > n_cls:
         raise ClipxUsageError(f"laat: n_way={cfg.n_way} but only {n_cls} novel classes")
@@ -318,13 +323,23 @@ def evaluate_episodes(
     clean_accs, robust_accs = [], []
     for _ in range(cfg.episodes):
         classes = torch.randperm(n_cls, generator=g)[: cfg.n_way]
-        xs, ys = [], []
+        xs, ys, support = [], [], []
         for j, c in enumerate(classes.tolist()):
             pool = by_class[c]
-            pick = pool[torch.randperm(len(pool), generator=g)[: cfg.n_query]]
+            pick = pool[torch.randperm(len(pool), generator=g)[: cfg.n_support + cfg.n_query]]
+            if len(pick) <= cfg.n_support:
+                raise ClipxUsageError(
+                    f"laat: novel class {c} has {len(pool)} test images; n_support={cfg.n_support} "
+                    "needs more (lower n_support or raise test_per_class)"
+                )
+            support.append(x[pick[: cfg.n_support]])
+            pick = pick[cfg.n_support :]
             xs.append(x[pick])
             ys.append(torch.full((len(pick),), j, dtype=torch.long))
-        res = evaluate_head(model, anchors[classes], torch.cat(xs), torch.cat(ys), cfg)
+        head = anchors[classes]
+        if cfg.n_support:
+            head = support_prototypes(model, head, torch.stack(support), cfg.text_weight)
+        res = evaluate_head(model, head, torch.cat(xs), torch.cat(ys), cfg)
         clean_accs.append(res["clean_acc"])
         robust_accs.append(res["robust_acc"])
 
@@ -336,10 +351,27 @@ def evaluate_episodes(
     return {
         "episodes": cfg.episodes,
         "n_way": cfg.n_way,
+        "n_support": cfg.n_support,
+        "text_weight": cfg.text_weight,
         "n_query": cfg.n_query,
         "clean_acc": stat(clean_accs),
         "robust_acc": stat(robust_accs),
     }
+
+
+@torch.no_grad()
+def support_prototypes(
+    model: AnchorNet, anchors: torch.Tensor, support: torch.Tensor, text_weight: float = 0.0
+) -> torch.Tensor:
+    """The reference's K-shot head (train.py:253-261): per class the mean of the clean support
+    images' features h(x), plus text_weight x anchor / K when text_weight > 0 (their
+    text_weight * t + K * mean), normalised. support: (classes, K, 3, H, W)."""
+    model.eval()
+    n_cls, k = support.shape[:2]
+    feats = model.features(support.flatten(0, 1)).view(n_cls, k, -1).mean(1)
+    if text_weight > 0:
+        feats = text_weight * F.normalize(anchors.float(), dim=-1) + k * feats
+    return F.normalize(feats, dim=-1)
 
 
 # -- training --------------------------------------------------------------------------------------
