@@ -7,7 +7,7 @@ mode, verified) except FARE's embedding-space inner max (fare_attack.EmbeddingPG
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -141,7 +141,7 @@ class PMGAFT(_PGDMixin, Defense):
         w_ref: float = 1.0,
         w_clean: float = 1.0,
         reduction: str = "sum",
-        logits: str = "cosine",
+        logits: Literal["cosine", "scaled"] = "cosine",
     ):
         self._budget(eps, alpha, steps)
         if reduction not in self.REDUCTIONS:
@@ -218,7 +218,7 @@ class FARE(Defense):
         alpha: float | str = "1/255",
         steps: int = 10,
         clean_weight: float = 0.0,
-        inner_attack: str = "pgd",
+        inner_attack: Literal["pgd", "apgd"] = "pgd",
     ):
         if inner_attack not in ("pgd", "apgd"):
             raise ClipxUsageError(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import inspect
 import typing
-from typing import Any
+from typing import Any, Literal
 
 from clip_robust_ext.attacks.text.config import TextAttackConfig
 from clip_robust_ext.models import ZeroShotClassifier
@@ -59,6 +59,11 @@ multimodal.__signature__ = _signature(
         inspect.Parameter("steps", _KW, default=10, annotation=int),
         inspect.Parameter("image_attack", _KW, default="pgd", annotation=str),
         inspect.Parameter("random_start", _KW, default=True, annotation=bool),
-        inspect.Parameter("image_target", _KW, default="perturbed-prompts", annotation=str),
+        inspect.Parameter(
+            "image_target",
+            _KW,
+            default="perturbed-prompts",
+            annotation=Literal["perturbed-prompts", "clean-prompts"],
+        ),
     ]
 )

@@ -28,7 +28,7 @@ recipes/mmcoa.toml sets them.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -72,8 +72,8 @@ class MMCoA(Defense):
         min_confidence: float | None = 0.3,
         text_refresh_steps: int = 0,
         text_seed: int = 0,
-        substitutes_from: str = "word",
-        stopwords: str = "clipx",
+        substitutes_from: Literal["word", "previous-token"] = "word",
+        stopwords: Literal["clipx", "reference"] = "clipx",
         leak_attack_gradients: bool = False,
     ):
         self.eps = parse_eps(eps, name="eps")

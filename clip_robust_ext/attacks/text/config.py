@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ...errors import ClipxUsageError
 
@@ -46,8 +46,8 @@ class TextAttackConfig:
     kl_threshold: float | None = None
     seed: int = 0
     batch_size: int = 256
-    substitutes_from: str = "word"
-    stopwords: str = "clipx"
+    substitutes_from: Literal["word", "previous-token"] = "word"
+    stopwords: Literal["clipx", "reference"] = "clipx"
 
     def __post_init__(self) -> None:
         if self.transformation not in TRANSFORMATIONS:
