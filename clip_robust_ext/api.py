@@ -89,6 +89,7 @@ _LAZY = {
     "build_autoattack": "attacks.autoattack_adapter",
     "TextAttackConfig": "attacks.text.config",
     "text_attack_parameters": "attacks.text.config",
+    "FIDELITY_DEFAULTS": "attacks.text.config",
     "TextAttackOnPrompts": "attacks.text.classifier",
     "MultimodalAttack": "attacks.text.classifier",
     "config_from_params": "attacks.text.classifier",

@@ -67,6 +67,9 @@ def test_registered_with_paper_defaults():
     assert get("defenses", "ft-standard").obj().trainable == "both"
     with pytest.raises(ClipxUsageError, match="did you mean 'steps'"):
         get("defenses", "tecoa").obj(stepz=3)
+    assert get("defenses", "pmg-aft").obj().logits == "cosine"  # the authors' code
+    with pytest.raises(ClipxUsageError, match="logits"):
+        get("defenses", "pmg-aft").obj(logits="scale")
     with pytest.raises(ClipxUsageError, match="reduction"):
         get("defenses", "pmg-aft").obj(reduction="mean")
     with pytest.raises(ClipxUsageError, match="eps"):
@@ -108,6 +111,69 @@ def test_pmg_aft_terms_and_reduction():
     torch.testing.assert_close(loss_sum, m_sum["ce"] + m_sum["kl_ref"] + m_sum["kl_clean"])
     loss_sum.backward()
     assert zs.clip.visual.conv1.weight.grad is not None
+
+
+def _reference_pgd(logits_fn, x, y, eps, alpha, steps):
+    """TeCoA-lineage PGD written from the description: uniform start, sign steps, CE."""
+    adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        grad = torch.autograd.grad(F.cross_entropy(logits_fn(adv), y), adv)[0]
+        adv = (x + (adv.detach() + alpha * grad.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+    return adv.detach()
+
+
+def _authors_pmg_logits(classifier, images):
+    """PMG-AFT's wrapper as its code behaves: the logit-scaled text embedding is re-normalised
+    (which removes the scale) before the product with the normalised image embedding."""
+    text = classifier.logit_scale() * classifier.class_matrix()
+    text = text / text.norm(dim=-1, keepdim=True)
+    image = classifier.encode_image(images, normalize=False)
+    return (image / image.norm(dim=-1, keepdim=True)) @ text.t()
+
+
+def _pmg_aft_against_written_reference(logits: str) -> float:
+    """Checks the defense's loss against the objective written here; returns KL_clean."""
+    zs, ctx, batch = _setup(True)
+    with torch.no_grad():  # move the model away from the reference so KL_ref is not zero
+        torch.manual_seed(1)
+        for p in zs.clip.visual.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    zs.eval()
+    if logits == "cosine":
+
+        def fn(model, x):
+            return _authors_pmg_logits(model, x)
+    else:
+
+        def fn(model, x):
+            return model.logit_scale() * model.encode_image(x) @ model.class_matrix().t()
+
+    eps, alpha = 4 / 255, 1 / 255
+    defense = get("defenses", "pmg-aft").obj(eps="4/255", steps=3, logits=logits)
+    assert defense.config()["logits"] == logits
+    torch.manual_seed(0)
+    loss, metrics = defense.loss(batch, ctx)
+    torch.manual_seed(0)
+    x_adv = _reference_pgd(lambda x: fn(zs, x), batch.images, batch.labels, eps, alpha, 3)
+    with torch.no_grad():
+        adv, clean, ref = fn(zs, x_adv), fn(zs, batch.images), fn(ctx.reference, x_adv)
+        log_adv = adv.log_softmax(1)
+        kl_ref = (ref.softmax(1) * (ref.log_softmax(1) - log_adv)).sum()
+        kl_clean = (clean.softmax(1) * (clean.log_softmax(1) - log_adv)).sum()
+        expected = F.cross_entropy(adv, batch.labels) + kl_ref + kl_clean
+    torch.testing.assert_close(metrics["kl_ref"], kl_ref, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(metrics["kl_clean"], kl_clean, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-4, atol=1e-6)
+    return float(metrics["kl_clean"])
+
+
+def test_pmg_aft_logits_option_reproduces_each_objective():
+    # default 'cosine' = the authors' code (softmax of plain cosines); 'scaled' = 100 x cos.
+    # The same batch and model: at temperature 1 the KL terms are far smaller.
+    cosine = _pmg_aft_against_written_reference("cosine")
+    scaled = _pmg_aft_against_written_reference("scaled")
+    assert 0 < cosine < scaled / 10
 
 
 def test_fare_embedding_attack_and_loss():
@@ -164,3 +230,54 @@ def test_ft_standard_contrastive_loss_and_class_aware_targets():
         - (targets * logits.t().log_softmax(1)).sum(1).mean() / 2
     )
     torch.testing.assert_close(aware, manual)
+
+
+def test_apgd_checkpoints_follow_the_paper_schedule():
+    from clipx_baselines.fare_attack import apgd_checkpoints
+
+    # p: 0, .22, .41, .57, .70, .80, .87, .93, .99 (written from Croce & Hein 2020, section 3)
+    assert apgd_checkpoints(100) == [0, 22, 41, 57, 70, 80, 87, 93, 99]
+    assert apgd_checkpoints(10) == [0, 3, 5, 6, 7, 8, 9, 10]
+
+
+def test_apgd_reaches_the_constrained_maximum_of_a_concave_loss():
+    """max -||x - t||^2 over the eps ball and [0, 1]: the answer is t clipped to both."""
+    from clipx_baselines.fare_attack import apgd_maximise
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 4, 4, generator=g) * 0.8 + 0.1
+    t = x + 0.2 * torch.randn(x.shape, generator=g)
+    eps = 8 / 255
+
+    def loss(z):
+        return -((z - t) ** 2).flatten(1).sum(1)
+
+    torch.manual_seed(0)
+    best = apgd_maximise(loss, x, eps, steps=50)
+    expected = torch.clamp(torch.minimum(torch.maximum(t, x - eps), x + eps), 0, 1)
+    assert (best - x).abs().max() <= eps + 1e-6 and best.min() >= 0 and best.max() <= 1
+    torch.testing.assert_close(best, expected, atol=2e-3, rtol=0)
+
+
+def test_fare_apgd_inner_attack_option():
+    from clipx_baselines.fare_attack import EmbeddingAPGD, embedding_l2
+
+    zs, ctx, batch = _setup(True)
+    target = zs.encode_image(batch.images, normalize=False).detach()
+    torch.manual_seed(0)
+    x_adv = EmbeddingAPGD(zs, eps=4 / 255, steps=10)(batch.images, target)
+    torch.manual_seed(0)
+    x_rand = (batch.images + torch.empty_like(batch.images).uniform_(-4 / 255, 4 / 255)).clamp(0, 1)
+    with torch.no_grad():
+        d_adv = embedding_l2(zs.encode_image(x_adv, normalize=False), target).mean()
+        d_rand = embedding_l2(zs.encode_image(x_rand, normalize=False), target).mean()
+    assert (x_adv - batch.images).abs().max() <= 4 / 255 + 1e-6
+    assert d_adv > 3 * d_rand
+    fare = get("defenses", "fare").obj(eps="4/255", steps=5, inner_attack="apgd")
+    assert fare.config()["inner_attack"] == "apgd"
+    assert "inner_attack" not in get("defenses", "fare").obj().config()  # default: PGD
+    torch.manual_seed(0)
+    loss, _ = fare.loss(batch, ctx)
+    assert float(loss.detach()) > 0
+    with pytest.raises(ClipxUsageError, match="inner_attack"):
+        get("defenses", "fare").obj(inner_attack="fgsm")

@@ -69,3 +69,57 @@ def test_coattack_lowers_retrieval_more_than_image_only(tmp_path):
     by = {r["attack"]: r["recall"] for r in records}
     total = lambda m: sum(by[m].values())  # noqa: E731
     assert total("clean") > total("image") > total("coattack")
+
+
+def test_caption_targets_mean_or_the_reference_last_caption():
+    """The authors' loader attacks every (image, caption) pair and keeps, per image, the image
+    attacked against its last caption; clipx's default uses the mean of its own captions."""
+    from clipx_coattack.attack import caption_targets
+
+    from clip_robust_ext.errors import ClipxUsageError
+    from clip_robust_ext.registry import get
+
+    g = torch.Generator().manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(5, 8, generator=g), dim=-1)
+    owner = torch.tensor([0, 0, 1, 1, 1])  # image 0: captions 0, 1; image 1: captions 2, 3, 4
+    last = caption_targets(text, owner, 2, "last-caption")
+    torch.testing.assert_close(last, text[[1, 4]])
+    mean = caption_targets(text, owner, 2, "mean-caption")
+    expected = torch.stack([text[:2].mean(0), text[2:].mean(0)])
+    torch.testing.assert_close(mean, expected / expected.norm(dim=-1, keepdim=True))
+    shuffled = torch.tensor([1, 0, 1, 0, 1])  # captions need not be contiguous
+    torch.testing.assert_close(caption_targets(text, shuffled, 2, "last-caption"), text[[3, 4]])
+    with pytest.raises(ClipxUsageError, match="caption_targets"):
+        get("evaluators", "coattack-retrieval").obj(caption_targets="first")
+
+
+def test_retrieval_last_caption_attacks_each_image_against_its_last_caption(tmp_path):
+    from clip_robust_ext.attacks.text import CLIPTextAttacker, TextAttackConfig
+    from clip_robust_ext.data.captions import procedural_galleries
+    from clip_robust_ext.registry import get
+
+    zs = ZeroShotClassifier(tiny_clip(3), ["object"]).eval()
+    proto = get("evaluators", "coattack-retrieval").obj(
+        galleries={"source": "procedural", "n_galleries": 1, "gallery_size": 6},
+        eps=["2/255"],
+        modes=["clean", "coattack"],
+        caption_targets="last-caption",
+        text_attack={"transformation": "charswap"},
+    )
+    gallery = procedural_galleries(seed=proto.seed, n_galleries=1, gallery_size=6)[0]
+    captured = {}
+    original = proto._image_attack
+
+    def spy(zs_, images, eps, weight, text_emb, g_index, mode):
+        captured["text"] = text_emb
+        return original(zs_, images, eps, weight, text_emb, g_index, mode)
+
+    proto._image_attack = spy
+    proto.evaluate_with(zs.loaded, tmp_path, "clip", progress=False)
+    owner = gallery.text_owner
+    last = [max(j for j in range(len(owner)) if owner[j] == i) for i in range(len(gallery.images))]
+    attacker = CLIPTextAttacker(zs, TextAttackConfig(transformation="charswap", seed=proto.seed))
+    perturbed = [r.perturbed for r in attacker.attack_texts([gallery.texts[j] for j in last])]
+    with torch.no_grad():
+        expected = zs.encode_text(perturbed)
+    torch.testing.assert_close(captured["text"], expected)

@@ -160,3 +160,48 @@ def test_trainer_runs_mmcoa_on_both_towers(tmp_path):
     assert not torch.equal(before["visual.conv1.weight"], after["visual.conv1.weight"])
     assert not torch.equal(before["token_embedding.weight"], after["token_embedding.weight"])
     assert (tmp_path / "metrics.jsonl").read_text().count("loss_txt") == 2
+
+
+def test_leak_option_adds_every_attack_steps_gradients_to_the_step(data):
+    """MMCoA's code runs its training PGD with backward() on the unfrozen model: with
+    leak_attack_gradients the parameters' gradients differ from the clean ones by exactly the
+    sum over the PGD iterates of d CE(zero-shot logits) / d theta (written here)."""
+    import torch.nn.functional as F
+
+    ds, batch = data
+    eps, alpha, steps = 2 / 255, 1 / 255, 2
+    grads, losses = {}, {}
+    for leak in (False, True):
+        ctx = _ctx(ds.classnames)
+        ctx.model.train()
+        torch.manual_seed(0)
+        loss, _ = _mmcoa(leak_attack_gradients=leak).loss(batch, ctx)
+        loss.backward()
+        losses[leak] = loss.detach()
+        grads[leak] = {n: p.grad.clone() for n, p in ctx.model.clip.named_parameters()}
+    torch.testing.assert_close(losses[True], losses[False])  # same x_adv, same objective
+
+    ctx = _ctx(ds.classnames)
+    model = ctx.model.train()
+    named = [(n, p) for n, p in model.clip.named_parameters()]
+    leaked = {n: torch.zeros_like(p) for n, p in named}
+    prompts = [p[0] for p in model.prompts]
+    torch.manual_seed(0)
+    x = batch.images
+    adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        text = F.normalize(model.clip.encode_text(model.tokenize(prompts)), dim=-1)
+        image = F.normalize(model.encode_image(adv, normalize=False), dim=-1)
+        ce = F.cross_entropy(model.clip.logit_scale.exp() * image @ text.t(), batch.labels)
+        g = torch.autograd.grad(ce, [adv, *(p for _, p in named)], allow_unused=True)
+        for (n, _), gp in zip(named, g[1:]):
+            if gp is not None:
+                leaked[n] += gp
+        adv = (x + (adv.detach() + alpha * g[0].sign() - x).clamp(-eps, eps)).clamp(0, 1)
+    for n, _ in named:
+        torch.testing.assert_close(
+            grads[True][n] - grads[False][n], leaked[n], rtol=1e-3, atol=1e-6, msg=n
+        )
+    assert leaked["token_embedding.weight"].abs().sum() > 0  # both towers leak
+    assert leaked["visual.conv1.weight"].abs().sum() > 0

@@ -12,10 +12,11 @@ from clip_robust_ext.attacks import build_attack, verify_adversarial
 from clip_robust_ext.attacks.text import (
     CLIPTextAttacker,
     TextAttackConfig,
+    TextAttackRecord,
     attack_class_prompts,
     stopwords,
 )
-from clip_robust_ext.errors import ClipxUsageError
+from clip_robust_ext.errors import ClipxError, ClipxUsageError
 from clip_robust_ext.models import ZeroShotClassifier
 
 CLASSES = ["cat", "dog", "airplane", "circle"]
@@ -353,3 +354,115 @@ def test_text_and_multimodal_attacks_break_the_cifar10_clip():
     assert text_acc < clean - 0.2, (clean, text_acc)
     assert multi_acc <= min(text_acc, pgd_acc) + 0.02, (text_acc, pgd_acc, multi_acc)
     assert text.info["words_changed_max"] == 1 and text.info["goal_score_mean"] > 0
+
+
+def _tiny_bert(boost: tuple[str, ...] = ()):
+    """A tiny random BertForMaskedLM over bert-base-uncased's vocabulary (no download); `boost`
+    tokens get a large output bias so they top every position's predictions."""
+    from helpers import assets
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+
+    tok = BertTokenizer(vocab_file=str(assets() / "bert-base-uncased-vocab.txt"))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    mlm = BertForMaskedLM(config).eval()
+    with torch.no_grad():
+        for word in boost:
+            mlm.cls.predictions.bias[tok.vocab[word]] += 50.0
+    return mlm, tok
+
+
+def _substitutes(mlm, tok, text: str, index: int, **config) -> list[str]:
+    from clip_robust_ext.attacks.text import import_textattack
+
+    import_textattack()  # offline-safe import before any textattack module
+    from textattack.shared import AttackedText
+
+    from clip_robust_ext.attacks.text.compose import build_transformation
+
+    swap = build_transformation(
+        TextAttackConfig(transformation="bert-mlm", min_confidence=None, **config), mlm, tok
+    )
+    return [t.words[index] for t in swap._get_transformations(AttackedText(text), [index])]
+
+
+def test_bert_substitute_offset_option_takes_the_previous_tokens_predictions():
+    """MMCoA's / Co-Attack's bert_attack.py slices [CLS]-inclusive predictions with [CLS]-free
+    word offsets: a word's candidates are the masked LM's top-k at the token before it.
+    Written here: BERT token positions of the unmasked text, top-k rows p (aligned) / p - 1."""
+    mlm, tok = _tiny_bert()
+    text, index, k = "This is a photo of a cat", 3, 8  # "photo"
+    ids = tok(text)["input_ids"]
+    pos = ids.index(tok.vocab["photo"])
+    with torch.no_grad():
+        logits = mlm(torch.tensor([ids])).logits[0]
+
+    def top(row: int) -> set[str]:
+        return set(tok.convert_ids_to_tokens(logits[row].topk(k).indices.tolist()))
+
+    aligned = _substitutes(mlm, tok, text, index, max_candidates=k)
+    shifted = _substitutes(
+        mlm, tok, text, index, max_candidates=k, substitutes_from="previous-token"
+    )
+    assert aligned and shifted and set(aligned) != set(shifted)
+    assert set(aligned) <= top(pos) and set(shifted) <= top(pos - 1)
+    assert not set(shifted) & (top(pos) - top(pos - 1))
+
+
+def test_reference_stopwords_are_case_sensitive_and_never_substitutes(zs):
+    from clip_robust_ext.attacks.text.env import stopword_set
+
+    ref, ours = stopword_set("reference"), stopword_set("clipx")
+    assert "this" in ref and "This" not in ref and "." in ref  # the reference attacks "This"
+    assert "This" in ours and "this" in ours
+    mlm, tok = _tiny_bert(boost=("the", "of", "kite"))
+    text, index = "This is a photo of a cat", 3
+    clipx = _substitutes(mlm, tok, text, index, max_candidates=10)
+    reference = _substitutes(mlm, tok, text, index, max_candidates=10, stopwords="reference")
+    assert {"the", "of", "kite"} <= set(clipx)  # stop words may be substitutes by default
+    assert "kite" in reference and not set(reference) & ref
+    assert set(reference) == set(clipx) - ref
+    # the threat-model check follows the list: changing "This" is allowed only by the reference's
+    record = TextAttackRecord(
+        text,
+        "That is a photo of a cat",
+        "perturbed",
+        changed=[{"index": 0, "old": "This", "new": "That"}],
+    )
+    CLIPTextAttacker(zs, TextAttackConfig(transformation="charswap", stopwords="reference")).check(
+        record
+    )
+    with pytest.raises(ClipxError, match="stop word"):
+        CLIPTextAttacker(zs, TextAttackConfig(transformation="charswap")).check(record)
+
+
+@pytest.mark.parametrize("target", ["clean-prompts", "perturbed-prompts"])
+def test_multimodal_image_target_names_the_classifier_the_image_pgd_attacks(zs, images, target):
+    """clean-prompts = MMCoA's test.py (image PGD against the clean prompts); perturbed-prompts =
+    clipx's stronger default. Both are scored against the perturbed prompts."""
+    x, y = images
+    multi = build_attack(
+        "multimodal",
+        zs,
+        eps="2/255",
+        alpha="1/255",
+        steps=3,
+        transformation="charswap",
+        seed=5,
+        image_target=target,
+    )
+    victim = multi(x, y).model  # the text attack runs (and is cached) first
+    torch.manual_seed(0)
+    out = multi(x, y)
+    attacked = zs if target == "clean-prompts" else victim
+    torch.manual_seed(0)
+    pgd = build_attack("pgd", attacked, eps=2 / 255, alpha=1 / 255, steps=3, random_start=True)
+    torch.testing.assert_close(out.images, pgd(x, y).images)
+    assert out.model is victim and out.info["image_target"] == target

@@ -87,6 +87,24 @@ def test_trainable_selection():
     assert len(params) == len(text) and not model.visual.conv1.weight.requires_grad
 
 
+def test_weight_decay_skips_gains_unless_decay_all_params():
+    """open_clip's rule by default; MMCoA's code decays every parameter (Adam wd 0.2)."""
+    from clip_robust_ext.training.schedule import build_optimizer
+
+    model = tiny_clip(0).model
+    n_params = sum(1 for p in model.parameters() if p.requires_grad)
+    base = dict(optimizer="adam", lr=1e-6, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.2)
+    split = build_optimizer(model, TrainConfig(**base))
+    assert [g["weight_decay"] for g in split.param_groups] == [0.2, 0.0]
+    assert model.logit_scale in split.param_groups[1]["params"]
+    everything = build_optimizer(model, TrainConfig(**base, decay_all_params=True))
+    assert [(g["weight_decay"], len(g["params"])) for g in everything.param_groups] == [
+        (0.2, n_params)
+    ]
+    with pytest.raises(ClipxUsageError, match="decay_all_params"):
+        TrainConfig(decay_all_params="yes")
+
+
 def test_cosine_schedule_with_warmup():
     assert lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1)
     assert lr_factor(9, 100, 10, "cosine") == pytest.approx(1.0)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -106,7 +107,7 @@ _DATASETS: dict[str, Any] = {}  # a few recently built datasets: recipes evaluat
 
 def build_dataset(spec: dict[str, Any], cache: bool = True):
     """A registered dataset from a protocol dataset spec {dataset, split, n, templates, **kwargs}."""
-    kwargs = factory_kwargs(spec, ("dataset", "n", "templates"))
+    kwargs = factory_kwargs(spec, ("dataset", "n", "templates", "resolution"))
     # where datasets come from is part of their identity ($CLIPX_ASSETS, $CLIPX_DATA)
     where = [os.environ.get("CLIPX_ASSETS"), os.environ.get("CLIPX_DATA")]
     key = json.dumps([spec["dataset"], kwargs, where], sort_keys=True, default=str)
@@ -121,6 +122,39 @@ def build_dataset(spec: dict[str, Any], cache: bool = True):
                 _DATASETS.pop(next(iter(_DATASETS)))
             _DATASETS[key] = ds
     return restrict(ds, spec, f"dataset '{spec['dataset']}'")
+
+
+class _Resized(torch.utils.data.Dataset):
+    """A dataset whose images are resized (bicubic, antialiased, clipped to [0, 1]) to size x size
+    before the attack: the protocol's `resolution`. Other attributes pass through."""
+
+    def __init__(self, dataset, size: int):
+        self.dataset, self.size = dataset, size
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str):
+        if name in ("dataset", "size"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, i: int):
+        image, *rest = self.dataset[i]
+        if tuple(image.shape[-2:]) != (self.size, self.size):
+            image = F.interpolate(
+                image.unsqueeze(0).float(),
+                size=(self.size, self.size),
+                mode="bicubic",
+                antialias=True,
+                align_corners=False,
+            )[0].clamp(0, 1)
+        return (image, *rest)
+
+
+def at_resolution(dataset, size: int | None):
+    """`dataset` itself (size None) or a view of it resized to size x size."""
+    return dataset if size is None else _Resized(dataset, size)
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -494,10 +528,11 @@ def _evaluate(
                 )
             continue
         start = time.time()
-        ds = build_dataset(spec)
+        ds = at_resolution(build_dataset(spec), protocol.resolution_for(spec))
         if len(ds) == 0:
             raise ClipxUsageError(f"dataset '{spec['dataset']}' ({key}) is empty: 0 samples")
         indices = sample_indices(len(ds), protocol.n_for(spec), protocol.seed)
+        attacked = list(ds[indices[0]][0].shape[-2:]) if len(indices) else None
         zs = build_classifier(loaded, ds.classnames, protocol.templates_for(spec))
         zs.class_matrix()  # computed once here, reused by every batch and attack
         plan = plan_attacks(zs, protocol, key)
@@ -550,12 +585,14 @@ def _evaluate(
                     "dataset_params": {
                         k: v
                         for k, v in spec.items()
-                        if k not in ("dataset", "split", "n", "templates")
+                        if k not in ("dataset", "split", "n", "templates", "resolution")
                     },
                     "n_classes": len(ds.classnames),
                     "class_split": getattr(ds, "description", None),
                     "seed": protocol.seed,
                     "templates": protocol.templates_for(spec),
+                    "attack_resolution": attacked,  # (H, W) the attack and eps apply at
+                    "lineage": protocol.lineage,
                     "precision": protocol.precision,
                     "batch_size": protocol.batch_size,
                     "world_size": world,

@@ -21,7 +21,8 @@ from ..utils.eps import resolve_budget_expr as resolve_budget_expr  # re-exporte
 NORMS = ("Linf", "L2", "L1")
 PRECISIONS = ("fp32", "model")  # fp32: attacks must run in fp32; model: whatever the model is
 _ATTACK_KEYS = ("name", "params", "label")
-_DATASET_KEYS_RESERVED = ("dataset", "split", "n", "templates")
+_DATASET_KEYS_RESERVED = ("dataset", "split", "n", "templates", "resolution")
+NATIVE = "native"
 
 
 def _attack_spec(item: Any) -> dict[str, Any]:
@@ -109,6 +110,15 @@ class Protocol:
     # survived the earlier ones at the same budget (same robust accuracy, far fewer attack steps;
     # per-attack numbers become cumulative: robust to this attack and every earlier one)
     cascade: bool = False
+    # the evaluation code this preset follows (resolution, templates, samples, attacks), stored
+    # with every result; docs/FIDELITY.md#protocol-presets
+    lineage: str = ""
+    # resolution the images are attacked at: None = each dataset as its loader gives it (the
+    # registry's suite follows the TeCoA lineage: CIFAR/STL/Tiny-ImageNet native, others 224);
+    # an int = resize every dataset's images to that square size first (bicubic) so eps is
+    # measured there; a table {dataset: int | "native"} per dataset; a dataset entry's own
+    # `resolution` key wins. The model upsamples to its input size inside forward either way.
+    resolution: int | str | dict[str, int | str] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.eps, (int, float, str)):
@@ -160,6 +170,12 @@ class Protocol:
             raise ClipxUsageError(f"protocol '{self.name}': templates must be a set name or a list")
         if isinstance(self.templates, tuple):
             self.templates = list(self.templates)
+        per_dataset = self.resolution if isinstance(self.resolution, dict) else {}
+        for where, value in [("resolution", self.resolution), *per_dataset.items()]:
+            if not isinstance(value, dict):
+                _check_resolution(value, f"protocol '{self.name}': {where}")
+        for spec in self.datasets:
+            _check_resolution(spec.get("resolution"), f"dataset '{spec['dataset']}': resolution")
 
     # -- building ---------------------------------------------------------------------------
     @classmethod
@@ -189,6 +205,30 @@ class Protocol:
     def templates_for(self, spec: dict[str, Any]) -> Any:
         return spec.get("templates", self.templates)
 
+    def resolution_for(self, spec: dict[str, Any]) -> int | None:
+        """The square size images of this dataset are resized to before the attack, or None to
+        attack them as loaded (see the `resolution` field)."""
+        value = spec.get("resolution")
+        if value is None and isinstance(self.resolution, dict):
+            value = self.resolution.get(spec["dataset"])
+        elif value is None:
+            value = self.resolution
+        return None if value in (None, NATIVE) else int(value)
+
+    def attacked_resolution(self, spec: dict[str, Any]) -> int | str:
+        """What resolution eps is measured at for this dataset: the size set here, else the
+        registry suite's loader size (NATIVE for CIFAR/STL/Tiny-ImageNet), else "as loaded"."""
+        size = self.resolution_for(spec)
+        if size is not None:
+            return size
+        from ..data.suite import suite_names  # torchvision: imported only when asked
+
+        if spec["dataset"] in suite_names():
+            from ..data.suite import suite_entry
+
+            return suite_entry(spec["dataset"]).image_size or NATIVE
+        return "as loaded"
+
     def dataset_hash(self, spec: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
         """What a per-dataset result depends on (not the other datasets, workers or wording)."""
         content = {
@@ -205,6 +245,7 @@ class Protocol:
             "backend": self.backend,
             # only when on, so results computed before these options existed stay reusable
             **{k: True for k in ("channels_last", "compile", "cascade") if getattr(self, k)},
+            **({"resolution": size} if (size := self.resolution_for(spec)) is not None else {}),
             **(extra or {}),
         }
         return hashlib.sha256(_canonical(content).encode()).hexdigest()[:16]
@@ -213,6 +254,15 @@ class Protocol:
         atk = ", ".join(a["label"] for a in self.attacks) or "clean only"
         eps = ", ".join(eps_label(e) for e in self.eps)
         return f"{self.name}: {atk}; {self.norm} eps {eps}; n={self.n_samples or 'all'}; seed {self.seed}"
+
+
+def _check_resolution(value: Any, where: str) -> None:
+    ok = value is None or value == NATIVE
+    ok = ok or (isinstance(value, int) and not isinstance(value, bool) and 8 <= value <= 4096)
+    if not ok:
+        raise ClipxUsageError(
+            f"{where} must be a size in pixels (8..4096) or 'native', got {value!r}"
+        )
 
 
 # -- registry access ----------------------------------------------------------------------------

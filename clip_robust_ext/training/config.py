@@ -28,6 +28,9 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
 
 # Fields that do not change the trained weights: they may differ between a run and its resume.
 NON_SEMANTIC = ("checkpoint_every", "eval_every", "log_every", "num_workers")
+# Fields added after runs existed: left out of the resume fingerprint while at these defaults, so
+# a run started before they existed still resumes.
+ADDED_LATER = {"decay_all_params": False}
 
 
 @dataclass
@@ -41,6 +44,9 @@ class TrainConfig:
     betas: tuple[float, float] | None = None  # adam / adamw
     eps: float | None = None  # adam / adamw epsilon (not an attack budget)
     weight_decay: float | None = None  # not applied to gains, biases, embeddings, logit_scale
+    decay_all_params: bool = (
+        False  # weight decay on every parameter (MMCoA's code: Adam wd 0.2 on all)
+    )
     schedule: str = "cosine"  # cosine (linear warm-up, then cosine to 0) | constant (after warm-up)
     warmup_steps: int = 0
     trainable: str | None = None  # visual | text | both | last-k:N  (None: the defense's choice)
@@ -104,6 +110,10 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise ClipxUsageError(
                 f"schedule must be one of {SCHEDULES}, got {self.schedule!r}{closest(str(self.schedule), SCHEDULES)}"
+            )
+        if not isinstance(self.decay_all_params, bool):
+            raise ClipxUsageError(
+                f"decay_all_params must be true or false, got {self.decay_all_params!r}"
             )
         if self.amp is True:
             self.amp = "bf16"

@@ -57,8 +57,9 @@ def _no_decay(name: str, p: nn.Parameter) -> bool:
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in named if not _no_decay(n, p)]
-    no_decay = [p for n, p in named if _no_decay(n, p)]
+    exempt = (lambda n, p: False) if config.decay_all_params else _no_decay
+    decay = [p for n, p in named if not exempt(n, p)]
+    no_decay = [p for n, p in named if exempt(n, p)]
     groups = [
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

@@ -49,7 +49,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state_tensors,
 )
-from .config import NON_SEMANTIC, TrainConfig
+from .config import ADDED_LATER, NON_SEMANTIC, TrainConfig
 from .defense import Batch, Defense, TrainContext
 from .schedule import build_optimizer, build_scheduler, set_trainable
 
@@ -166,7 +166,11 @@ def _device_for(loaded: LoadedCLIP, info: D.DistInfo) -> torch.device:
 def _fingerprint(
     config: TrainConfig, defense: Defense, loaded: LoadedCLIP, n: int, classnames: list[str]
 ) -> dict:
-    semantic = {k: v for k, v in config.to_dict().items() if k not in NON_SEMANTIC}
+    semantic = {
+        k: v
+        for k, v in config.to_dict().items()
+        if k not in NON_SEMANTIC and not (k in ADDED_LATER and v == ADDED_LATER[k])
+    }
     return plain(
         {
             "config": semantic,

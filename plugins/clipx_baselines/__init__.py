@@ -1,5 +1,9 @@
 """Built-in plugin: the baseline defenses (FT-standard, TeCoA, PMG-AFT, FARE) and the offline
-small CLIP pre-trained on the procedural shapes ("procedural-small")."""
+small CLIP pre-trained on the procedural shapes ("procedural-small").
+
+Fidelity to the authors' code (docs/FIDELITY.md): TeCoA and FARE equal theirs (FARE's
+AdamW-on-every-parameter is TrainConfig.decay_all_params); PMG-AFT's default logits = "cosine"
+is their objective (their wrapper removes the logit scale), logits = "scaled" the 100 x cos one."""
 
 from clip_robust_ext import hookimpl
 

@@ -6,10 +6,11 @@ mode, verified) except FARE's embedding-space inner max (fare_attack.EmbeddingPG
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from clip_robust_ext.api import (
     Batch,
@@ -24,7 +25,7 @@ from clip_robust_ext.api import (
     verify_adversarial,
 )
 
-from .fare_attack import EmbeddingPGD, embedding_l2
+from .fare_attack import EmbeddingAPGD, EmbeddingPGD, embedding_l2
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -55,7 +56,7 @@ class _PGDMixin:
         return x_adv
 
     def config(self) -> dict[str, Any]:
-        out = dict(vars(self))
+        out = {k: v for k, v in vars(self).items() if not k.startswith("_")}
         out["eps"], out["alpha"] = format_eps(self.eps), format_eps(self.alpha)
         return out
 
@@ -108,16 +109,36 @@ class TeCoA(_PGDMixin, Defense):
         return F.cross_entropy(logits, batch.labels), {"adv_acc": _accuracy(logits, batch.labels)}
 
 
+class CosineLogits(nn.Module):
+    """A ZeroShotClassifier's logits at temperature 1: cos(image, class text), no logit scale.
+
+    PMG-AFT's wrapper (authors' code) re-normalises the logit-scaled text embedding, which
+    removes the scale: its CE, both KL terms and its PGD all see plain cosines."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier.encode_image(images) @ self.classifier.class_matrix().t()
+
+
 class PMGAFT(_PGDMixin, Defense):
     """PMG-AFT (Wang et al., CVPR 2024): CE(P(x_adv), y) + w_ref KL(P_ref(x_adv) || P(x_adv))
     + w_clean KL(P(x) || P(x_adv)). The official code sums the KL terms over the batch
-    (reduction='sum', the default here); 'batchmean' divides them by the batch size."""
+    (reduction='sum', the default here); 'batchmean' divides them by the batch size.
+
+    Fidelity (docs/FIDELITY.md#pmg-aft): logits='cosine' (default) is the authors' code, where
+    P = softmax(cos) at temperature 1 in the CE, both KL terms and the training PGD; the paper
+    states no temperature. logits='scaled' uses CLIP's logit scale (100 x cos), clipx's earlier
+    behaviour: the KL terms then weigh ~100x more against the CE, a different objective."""
 
     name = "pmg-aft"
     trainable = "visual"
     needs_reference = True
     train_defaults = {"optimizer": "sgd", "momentum": 0.9, "lr": 5e-5, "weight_decay": 0.0}
     REDUCTIONS = ("sum", "batchmean")
+    LOGITS = ("cosine", "scaled")
 
     def __init__(
         self,
@@ -127,20 +148,48 @@ class PMGAFT(_PGDMixin, Defense):
         w_ref: float = 1.0,
         w_clean: float = 1.0,
         reduction: str = "sum",
+        logits: Literal["cosine", "scaled"] = "cosine",
     ):
         self._budget(eps, alpha, steps)
         if reduction not in self.REDUCTIONS:
             raise ClipxUsageError(
                 f"pmg-aft: reduction must be one of {self.REDUCTIONS}, got {reduction!r}"
             )
+        if logits not in self.LOGITS:
+            raise ClipxUsageError(f"pmg-aft: logits must be one of {self.LOGITS}, got {logits!r}")
         self.w_ref, self.w_clean, self.reduction = float(w_ref), float(w_clean), reduction
+        self.logits = logits
+        self._heads: dict[int, nn.Module] = {}
+
+    def head(self, classifier: nn.Module) -> nn.Module:
+        """The classifier whose logits the loss and the attack use (cached per classifier)."""
+        if self.logits == "scaled":
+            return classifier
+        key = id(classifier)
+        if key not in self._heads or self._heads[key].classifier is not classifier:
+            self._heads[key] = CosineLogits(classifier)
+        return self._heads[key]
+
+    def adversarial(self, batch: Batch, ctx: TrainContext) -> torch.Tensor:
+        attack = ctx.attack(
+            "pgd",
+            model=self.head(ctx.model),
+            eps=self.eps,
+            alpha=self.alpha,
+            steps=self.steps,
+            random_start=True,
+        )
+        x_adv = attack(batch.images, batch.labels).images
+        verify_adversarial(batch.images, x_adv, self.eps, "Linf", f"{self.name}/pgd")
+        return x_adv
 
     def loss(self, batch: Batch, ctx: TrainContext):
         x_adv = self.adversarial(batch, ctx)
-        logits_adv = ctx.model(x_adv)
-        logits_clean = ctx.model(batch.images)
+        model = self.head(ctx.model)
+        logits_adv = model(x_adv)
+        logits_clean = model(batch.images)
         with torch.no_grad():
-            logits_ref = ctx.reference(x_adv)
+            logits_ref = self.head(ctx.reference)(x_adv)
         log_p_adv = F.log_softmax(logits_adv.float(), dim=1)
         ce = F.cross_entropy(logits_adv, batch.labels)
         kl_ref = F.kl_div(log_p_adv, F.softmax(logits_ref.float(), dim=1), reduction=self.reduction)
@@ -160,7 +209,10 @@ class FARE(Defense):
     """FARE (Schlarmann et al., ICML 2024): unsupervised; min ||f(x_adv) - f_ref(x)||_2^2 on
     un-normalised image embeddings, x_adv maximising the same distance (PGD-10, step 1/255).
     The paper trains eps 2/255 (FARE^2) and 4/255 (FARE^4); 4/255 is the default here, as in
-    the repository's training script. clean_weight mixes in the clean-image term (code option)."""
+    the repository's training script. clean_weight mixes in the clean-image term (code option).
+    inner_attack: "pgd" (the README commands behind the released checkpoints) | "apgd" (the
+    training script's argparse default; APGD on the same loss, step size from the APGD schedule,
+    alpha unused)."""
 
     name = "fare"
     trainable = "visual"
@@ -173,7 +225,13 @@ class FARE(Defense):
         alpha: float | str = "1/255",
         steps: int = 10,
         clean_weight: float = 0.0,
+        inner_attack: Literal["pgd", "apgd"] = "pgd",
     ):
+        if inner_attack not in ("pgd", "apgd"):
+            raise ClipxUsageError(
+                f"fare: inner_attack must be 'pgd' or 'apgd', got {inner_attack!r}"
+            )
+        self.inner_attack = inner_attack
         self.eps = parse_eps(eps, name="eps")
         self.alpha = parse_eps(alpha, name="alpha")
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
@@ -188,7 +246,10 @@ class FARE(Defense):
         with torch.no_grad():
             target = ctx.reference.encode_image(x, normalize=False)
         if self._attack is None or self._attack.model is not ctx.model:
-            self._attack = EmbeddingPGD(ctx.model, self.eps, self.alpha, self.steps)
+            if self.inner_attack == "apgd":
+                self._attack = EmbeddingAPGD(ctx.model, self.eps, self.steps)
+            else:
+                self._attack = EmbeddingPGD(ctx.model, self.eps, self.alpha, self.steps)
         with attack_mode(ctx.model), torch.autocast(x.device.type, enabled=False):
             x_adv = self._attack(x.float(), target.float())
         verify_adversarial(x, x_adv, self.eps, "Linf", "fare/embedding-pgd")
@@ -206,6 +267,8 @@ class FARE(Defense):
             "alpha": format_eps(self.alpha),
             "steps": self.steps,
             "clean_weight": self.clean_weight,
+            # only when not the default, so FARE runs started before the option still resume
+            **({"inner_attack": self.inner_attack} if self.inner_attack != "pgd" else {}),
         }
 
 

@@ -31,6 +31,21 @@ FARE_DATASETS = (
 )
 AA_LITE = {"name": "autoattack", "params": {"version": "custom", "attacks": ["apgd-ce", "apgd-t"]}}
 
+# What each lineage's evaluation code does (read from their repositories; docs/FIDELITY.md).
+TECOA_LINEAGE = (
+    "TeCoA utils.py (also PMG-AFT, TGA-ZSR, SAFT): CIFAR-10/100, STL-10 (and Tiny-ImageNet) "
+    "attacked at native resolution and upsampled to 224 inside the model; others "
+    "Resize(256)+CenterCrop(224) (clipx: Resize(224)+CenterCrop(224)); one template "
+    "'This is a photo of a {}'; full test sets; PGD-100, 1 restart, CE"
+)
+ROBUSTVLM_LINEAGE = (
+    "RobustVLM CLIP_benchmark cli.py: CIFAR-10/100, STL-10 attacked at native resolution "
+    "(resized to 224 bicubic inside the model), others at 224 (Resize(224, bicubic)+CenterCrop; "
+    "clipx: bilinear); CLIP_benchmark's per-dataset templates (clipx: the OpenAI ImageNet "
+    "ensemble for all); 1000 samples from a seeded webdataset shuffle (clipx: seeded choice); "
+    "AutoAttack 'custom' APGD-CE + APGD-T, 100 iterations (APGD-CE only for 2 classes)"
+)
+
 
 def tecoa16(**overrides: Any) -> Protocol:
     return Protocol(
@@ -48,6 +63,7 @@ def tecoa16(**overrides: Any) -> Protocol:
         n_samples=None,
         description="TeCoA/PMG-AFT/TGA-ZSR/SAFT: PGD-100 (step 1/255, 1 restart, CE), Linf 1/255, "
         "full test sets, 'This is a photo of a {}'",
+        lineage=TECOA_LINEAGE,
     ).with_overrides(**overrides)
 
 
@@ -84,6 +100,7 @@ def fare_aa(**overrides: Any) -> Protocol:
         datasets=list(FARE_DATASETS),
         description="FARE/RobustBench-CLIP: APGD-CE + APGD-T 100 iterations, Linf 1, 2, 4 /255, "
         "1000 samples per dataset, template ensemble",
+        lineage=ROBUSTVLM_LINEAGE,
     ).with_overrides(**overrides)
 
 

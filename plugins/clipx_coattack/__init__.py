@@ -2,7 +2,12 @@
 
 Attacks: "kl-pgd" (image-only embedding-KL PGD), "coattack" (text attack on the class prompts
 first, then the KL image step pushed away from the perturbed prompt of the true class; usable
-against zero-shot classification as in MMCoA's Co-Attack table). Protocol: "coattack-retrieval"."""
+against zero-shot classification as in MMCoA's Co-Attack table). Protocol: "coattack-retrieval".
+
+Fidelity to the authors' code (docs/FIDELITY.md#co-attack):
+the image step equals theirs. In retrieval their code keeps each image attacked against its LAST
+caption: caption_targets = "last-caption" (default "mean-caption"). Their BERT-Attack quirks are
+the text attack's substitutes_from / stopwords options. The default text attack is WordNet."""
 
 from __future__ import annotations
 

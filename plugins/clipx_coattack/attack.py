@@ -17,6 +17,34 @@ from torchattacks.attack import Attack
 from clip_robust_ext.api import ClipxUsageError, parse_eps
 
 RANDOM_STARTS = ("positive", "symmetric", "none")
+# which perturbed caption embedding each image's Co-Attack step is pushed away from (retrieval)
+CAPTION_TARGETS = ("mean-caption", "last-caption")
+
+
+def caption_targets(
+    text_embeddings: torch.Tensor, owner: torch.Tensor, n_images: int, how: str = "mean-caption"
+) -> torch.Tensor:
+    """(n_images, D) text embedding per image for the Co-Attack image step in retrieval.
+
+    "mean-caption" (clipx): the normalised mean of the image's own perturbed captions, so one
+      attack per image uses all of them.
+    "last-caption" (the authors' RetrievalCLIPEval.py): their loader yields (image, caption)
+      pairs, attacks each pair's image against that pair's caption and writes the image feature
+      per pair, so the feature kept is the one attacked against the image's LAST caption. The
+      other pairs' attacks are overwritten, so clipx runs only the kept one (the same result up to
+      the random-start draw). See docs/FIDELITY.md#co-attack."""
+    if how not in CAPTION_TARGETS:
+        raise ClipxUsageError(f"caption_targets must be one of {CAPTION_TARGETS}, got {how!r}")
+    owner = owner.to(text_embeddings.device)
+    if how == "mean-caption":
+        own = torch.zeros(n_images, text_embeddings.shape[1], device=text_embeddings.device)
+        own.index_add_(0, owner, text_embeddings)
+        return F.normalize(own, dim=-1)
+    last = torch.full((n_images,), -1, dtype=torch.long, device=owner.device)
+    last.scatter_reduce_(0, owner, torch.arange(len(owner), device=owner.device), "amax")
+    if (last < 0).any():
+        raise ClipxUsageError("caption_targets: an image has no caption")
+    return text_embeddings[last]
 
 
 def _kl(target_logits: torch.Tensor, adv_log_probs: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,13 @@
 
 Two uses, one plugin: the `laat` defense (CLIP mode: fine-tune the CLIP image tower against
 expanded text anchors, run by the recipe runner) and `clipx laat paper` (paper mode: a small
-backbone trained from scratch against frozen anchors, zero-shot on novel classes)."""
+backbone trained from scratch against frozen anchors, zero-shot on novel classes).
+
+Fidelity to the authors' code (docs/FIDELITY.md#laat):
+expansion and losses equal theirs. Paper-mode options reproduce their train.py where it differs:
+select_epoch = "best-robust-on-test" (their model selection on test-split episodes, optimistic;
+default "last"), backbone = "resnet12-640" with drop_rate / dropblock_size (their ResNet-12),
+use_linear (their --use_linear)."""
 
 from clip_robust_ext import hookimpl
 

@@ -53,8 +53,42 @@ class Conv4(nn.Module):
         return self.trunk(x).flatten(2).mean(2)
 
 
+class DropBlock(nn.Module):
+    """DropBlock (Ghiasi et al. 2018) as the LAAT reference's ResNet-12 schedules it: in training
+    mode, drop `block` x `block` squares with seed rate gamma, where the keep rate ramps linearly
+    from 1 to 1 - drop_rate over the first 40,000 forward passes (the reference counts every
+    forward, attack steps included), and rescale the kept units. Identity in eval mode or at
+    drop_rate 0."""
+
+    RAMP = 20 * 2000
+
+    def __init__(self, drop_rate: float = 0.0, block: int = 2):
+        super().__init__()
+        self.drop_rate, self.block = float(drop_rate), int(block)
+        self.calls = 0
+
+    def gamma(self, size: int) -> float:
+        keep = max(1.0 - self.drop_rate / self.RAMP * self.calls, 1.0 - self.drop_rate)
+        return (1 - keep) / self.block**2 * size**2 / (size - self.block + 1) ** 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if not self.training or self.drop_rate <= 0 or x.shape[-1] < self.block:
+            return x
+        n, c, h, w = x.shape
+        seeds = torch.bernoulli(
+            torch.full(
+                (n, c, h - self.block + 1, w - self.block + 1), self.gamma(h), device=x.device
+            )
+        )
+        pad = self.block - 1
+        blocks = F.max_pool2d(F.pad(seeds, (pad, pad, pad, pad)), self.block, stride=1)
+        keep = 1 - blocks
+        return x * keep * (keep.numel() / keep.sum().clamp_min(1.0))
+
+
 class ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int):
+    def __init__(self, cin: int, cout: int, drop: nn.Module | None = None):
         super().__init__()
         self.convs = nn.ModuleList(
             [nn.Conv2d(c, cout, 3, padding=1, bias=False) for c in (cin, cout, cout)]
@@ -63,6 +97,7 @@ class ResBlock(nn.Module):
         self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
         self.act = nn.LeakyReLU(0.1, inplace=True)
         self.pool = nn.MaxPool2d(2)
+        self.drop = drop or nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x
@@ -70,17 +105,34 @@ class ResBlock(nn.Module):
             out = bn(conv(out))
             if i < 2:
                 out = self.act(out)
-        return self.pool(self.act(out + self.down(x)))
+        return self.drop(self.pool(self.act(out + self.down(x))))
 
 
 class ResNet12(nn.Module):
-    """ResNet-12 (4 residual blocks of 3 convs, LeakyReLU 0.1, max-pool), global average pooling;
-    the reference's DropBlock is omitted (its drop_rate defaults to 0)."""
+    """ResNet-12 (4 residual blocks of 3 convs, LeakyReLU 0.1, max-pool), global average pooling.
 
-    def __init__(self, channels: tuple[int, ...] = (64, 128, 256, 512)):
+    drop_rate > 0 adds the reference's regularisers: dropout after the first two blocks and
+    DropBlock (block `dropblock_size`: 2 for CIFAR-FS, 5 for miniImageNet) after the last two.
+    Its train.py passes --drop_rate (default 0 = none of them)."""
+
+    def __init__(
+        self,
+        channels: tuple[int, ...] = (64, 128, 256, 512),
+        drop_rate: float = 0.0,
+        dropblock_size: int = 2,
+    ):
         super().__init__()
         dims = (3, *channels)
-        self.layers = nn.Sequential(*[ResBlock(dims[i], dims[i + 1]) for i in range(len(channels))])
+        half = len(channels) // 2
+
+        def drop(i: int) -> nn.Module | None:
+            if drop_rate <= 0:
+                return None
+            return nn.Dropout(drop_rate) if i < half else DropBlock(drop_rate, dropblock_size)
+
+        self.layers = nn.Sequential(
+            *[ResBlock(dims[i], dims[i + 1], drop(i)) for i in range(len(channels))]
+        )
         self.out_dim = channels[-1]
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -90,17 +142,34 @@ class ResNet12(nn.Module):
         return self.layers(x).flatten(2).mean(2)
 
 
-def build_backbone(name: str, width: int | None = None) -> nn.Module:
-    """'conv4' (64 ch), 'conv4-512', 'resnet12' (64-128-256-512); `width` overrides conv4 channels
-    or scales the ResNet-12 channel ladder (width = first stage)."""
+BACKBONES = ("conv4", "conv4-512", "resnet12", "resnet12-640")
+
+
+def build_backbone(
+    name: str, width: int | None = None, drop_rate: float = 0.0, dropblock_size: int = 2
+) -> nn.Module:
+    """'conv4' (64 ch), 'conv4-512', 'resnet12' (64-128-256-512; `width` scales the ladder),
+    'resnet12-640' (64-160-320-640: the ResNet12_embedding the reference's train.py builds; its
+    64-128-256-512 models/resnet12.py is unused there). drop_rate / dropblock_size: ResNet-12's
+    dropout + DropBlock (see ResNet12)."""
+    if not 0.0 <= float(drop_rate) < 1.0:
+        raise ClipxUsageError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
+    if drop_rate and not name.startswith("resnet12"):
+        raise ClipxUsageError(f"drop_rate applies to ResNet-12 backbones only, not '{name}'")
     if name == "conv4":
         return Conv4(width or 64)
     if name == "conv4-512":
         return Conv4(width or 512)
     if name == "resnet12":
         w = width or 64
-        return ResNet12((w, 2 * w, 4 * w, 8 * w))
-    raise ClipxUsageError(f"unknown backbone '{name}'; available: conv4, conv4-512, resnet12")
+        return ResNet12((w, 2 * w, 4 * w, 8 * w), drop_rate, dropblock_size)
+    if name == "resnet12-640":
+        if width is not None:
+            raise ClipxUsageError(
+                "backbone 'resnet12-640' has fixed widths; width applies to resnet12"
+            )
+        return ResNet12((64, 160, 320, 640), drop_rate, dropblock_size)
+    raise ClipxUsageError(f"unknown backbone '{name}'; available: {', '.join(BACKBONES)}")
 
 
 class AnchorNet(nn.Module):

@@ -16,7 +16,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from .anchors import LAAT_TEMPLATES, AnchorSet, build_anchor_set, text_anchors
 from .backbones import AnchorNet, build_backbone
 from .expansion import mean_pairwise_cosine
 from .losses import laat_loss
+from .selection import SELECTIONS, BestEpoch
 
 HEADS = ("expanded", "raw")  # the reference's --head cos-span / cos-clip
 TRAIN_TYPES = (
@@ -95,6 +96,20 @@ class PaperConfig:
     n_way: int = 5
     n_query: int = 20
     seed: int = 0
+    # fidelity to the reference's train.py (docs/FIDELITY.md#laat); defaults keep clipx's behaviour
+    select_epoch: str = (
+        "last"  # | "best-robust-on-test" (the reference: optimistic, test-split episodes)
+    )
+    select_episodes: int = (
+        20  # episodes per epoch for best-robust-on-test (the reference's --n_val)
+    )
+    use_linear: bool | None = (
+        None  # bias-free projection to the anchor dim; None = only if dims differ
+    )
+    drop_rate: float = 0.0  # ResNet-12 dropout + DropBlock (the reference's --drop_rate)
+    dropblock_size: int = 2  # 2 for CIFAR-FS, 5 for miniImageNet in the reference
+    n_support: int = 0  # episodic K-shot: K support images per class make the head (0 = zero-shot)
+    text_weight: float = 0.0  # K-shot head = text_weight * anchor + K * mean support feature
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> PaperConfig:
@@ -121,6 +136,19 @@ class PaperConfig:
                 raise ClipxUsageError(f"laat: {key} must be >= 1")
         if self.tau <= 0:
             raise ClipxUsageError(f"laat: tau must be > 0, got {self.tau}")
+        if self.select_epoch not in SELECTIONS:
+            raise ClipxUsageError(
+                f"laat: select_epoch must be one of {SELECTIONS}, got '{self.select_epoch}'"
+                f"{closest(str(self.select_epoch), SELECTIONS)}"
+            )
+        if self.select_epoch != "last" and int(self.select_episodes) < 1:
+            raise ClipxUsageError("laat: select_episodes must be >= 1")
+        if int(self.n_support) < 0 or self.text_weight < 0:
+            raise ClipxUsageError("laat: n_support and text_weight must be >= 0")
+        if self.use_linear not in (None, True, False):
+            raise ClipxUsageError(
+                f"laat: use_linear must be true, false or unset, got {self.use_linear!r}"
+            )
         parse_eps(self.eps, name="eps"), parse_eps(self.alpha, name="alpha")
 
     @property
@@ -296,8 +324,9 @@ def evaluate_head(
 def evaluate_episodes(
     model: AnchorNet, anchors: torch.Tensor, x: torch.Tensor, y: torch.Tensor, cfg: PaperConfig
 ) -> dict[str, Any]:
-    """Episodic N-way 0-shot tasks (the reference's protocol): each episode draws n_way novel classes
-    and n_query images per class; the head is those classes' anchors. Mean and 95% CI over episodes."""
+    """Episodic N-way K-shot tasks (the reference's protocol): each episode draws n_way novel classes
+    and n_support + n_query images per class; the head is those classes' anchors (K = 0) or their
+    support prototypes (K > 0, see support_prototypes). Mean and 95% CI over episodes."""
     n_cls = anchors.shape[0]
     if cfg.n_way > n_cls:
         raise ClipxUsageError(f"laat: n_way={cfg.n_way} but only {n_cls} novel classes")
@@ -306,13 +335,23 @@ def evaluate_episodes(
     clean_accs, robust_accs = [], []
     for _ in range(cfg.episodes):
         classes = torch.randperm(n_cls, generator=g)[: cfg.n_way]
-        xs, ys = [], []
+        xs, ys, support = [], [], []
         for j, c in enumerate(classes.tolist()):
             pool = by_class[c]
-            pick = pool[torch.randperm(len(pool), generator=g)[: cfg.n_query]]
+            pick = pool[torch.randperm(len(pool), generator=g)[: cfg.n_support + cfg.n_query]]
+            if len(pick) <= cfg.n_support:
+                raise ClipxUsageError(
+                    f"laat: novel class {c} has {len(pool)} test images; n_support={cfg.n_support} "
+                    "needs more (lower n_support or raise test_per_class)"
+                )
+            support.append(x[pick[: cfg.n_support]])
+            pick = pick[cfg.n_support :]
             xs.append(x[pick])
             ys.append(torch.full((len(pick),), j, dtype=torch.long))
-        res = evaluate_head(model, anchors[classes], torch.cat(xs), torch.cat(ys), cfg)
+        head = anchors[classes]
+        if cfg.n_support:
+            head = support_prototypes(model, head, torch.stack(support), cfg.text_weight)
+        res = evaluate_head(model, head, torch.cat(xs), torch.cat(ys), cfg)
         clean_accs.append(res["clean_acc"])
         robust_accs.append(res["robust_acc"])
 
@@ -324,10 +363,27 @@ def evaluate_episodes(
     return {
         "episodes": cfg.episodes,
         "n_way": cfg.n_way,
+        "n_support": cfg.n_support,
+        "text_weight": cfg.text_weight,
         "n_query": cfg.n_query,
         "clean_acc": stat(clean_accs),
         "robust_acc": stat(robust_accs),
     }
+
+
+@torch.no_grad()
+def support_prototypes(
+    model: AnchorNet, anchors: torch.Tensor, support: torch.Tensor, text_weight: float = 0.0
+) -> torch.Tensor:
+    """The reference's K-shot head (train.py:253-261): per class the mean of the clean support
+    images' features h(x), plus text_weight x anchor / K when text_weight > 0 (their
+    text_weight * t + K * mean), normalised. support: (classes, K, 3, H, W)."""
+    model.eval()
+    n_cls, k = support.shape[:2]
+    feats = model.features(support.flatten(0, 1)).view(n_cls, k, -1).mean(1)
+    if text_weight > 0:
+        feats = text_weight * F.normalize(anchors.float(), dim=-1) + k * feats
+    return F.normalize(feats, dim=-1)
 
 
 # -- training --------------------------------------------------------------------------------------
@@ -339,7 +395,9 @@ def train_backbone(
 ) -> AnchorNet:
     """Adversarial training from scratch on the seen classes with a frozen anchor head."""
     seed_everything(cfg.seed)
-    model = AnchorNet(build_backbone(cfg.backbone, cfg.width), anchors.seen, tau=cfg.tau)
+    backbone = build_backbone(cfg.backbone, cfg.width, cfg.drop_rate, cfg.dropblock_size)
+    model = AnchorNet(backbone, anchors.seen, tau=cfg.tau, use_linear=cfg.use_linear)
+    best = BestEpoch(model) if cfg.select_epoch == "best-robust-on-test" else None
     params = [
         p for p in model.parameters() if p.requires_grad
     ]  # anchors are a buffer: never trained
@@ -392,8 +450,27 @@ def train_backbone(
                         "seconds": round(time.time() - t0, 2),
                     }
                 )
+        if best is not None:
+            score = novel_split_robust_acc(model, anchors, data, cfg, epoch)
+            best.update(epoch, score)
+            if log is not None:
+                log({"epoch": epoch, "select_robust_acc": score, "best_epoch": best.best_epoch})
+    if best is not None:
+        best.restore()
+        model.selection = best.summary()
     model.eval()
     return model
+
+
+def novel_split_robust_acc(
+    model: AnchorNet, anchors: AnchorSet, data: SplitData, cfg: PaperConfig, epoch: int
+) -> float:
+    """The reference's per-epoch model-selection score: mean robust accuracy over fresh episodes
+    of the novel-class TEST images (see selection.py). Leaves the model on the seen-class head."""
+    probe = replace(cfg, episodes=cfg.select_episodes, seed=cfg.seed + 7919 * (epoch + 1))
+    score = evaluate_episodes(model, anchors.novel, data.novel_x, data.novel_y, probe)
+    model.set_anchors(anchors.seen)
+    return float(score["robust_acc"]["mean"])
 
 
 # -- the whole experiment ----------------------------------------------------------------------------
@@ -506,6 +583,7 @@ def _run_head(
         run_dir / f"backbone-{head}.pt",
     )
     res: dict[str, Any] = {"train_seconds": round(train_s, 1)}
+    res["selection"] = getattr(model, "selection", {"selection": "last"})
     if len(data.seen_x):
         res["seen"] = evaluate_head(model, anchors.seen, data.seen_x, data.seen_y, cfg)
     res["novel"] = evaluate_head(

@@ -1,6 +1,11 @@
 """MMCoA (Zhou et al., "Revisiting the Adversarial Robustness of Vision Language Models: a
 Multimodal Perspective"): the text attack on CLIP (TextAttack), the multimodal attack and the
-MMCoA defense. Registered through the `clipx` entry point `mmcoa`, like any third-party plugin."""
+MMCoA defense. Registered through the `clipx` entry point `mmcoa`, like any third-party plugin.
+
+Fidelity to the authors' code (docs/FIDELITY.md#mmcoa): the loss equals
+theirs; their training PGD's gradient leak (leak_attack_gradients), BERT-Attack [CLS] offset
+(substitutes_from = "previous-token"), stop-word list (stopwords = "reference") and multimodal
+evaluation against clean prompts (image_target = "clean-prompts") are options."""
 
 from clip_robust_ext import hookimpl
 

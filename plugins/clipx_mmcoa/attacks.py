@@ -6,7 +6,7 @@ check parameter names and types before any work starts."""
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Literal
 
 from clip_robust_ext.api import ZeroShotClassifier, checked, text_attack_parameters
 
@@ -22,7 +22,8 @@ def _text_attack(model: ZeroShotClassifier, **params: Any):
 
 
 def _multimodal(model: ZeroShotClassifier, **params: Any):
-    """multimodal(model, eps="1/255", alpha="1/255", steps=10, image_attack="pgd", **text-attack params)."""
+    """multimodal(model, eps="1/255", alpha="1/255", steps=10, image_attack="pgd",
+    image_target="perturbed-prompts" | "clean-prompts" (MMCoA's test.py), **text-attack params)."""
     from clip_robust_ext.api import MultimodalAttack
 
     return MultimodalAttack(model, **params)
@@ -38,6 +39,12 @@ multimodal = checked(
         inspect.Parameter("steps", _KW, default=10, annotation=int),
         inspect.Parameter("image_attack", _KW, default="pgd", annotation=str),
         inspect.Parameter("random_start", _KW, default=True, annotation=bool),
+        inspect.Parameter(
+            "image_target",
+            _KW,
+            default="perturbed-prompts",
+            annotation=Literal["perturbed-prompts", "clean-prompts"],
+        ),
         *text_attack_parameters(),
     ],
 )

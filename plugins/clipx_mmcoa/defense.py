@@ -11,15 +11,29 @@ T_adv is cached per caption string and recomputed against the current weights on
 (or every `text_refresh_steps` steps): templated captions repeat, and re-running TextAttack on
 every batch would dominate training time. MMCoA's code re-attacks every batch; a refresh of 1
 step reproduces that.
+
+Fidelity to the authors' code (docs/FIDELITY.md#mmcoa): the loss, targets, weights and optimiser
+are theirs. Their code also has quirks that change the numbers; each has an option, off by default
+because the default is the method as described:
+  leak_attack_gradients  their training PGD calls backward() on the unfrozen model after
+                         zero_grad, so the 10 attack steps' zero-shot CE gradients (both towers)
+                         are added to every optimiser step; clipx freezes the model while attacking.
+  substitutes_from       "previous-token": their BERT-Attack's [CLS] offset.
+  stopwords              "reference": their case-sensitive list, no stop words as substitutes.
+Their fp32 / constant-lr / weight decay on every parameter / unclamped logit scale are TrainConfig
+settings (amp, schedule, decay_all_params, clamp_logit_scale); the `paper` profile of
+recipes/mmcoa.toml sets them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 
 from clip_robust_ext.api import (
+    FIDELITY_DEFAULTS,
     Batch,
     CaptionAttackCache,
     CLIPTextAttacker,
@@ -27,6 +41,7 @@ from clip_robust_ext.api import (
     Defense,
     TextAttackConfig,
     TrainContext,
+    ZeroShotClassifier,
     checked,
     clip_contrastive_loss,
     format_eps,
@@ -65,6 +80,9 @@ class MMCoA(Defense):
         min_confidence: float | None = 0.3,
         text_refresh_steps: int = 0,
         text_seed: int = 0,
+        substitutes_from: Literal["word", "previous-token"] = "word",
+        stopwords: Literal["clipx", "reference"] = "clipx",
+        leak_attack_gradients: bool = False,
     ):
         self.eps = parse_eps(eps, name="eps")
         self.alpha = parse_eps(alpha, name="alpha")
@@ -83,6 +101,11 @@ class MMCoA(Defense):
                 f"mmcoa: text_refresh_steps must be >= 0 (0 = once per epoch), got {text_refresh_steps!r}"
             )
         self.text_refresh_steps = text_refresh_steps
+        if not isinstance(leak_attack_gradients, bool):
+            raise ClipxUsageError(
+                f"mmcoa: leak_attack_gradients must be true or false, got {leak_attack_gradients!r}"
+            )
+        self.leak_attack_gradients = leak_attack_gradients
         lm_name = masked_lm if isinstance(masked_lm, str) else TextAttackConfig.masked_lm
         self.text_config = TextAttackConfig(
             transformation=transformation,
@@ -92,6 +115,8 @@ class MMCoA(Defense):
             masked_lm=lm_name,
             min_confidence=min_confidence,
             seed=text_seed,
+            substitutes_from=substitutes_from,
+            stopwords=stopwords,
         )
         self._masked_lm = None if isinstance(masked_lm, str) else masked_lm
         self._tokenizer = tokenizer
@@ -109,13 +134,22 @@ class MMCoA(Defense):
         )
         return cache
 
+    def adversarial_images(self, batch: Batch, ctx: TrainContext) -> torch.Tensor:
+        if self.leak_attack_gradients:
+            x_adv = leaky_pgd(
+                ctx.model, batch.images, batch.labels, self.eps, self.alpha, self.steps
+            )
+        else:
+            attack = ctx.attack(
+                "pgd", eps=self.eps, alpha=self.alpha, steps=self.steps, random_start=True
+            )
+            x_adv = attack(batch.images, batch.labels).images
+        verify_adversarial(batch.images, x_adv, self.eps, "Linf", "mmcoa/pgd")
+        return x_adv
+
     def loss(self, batch: Batch, ctx: TrainContext):
         model = ctx.model
-        attack = ctx.attack(
-            "pgd", eps=self.eps, alpha=self.alpha, steps=self.steps, random_start=True
-        )
-        x_adv = attack(batch.images, batch.labels).images
-        verify_adversarial(batch.images, x_adv, self.eps, "Linf", "mmcoa/pgd")
+        x_adv = self.adversarial_images(batch, ctx)
         records = self._caption_cache(ctx)(batch.captions)
         adv_captions = [r.perturbed for r in records]
 
@@ -155,9 +189,46 @@ class MMCoA(Defense):
             "lambda_txt": self.lambda_txt,
             "class_aware": self.class_aware,
             "text_refresh_steps": self.text_refresh_steps,
-            "text": self.text_config.to_dict(),
+            # fidelity options only when set, so runs started before they existed still resume
+            **({"leak_attack_gradients": True} if self.leak_attack_gradients else {}),
+            "text": self.text_config.to_dict(omit_defaults=FIDELITY_DEFAULTS),
             "masked_lm_object": None if self._masked_lm is None else type(self._masked_lm).__name__,
         }
+
+
+def class_text_with_grad(model: ZeroShotClassifier) -> torch.Tensor:
+    """The (C, D) class-prompt matrix computed with autograd through the text tower (the cached
+    class_matrix() is built under no_grad)."""
+    feats = model.encode_text([t for prompts in model.prompts for t in prompts])
+    splits = torch.split(feats, [len(p) for p in model.prompts])
+    return F.normalize(torch.stack([s.mean(0) for s in splits]), dim=-1)
+
+
+def leaky_pgd(
+    model: ZeroShotClassifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    eps: float,
+    alpha: float,
+    steps: int,
+) -> torch.Tensor:
+    """MMCoA's training PGD as their code behaves: CE over the zero-shot logits, each step's
+    backward() run on the unfrozen model in its current mode, so every step's parameter
+    gradients (image tower, text tower, logit scale) accumulate into .grad and reach the next
+    optimiser step. Same iterates as the registered "pgd" (uniform start, sign steps, fp32).
+    Single process only: the inner backward would fire DDP's gradient hooks."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        raise ClipxUsageError("mmcoa: leak_attack_gradients is not supported under DDP")
+    x = images.detach().float()
+    with torch.autocast(x.device.type, enabled=False):
+        adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1).detach()
+        for _ in range(steps):
+            adv.requires_grad_(True)
+            logits = model.logit_scale() * model.encode_image(adv) @ class_text_with_grad(model).t()
+            F.cross_entropy(logits, labels).backward()
+            step = alpha * adv.grad.sign()
+            adv = (x + (adv.detach() + step - x).clamp(-eps, eps)).clamp(0, 1).detach()
+    return adv
 
 
 # mmcoa(**params) -> MMCoA; recipes check parameter names and types against its signature

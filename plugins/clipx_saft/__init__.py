@@ -1,7 +1,12 @@
 """SAFT (Zhang et al., 2026): description sets, the semantic-ensemble attack, the SAFT defense,
 TGA-ZSR as a baseline, and the attack-text x evaluation-text protocol.
 
-Registered through the `clipx` entry point `saft`, like any third-party plugin."""
+Registered through the `clipx` entry point `saft`, like any third-party plugin.
+
+Fidelity to the authors' code (docs/FIDELITY.md#saft--tga-zsr): attack,
+losses and hyper-parameters equal theirs; attention tokens are normalised per token (theirs: over
+the token axis), short description lists are padded by cycling, and the ensemble head averages
+embeddings (theirs: logits of the K selected). Documented, no switch."""
 
 from clip_robust_ext import hookimpl
 

@@ -21,7 +21,7 @@ from ...errors import ClipxError
 from ...models import ZeroShotClassifier
 from ..base import attack_mode
 from .config import TextAttackConfig, TextAttackRecord
-from .env import import_textattack, stopword_variants
+from .env import import_textattack, stopword_set
 
 # process-wide count of TextAttack `Attack.attack` calls (tests read it)
 TEXTATTACK_CALLS = {"n": 0}
@@ -112,7 +112,7 @@ class CLIPTextAttacker:
         words = words_of(text)
         if len(words) < self.config.min_words:
             return f"fewer than {self.config.min_words} words"
-        stop = stopword_variants()
+        stop = stopword_set(self.config.stopwords)
         if all(w in stop for w in words):
             return "only stop words"
         return ""
@@ -172,7 +172,7 @@ class CLIPTextAttacker:
                 f"text attack changed {len(record.changed)} words of {record.original!r} "
                 f"(max_words={self.config.max_words})"
             )
-        stop = stopword_variants()
+        stop = stopword_set(self.config.stopwords)
         bad = [c["old"] for c in record.changed if c["old"] in stop]
         if bad:
             raise ClipxError(f"text attack changed stop word(s) {bad} in {record.original!r}")

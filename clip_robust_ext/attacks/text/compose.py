@@ -19,7 +19,7 @@ from typing import Any
 
 from ...errors import ClipxError, ClipxUsageError
 from .config import TextAttackConfig
-from .env import import_textattack, require_wordnet, stopword_variants
+from .env import import_textattack, require_wordnet, stopword_set
 
 _ta = import_textattack()
 from textattack import Attack  # noqa: E402
@@ -47,16 +47,35 @@ from .goals import CLIPEmbeddingKL  # noqa: E402
 class CLIPWordSwapMaskedLM(WordSwapMaskedLM):
     """TextAttack's BERT-Attack swap plus Co-Attack's `threshold_pred_score`: a single-piece
     candidate whose masked-LM logit at the word's position is below `logit_threshold` is dropped.
-    (TextAttack applies `min_confidence` only in its "bae" path; Co-Attack/MMCoA use 0.3.)"""
+    (TextAttack applies `min_confidence` only in its "bae" path; Co-Attack/MMCoA use 0.3.)
 
-    def __init__(self, *args, logit_threshold: float | None = None, **kwargs):
+    Reference-code quirks (docs/FIDELITY.md#mmcoa), off by default:
+    previous_token: take a word's candidates (and threshold logits) from the position before it,
+      as MMCoA's / Co-Attack's bert_attack.py does by slicing [CLS]-inclusive predictions with
+      [CLS]-free word offsets.
+    banned: substitutes never proposed (the reference drops stop words as substitutes)."""
+
+    def __init__(
+        self,
+        *args,
+        logit_threshold: float | None = None,
+        previous_token: bool = False,
+        banned: frozenset[str] = frozenset(),
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.logit_threshold = logit_threshold
+        self.previous_token = previous_token
+        self.banned = banned
 
     def _bert_attack_replacement_words(self, current_text, index, id_preds, masked_lm_logits):
+        if self.previous_token:  # row p now holds the predictions for token p - 1
+            id_preds = id_preds.roll(1, dims=0)
+            masked_lm_logits = masked_lm_logits.roll(1, dims=0)
         words = super()._bert_attack_replacement_words(
             current_text, index, id_preds, masked_lm_logits
         )
+        words = [w for w in words if w.strip("Ġ") not in self.banned]
         if self.logit_threshold is None or not words:
             return words
         tok = self._lm_tokenizer
@@ -74,7 +93,7 @@ class CLIPWordSwapMaskedLM(WordSwapMaskedLM):
         ]
 
     def extra_repr_keys(self):
-        return [*super().extra_repr_keys(), "logit_threshold"]
+        return [*super().extra_repr_keys(), "logit_threshold", "previous_token"]
 
 
 class OfflineWordSwapWordNet(WordSwapWordNet):
@@ -148,6 +167,8 @@ def build_transformation(config: TextAttackConfig, masked_lm: Any = None, tokeni
             max_length=config.max_length,
             max_candidates=config.max_candidates,
             logit_threshold=config.min_confidence,
+            previous_token=config.substitutes_from == "previous-token",
+            banned=stopword_set("reference") if config.stopwords == "reference" else frozenset(),
         )
     if config.transformation == "wordnet":
         require_wordnet()
@@ -179,7 +200,7 @@ def build_textattack(wrapper, config: TextAttackConfig, transformation) -> Attac
         raise ClipxUsageError(f"unknown text-attack goal {config.goal!r}")
     constraints = [
         RepeatModification(),
-        StopwordModification(stopwords=stopword_variants()),
+        StopwordModification(stopwords=stopword_set(config.stopwords)),
         MaxWordsPerturbed(max_num_words=config.max_words),
     ]
     return Attack(goal, constraints, transformation, GreedyWordSwapWIR(wir_method="unk"))

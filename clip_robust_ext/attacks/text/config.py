@@ -5,13 +5,17 @@ from __future__ import annotations
 import inspect
 import typing
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ...errors import ClipxUsageError
 
 TRANSFORMATIONS = ("bert-mlm", "wordnet", "charswap")
 GOALS = ("kl", "zero-shot")
 TARGETS = ("prompts", "captions")
+SUBSTITUTE_POSITIONS = ("word", "previous-token")
+STOPWORD_LISTS = ("clipx", "reference")
+# reference-code options (docs/FIDELITY.md#mmcoa) and their defaults
+FIDELITY_DEFAULTS = {"substitutes_from": "word", "stopwords": "clipx"}
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,12 @@ class TextAttackConfig:
     masked_lm:      hub name or local folder for "bert-mlm" (objects are passed to the attacker)
     min_words:      texts with fewer words are returned unchanged and reported as skipped
     kl_threshold:   stop once KL exceeds it (None = keep the best swap found)
+    substitutes_from: "word" (BERT-Attack: the masked LM's predictions at the word's own tokens) |
+                    "previous-token" (MMCoA's / Co-Attack's bert_attack.py, whose slicing ignores
+                    [CLS]: a word gets the predictions for the token before it; paper numbers only)
+    stopwords:      "clipx" (NLTK's list in every case; stop words may be substitutes) |
+                    "reference" (the BERT-Attack lineage's case-sensitive list with punctuation;
+                    stop words are never substitutes), see docs/FIDELITY.md#mmcoa
     """
 
     transformation: str = "bert-mlm"
@@ -38,6 +48,8 @@ class TextAttackConfig:
     kl_threshold: float | None = None
     seed: int = 0
     batch_size: int = 256
+    substitutes_from: Literal["word", "previous-token"] = "word"
+    stopwords: Literal["clipx", "reference"] = "clipx"
 
     def __post_init__(self) -> None:
         if self.transformation not in TRANSFORMATIONS:
@@ -47,6 +59,14 @@ class TextAttackConfig:
         if self.goal not in GOALS:
             raise ClipxUsageError(
                 f"text-attack goal must be one of {', '.join(GOALS)}, got {self.goal!r}"
+            )
+        if self.substitutes_from not in SUBSTITUTE_POSITIONS:
+            raise ClipxUsageError(
+                f"text-attack substitutes_from must be one of {', '.join(SUBSTITUTE_POSITIONS)}, got {self.substitutes_from!r}"
+            )
+        if self.stopwords not in STOPWORD_LISTS:
+            raise ClipxUsageError(
+                f"text-attack stopwords must be one of {', '.join(STOPWORD_LISTS)}, got {self.stopwords!r}"
             )
         for name in ("max_words", "max_candidates", "max_length", "batch_size"):
             value = getattr(self, name)
@@ -60,10 +80,16 @@ class TextAttackConfig:
             )
 
     def key(self) -> tuple:
-        return tuple(sorted(asdict(self).items()))
+        # the fidelity options enter only when set: caches made before they existed stay valid
+        return tuple(sorted(self.to_dict(omit_defaults=FIDELITY_DEFAULTS).items()))
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self, omit_defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+        """All fields; those in `omit_defaults` are left out while at that value."""
+        out = asdict(self)
+        for key, default in (omit_defaults or {}).items():
+            if out.get(key) == default:
+                out.pop(key)
+        return out
 
 
 def text_attack_parameters() -> list[inspect.Parameter]:

@@ -33,10 +33,12 @@ from types import ModuleType
 
 from ...data.paths import cache_dir
 from ...errors import ClipxError, ClipxUsageError
+from .config import STOPWORD_LISTS
 
 MARKER = "post_install_check_3"  # textattack 0.3.x: shared/utils/install.py
 _TA_REWRITTEN = ("TFHUB_CACHE_DIR", "PYTORCH_TRANSFORMERS_CACHE", "HF_HOME", "XDG_CACHE_HOME")
 _STOPWORDS_FILE = Path(__file__).with_name("stopwords_en.txt")
+_REFERENCE_STOPWORDS_FILE = Path(__file__).with_name("stopwords_bert_attack.txt")
 
 
 @cache
@@ -50,6 +52,24 @@ def stopword_variants() -> frozenset[str]:
     'This' in 'This is a photo of a cat' would otherwise be modifiable."""
     words = stopwords()
     return frozenset(words | {w.capitalize() for w in words} | {w.upper() for w in words})
+
+
+@cache
+def reference_stopwords() -> frozenset[str]:
+    """The BERT-Attack lineage's list as MMCoA / Co-Attack use it: lower-case function words and
+    punctuation, matched case-sensitively (written for clipx from that description)."""
+    lines = _REFERENCE_STOPWORDS_FILE.read_text().splitlines()
+    return frozenset(w for line in lines if not line.startswith("#") for w in line.split())
+
+
+def stopword_set(which: str = "clipx") -> frozenset[str]:
+    """'clipx': NLTK's list in every case (stop words stay stop words when capitalised);
+    'reference': the BERT-Attack lineage's case-sensitive list (docs/FIDELITY.md#mmcoa)."""
+    if which == "reference":
+        return reference_stopwords()
+    if which == "clipx":
+        return stopword_variants()
+    raise ClipxUsageError(f"stopwords must be one of {STOPWORD_LISTS}, got {which!r}")
 
 
 def _nltk_has(resource: str) -> bool:
