@@ -1,9 +1,10 @@
-"""The plugin contract. Every hook receives a `register(name, obj, **meta)` callback
-(the simonw/llm pattern): a plugin calls it zero or more times and returns nothing.
-Specs are keyword-only; an implementation may accept a subset of the arguments, so arguments
-can be added later without breaking plugins (never renamed or removed). Factories should
-expose their parameters to `inspect.signature`: recipes validate and route keys by it.
-Author guide: docs/PLUGINS.md."""
+"""The plugin contract. Every registry hook receives a `register(name, obj, description="",
+*, modality=None, protocol_params=())` callback (the simonw/llm pattern): a plugin calls it zero
+or more times and returns nothing. Specs are keyword-only; an implementation may accept a subset
+of the arguments, so arguments can be added later without breaking plugins (never renamed or
+removed). Registered factories are wrapped by `params.checked`: recipes validate and route keys
+by their signature. Author guide: docs/PLUGINS.md; everything a plugin imports:
+`clip_robust_ext.api`."""
 
 from __future__ import annotations
 

@@ -223,6 +223,33 @@ def test_core_imports_have_no_cycle():
     )
 
 
+def test_subpackages_import_one_way():
+    """Layers, not just modules: e.g. models must not import attacks while attacks imports
+    models (the package itself, which re-exports the API, is left out)."""
+    found = cycles(package_graph(import_graph(core_modules())))
+    assert not found, "import cycles between sub-packages:\n" + "\n".join(
+        " <-> ".join(c) for c in found
+    )
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """clip_robust_ext.<first part> -> the ones it imports."""
+
+    def top(name: str) -> str:
+        return ".".join(name.split(".")[:2])
+
+    out: dict[str, set[str]] = {}
+    for module, deps in graph.items():
+        if top(module) == CORE:
+            continue
+        edges = out.setdefault(top(module), set())
+        edges |= {top(d) for d in deps if top(d) not in (CORE, top(module))}
+    for deps in list(out.values()):
+        for dep in deps:
+            out.setdefault(dep, set())
+    return out
+
+
 def test_no_private_name_crosses_a_module():
     modules = {**core_modules(), **plugin_modules()}
     found = private_imports(modules)
@@ -294,6 +321,8 @@ if __name__ == "__main__":
     private = private_imports({**core, **plugin_modules()})
     outside = plugin_imports_outside_api(plugin_modules())
     print(f"import cycles (strongly connected groups): {len(found_cycles)}")
+    package_cycles = cycles(package_graph(import_graph(core)))
+    print(f"sub-package cycles: {len(package_cycles)} {package_cycles}")
     for c in found_cycles:
         print("  " + " <-> ".join(c))
     print(f"private cross-module imports: {len(private)}")
