@@ -154,3 +154,18 @@ def test_aggregate_gives_mean_sample_std_and_keeps_per_seed_values():
     assert row["robust"]["values"] == [10.0, 20.0, 30.0]
     assert mean_std([5.0]) == (5.0, 0.0)
     assert "60.0 ± 10.0" in spread_table([row])
+
+
+def test_sweep_winner_is_the_best_mean_of_clean_and_robust():
+    from clip_robust_ext.evaluation.sweep import sweep_markdown, sweep_rows
+
+    recs = [
+        {"label": "clip", "clean_acc": 90.0, "robust_acc": 10.0},
+        {"label": "tecoa-lr2e-4", "clean_acc": 85.0, "robust_acc": 30.0},
+        {"label": "tecoa-lr1e-3", "clean_acc": 60.0, "robust_acc": 50.0},  # 55 < 57.5
+        {"label": "fare-lr1e-3", "clean_acc": 80.0, "robust_acc": 20.0},
+    ]
+    rows = sweep_rows(recs)
+    best = {(r["method"], r["setting"]) for r in rows if r["best"]}
+    assert best == {("tecoa", "2e-4"), ("fare", "1e-3")}
+    assert "| tecoa | 2e-4 | 85.0 | 30.0 | 57.5 | ✓ |" in sweep_markdown(rows, recs[0])

@@ -1,5 +1,5 @@
 """The main job's claims, checked as effects: the shipped `mmcoa` recipe (default profile,
-fine-tuned on the SEEN procedural classes) at a reduced but meaningful size. MMCoA beats the
+fine-tuned on the SEEN procedural classes), evaluated on 150 images per class set. MMCoA beats the
 undefended start under the text and multimodal attacks on the seen classes, and TeCoA beats it
 under the image attack on the UNSEEN classes (its image robustness transfers zero-shot).
 
@@ -17,13 +17,9 @@ from click.testing import CliRunner
 from clip_robust_ext.cli import cli
 from clip_robust_ext.data import SHAPES_SPLITS
 
-STEPS = 100  # half the recipe's 200 steps per method
-REDUCED = [
-    f"defense.max_steps={STEPS}",
-    f"baselines.0.max_steps={STEPS}",
-    f"baselines.1.max_steps={STEPS}",
-    "evaluate.n_samples=150",
-]
+# the recipe's own training (200 steps per method; at 100 steps MMCoA's multimodal gain on the
+# seen classes was 4.7 points, inside the noise of 150 samples), evaluated on fewer images
+REDUCED = ["evaluate.n_samples=150"]
 UNSEEN = "procedural-shapes_test_unseen"
 SEEN = "procedural-shapes_test_seen"
 
@@ -39,7 +35,7 @@ def test_mmcoa_and_tecoa_beat_the_undefended_start(tmp_path):
     view = {(r["label"], r["dataset_key"]): r["per_attack"] for r in records}
     unseen = next(r for r in records if r["dataset_key"] == UNSEEN)
     assert unseen["class_split"]["class_names"] == SHAPES_SPLITS["unseen"]
-    margin = 5.0  # points on 150 fixed samples; the full-size effects are 20-80 points
+    margin = 5.0  # points on 150 fixed samples; 3 seeds at full size: gains of 12.8-83.2 points
     start, mmcoa = view[("clip", SEEN)], view[("mmcoa", SEEN)]
     assert mmcoa["text"] >= start["text"] + margin, (mmcoa, start)
     assert mmcoa["multimodal"] >= start["multimodal"] + margin, (mmcoa, start)

@@ -70,21 +70,7 @@ def spread_table(rows: list[dict[str, Any]]) -> str:
     views = list(dict.fromkeys(r["dataset_key"] for r in rows))
     budgets = sorted({r["eps"] for r in rows if r["eps"] is not None})
     eps_str = {r["eps"]: r["eps_str"] for r in rows if r["eps"] is not None}
-    skip = {
-        "label",
-        "dataset_key",
-        "eps",
-        "eps_str",
-        "class_split",
-        "seeds",
-        "n_seeds",
-        "n",
-        "clean",
-        "robust",
-    }
-    attacks = list(dict.fromkeys(k for r in rows for k in r if k not in skip))
-    if len(attacks) < 2:
-        attacks = []  # one attack: its number is the worst case
+    attacks = _attack_names(rows)
     tag = (lambda e: f"@{eps_str[e]}") if len(budgets) > 1 else (lambda e: "")
     index = {(r["label"], r["dataset_key"], r["eps"]): r for r in rows}
     out = []
@@ -116,47 +102,52 @@ def unseen_view(rows: list[dict[str, Any]]) -> str | None:
     return None
 
 
+def _attack_names(rows: list[dict[str, Any]]) -> list[str]:
+    """The per-attack metrics of aggregated rows (none when a single attack ran: its number is
+    the worst case)."""
+    fixed = {"label", "dataset_key", "eps", "eps_str", "class_split", "seeds", "n_seeds", "n"}
+    names = list(dict.fromkeys(k for r in rows for k in r if k not in fixed | {"clean", "robust"}))
+    return names if len(names) > 1 else []
+
+
 def plot_unseen(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path | None:
-    """Clean vs robust accuracy on the unseen classes, one point per model with std error bars,
-    one panel per budget. None when no unseen view was evaluated."""
+    """Clean vs robust accuracy on the unseen classes, one point per model with std error bars;
+    a panel per budget for the worst case and, when several attacks ran, for each attack.
+    None when no unseen view was evaluated under attack."""
     view = unseen_view(rows)
     if view is None:
+        return None
+    mine = [r for r in rows if r["dataset_key"] == view and r["eps"] is not None]
+    budgets = sorted({r["eps"] for r in mine})
+    if not budgets:  # clean-only protocol: nothing to plot against
         return None
     import matplotlib  # only when plotting: keeps `import clip_robust_ext` light
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    mine = [r for r in rows if r["dataset_key"] == view and r["eps"] is not None]
-    budgets = sorted({r["eps"] for r in mine})
-    if not budgets:  # clean-only protocol: nothing to plot against
-        return None
-    fig, axes = plt.subplots(1, len(budgets), figsize=(5.5 * len(budgets), 4.5), squeeze=False)
-    for ax, eps in zip(axes[0], budgets):
+    panels = [(e, m) for e in budgets for m in ["robust", *_attack_names(mine)]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.5), squeeze=False)
+    for ax, (eps, metric) in zip(axes[0], panels):
         for r in (r for r in mine if r["eps"] == eps):
-            ax.errorbar(
-                r["clean"]["mean"],
-                r["robust"]["mean"],
-                xerr=r["clean"]["std"],
-                yerr=r["robust"]["std"],
-                fmt="o",
-                capsize=3,
-            )
+            x, y = r["clean"], r[metric]
+            ax.errorbar(x["mean"], y["mean"], xerr=x["std"], yerr=y["std"], fmt="o", capsize=3)
             ax.annotate(
                 r["label"],
-                (r["clean"]["mean"], r["robust"]["mean"]),
+                (x["mean"], y["mean"]),
                 fontsize=8,
                 xytext=(4, 4),
                 textcoords="offset points",
             )
+        name = "worst case" if metric == "robust" else metric
         ax.set_xlabel(f"clean accuracy on {view} (%)")
-        ax.set_ylabel("robust accuracy (%)")
-        ax.set_title(f"unseen classes, eps {next(r['eps_str'] for r in mine if r['eps'] == eps)}")
+        ax.set_ylabel(f"{name} accuracy (%)")
+        ax.set_title(f"{name}, eps {next(r['eps_str'] for r in mine if r['eps'] == eps)}")
         ax.grid(alpha=0.3)
-    n = max(r["n_seeds"] for r in mine)
-    fig.suptitle(f"zero-shot transfer: mean ± std over {n} seeds")
+    seeds = max(r["n_seeds"] for r in mine)
+    fig.suptitle(f"unseen classes ({view}): mean ± std over {seeds} seeds")
     fig.tight_layout()
-    out = atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=120))
+    out = atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
     plt.close(fig)
     return out
 
