@@ -528,7 +528,7 @@ def eval_model_spec(
                 f"--model {model}: a checkpoint file needs --arch (its open_clip architecture)"
             )
         spec = {"source": "open_clip", "arch": arch, "pretrained": model, **extra}
-        label = Path(model).stem
+        label = _file_label(Path(model))
     else:
         import open_clip
 
@@ -547,14 +547,21 @@ def eval_model_spec(
         label = model
     if checkpoint is not None:
         spec["checkpoint"] = checkpoint
-        label = (
-            Path(checkpoint).stem
-            if Path(checkpoint).stem not in ("final", "checkpoint")
-            else Path(checkpoint).parent.name or label
-        )
+        label = _file_label(Path(checkpoint))
     elif pretrained and Path(pretrained).expanduser().is_file():
-        label = Path(pretrained).stem
+        label = _file_label(Path(pretrained))
     return spec, label
+
+
+def _file_label(path: Path) -> str:
+    """The default label of a weights file: its name (its folder's for final.pt/checkpoint.pt)
+    plus a short hash of its absolute path, so two files that share a name never share results."""
+    import hashlib
+
+    path = path.expanduser()
+    name = path.stem if path.stem not in ("final", "checkpoint") else path.resolve().parent.name
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:6]
+    return f"{name or 'model'}-{digest}"
 
 
 def run_eval(
@@ -603,7 +610,12 @@ def run_eval(
         apply_set(section, parts, value)
     section = _evaluate(section, reg)
     proto = protocol_from_dict(section)
-    label = label or re.sub(r"[^A-Za-z0-9_.+-]", "-", default_label)
+    from .validation import check_device, check_label
+
+    label = check_label(
+        label or re.sub(r"[^A-Za-z0-9_.+-]", "-", default_label).lstrip("-."), "--label"
+    )
+    check_device(device, "--device")
     run_dir = Path(run_dir) if run_dir else Path("runs") / f"eval-{label}"
     with RunLock(run_dir, resume=True, what="evaluation"):
         _check_writable(run_dir)
