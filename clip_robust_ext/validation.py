@@ -143,8 +143,8 @@ def check_positive_number(value: Any, key: str) -> float:
 
 def check_method(method: dict[str, Any], key: str) -> None:
     """What `recipe run` checks before training, done at validation: the training options as a
-    TrainConfig, iteration counts >= 0, and the defense built from its parameters."""
-    from .registry import get
+    TrainConfig and iteration counts >= 0. (The defense itself is built by `recipe run` before
+    any work; not here, since a profile may name files only its own machine has.)"""
     from .training.config import TrainConfig
 
     check_iterations(method["params"], key, minimum=0)
@@ -152,7 +152,27 @@ def check_method(method: dict[str, Any], key: str) -> None:
         check_seed(method["train"]["seed"], f"{key}.seed")
     try:
         TrainConfig.from_dict(dict(method["train"]))
-        get("defenses", method["name"]).obj(**method["params"])
     except ClipxUsageError as exc:
-        text = str(exc)
-        raise ClipxUsageError(text if text.startswith(key) else f"{key}: {text}") from None
+        raise ClipxUsageError(f"{key}: {exc}") from None
+
+
+def check_weights(tensors: Any, where: str) -> None:
+    """Floating, finite weights: argmax and sign of NaN are 0, so a NaN/inf or integer model
+    would be scored as if it were a model. `tensors` is a state dict or (name, tensor) pairs."""
+    import torch
+
+    items = tensors.items() if isinstance(tensors, dict) else tensors
+    for name, t in items:
+        if not isinstance(t, torch.Tensor) or name.endswith(("attn_mask", "num_batches_tracked")):
+            continue
+        if not (t.is_floating_point() or t.is_complex()):
+            raise ClipxUsageError(
+                f"{where}: weight '{name}' is {str(t.dtype).replace('torch.', '')}, not floating "
+                "point (quantized checkpoints are not supported; dequantize it first)"
+            )
+        if not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ClipxUsageError(
+                f"{where}: weight '{name}' has {bad} non-finite value(s) (NaN or inf); the "
+                "checkpoint is broken (a diverged training run?)"
+            )

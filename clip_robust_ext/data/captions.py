@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from ..errors import ClipxUsageError
 from .folders import _to_tensor
+from .imageio import open_rgb
 
 SHAPE_CAPTIONS = (
     "a photo of a {colour} {shape}.",
@@ -150,8 +150,7 @@ def karpathy_gallery(
     for path, _ in items:
         if not path.is_file():
             raise ClipxUsageError(f"image listed in {annotations.name} not found: {path}")
-        with Image.open(path) as img:
-            images.append(_to_tensor(img, image_size))
+        images.append(_to_tensor(open_rgb(path), image_size, str(path)))
     return CaptionGallery(
         torch.stack(images), [c for _, c in items], name=f"{annotations.stem}-{split}"
     )

@@ -108,6 +108,9 @@ def load_into_clip(model: torch.nn.Module, state: dict[str, torch.Tensor], sourc
         raise ClipxUsageError(
             f"{source}: checkpoint does not fit this architecture: " + "; ".join(parts)
         )
+    from ..validation import check_weights
+
+    check_weights({k: v for k, v in state.items() if k in expected}, source)
     target.load_state_dict(state, strict=False)
     return kind
 
