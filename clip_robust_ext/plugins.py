@@ -47,7 +47,9 @@ def _dist_of(ep: metadata.EntryPoint) -> tuple[str, str]:
     dist = getattr(ep, "dist", None)
     if dist is None:
         return ("unknown", "unknown")
-    return (dist.metadata["Name"], dist.version)
+    # a distribution whose metadata lacks Name (a broken install) must not break every command
+    name = dist.metadata["Name"] or f"(unnamed distribution at {getattr(dist, '_path', '?')})"
+    return (name, dist.version or "unknown")
 
 
 def _canonical(name: str) -> str:

@@ -172,10 +172,11 @@ class RunLock:
         if owner is None:
             return False  # released meanwhile: create it
         try:
-            pid, host = int(owner.get("pid", -1)), str(owner.get("host", ""))
+            # a lock cut by a crash (or not clipx's) names no host: it was written here
+            pid, host = int(owner.get("pid", -1)), str(owner.get("host") or socket.gethostname())
             started_at = float(owner.get("started", 0) or 0)
         except (TypeError, ValueError, OverflowError):
-            pid, host, started_at = -1, "", 0.0
+            pid, host, started_at = -1, socket.gethostname(), 0.0
         here = host == socket.gethostname()
         if pid == os.getpid() and here and owner.get("pid_start") == _start_time(pid):
             raise ClipxUsageError(f"{self.path.parent} is already in use by this process")
