@@ -723,3 +723,89 @@ def test_object_tags_in_recipe_strings_are_plain_data(tmp_path):
     assert shown.exit_code == 0  # accepted at validation as the plain string it is...
     assert "!!python/object/apply" in shown.stdout
     assert not Path("/tmp/clipx-recipe-ran").exists()
+
+
+# ----------------------------------------------------------- fuzz: the eval CLI's options
+
+BAD_TEMPLATE_TAILS = ["{", "}", " {}", " {name}", "{0}", "{!r}", " {0.x}", "{:}", "{{}"]
+BAD_LABELS = ["..", ".", ".hidden", "-x", "a/b", "../up", "a b", "results.json", "eval", "clip",
+              "run.lock", "versions.json", "é"]  # fmt: skip
+BAD_DEVICES = ["cuda:abc", "tpu", "gpu", "cpu:0", "cuda:-1", "cuda:99", "CUDA", "", "cuda:", "xla"]
+
+
+@st.composite
+def broken_eval_commands(draw) -> tuple[str, list[str]]:
+    """(kind, argv): a valid `clipx eval` command with one option or dataset/model argument
+    made invalid. Every one must be refused with one line, exit 2, before any number."""
+    kind = draw(
+        st.sampled_from(
+            ["seed", "device", "template", "label", "n", "eps", "attack", "dataset-name",
+             "dataset-arg", "dataset-n", "image-size", "attack-steps", "model", "model-arg",
+             "checkpoint"]
+        )
+    )  # fmt: skip
+    argv = ["eval", "--model", "open_clip", "--arch", "clipx-tiny", "--protocol", "pgd"]
+    dataset, extra = '"procedural-shapes"', []
+    unknown = "zq-" + draw(st.text(alphabet="abcdefghij-", min_size=0, max_size=6))
+    if kind == "seed":
+        extra = ["--seed", str(draw(st.one_of(st.integers(max_value=-1), st.integers(2**32))))]
+    elif kind == "device":
+        extra = ["--device", draw(st.sampled_from(BAD_DEVICES))]
+    elif kind == "template":
+        head = draw(st.text(alphabet="ab ", max_size=3))
+        extra = ["--templates", head + "{}" + draw(st.sampled_from(BAD_TEMPLATE_TAILS))]
+    elif kind == "label":
+        extra = ["--label", draw(st.sampled_from(BAD_LABELS))]
+    elif kind == "n":
+        extra = ["--n", str(draw(st.integers(max_value=0)))]
+    elif kind == "eps":
+        extra = ["--eps", draw(st.sampled_from([e for e in BAD_EPS if "eps" not in e]))]
+    elif kind == "attack":
+        extra = ["--attack", unknown]
+    elif kind == "dataset-name":
+        dataset = f'"{unknown}"'
+    elif kind == "dataset-arg":
+        dataset = '{dataset="procedural-shapes", ' + unknown.replace("-", "_") + "=1}"
+    elif kind == "dataset-n":
+        dataset = '{dataset="procedural-shapes", n=' + str(draw(st.integers(max_value=0))) + "}"
+    elif kind == "image-size":
+        size = draw(st.one_of(st.integers(max_value=0), st.just('"big"')))
+        dataset = '{dataset="image-folder", root="/tmp", image_size=' + str(size) + "}"
+    elif kind == "attack-steps":
+        steps = draw(st.integers(max_value=0))
+        name = draw(st.sampled_from(["pgd", "bim", "cw", "apgd"]))
+        key = "n_restarts" if name == "apgd" and draw(st.booleans()) else "steps"
+        extra = ["--set", f"attacks=[{{name='{name}', {key}={steps}}}]"]
+    elif kind == "model":
+        argv[2] = unknown
+    elif kind == "model-arg":
+        extra = ["--model-arg", f"{unknown.replace('-', '_')}=1"]
+    elif kind == "checkpoint":
+        extra = ["--checkpoint", f"/no/such/dir/{unknown}.pt"]
+    argv += ["--set", f"datasets=[{dataset}]", "--n", "4", "--run-dir", "{run}", *extra]
+    return kind, argv
+
+
+def test_mutated_eval_commands_fail_cleanly(tmp_path):
+    counts: dict[str, int] = {}
+
+    @settings(
+        max_examples=max(EXAMPLES // 2, 100),
+        deadline=None,
+        derandomize=DERANDOMIZE,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(command=broken_eval_commands())
+    def check(command):
+        kind, argv = command
+        counts[kind] = counts.get(kind, 0) + 1
+        run = tmp_path / f"run-{sum(counts.values())}"
+        result = invoke([a.replace("{run}", str(run)) for a in argv])
+        lines = _lines(result.stderr)
+        assert result.exit_code == 2, f"{kind}: exit {result.exit_code}: {argv}\n{result.output}"
+        assert lines and lines[-1].startswith("Error: "), (kind, result.stderr)
+        assert sum(x.startswith("Error: ") for x in lines) == 1 and "Traceback" not in result.output
+        assert result.stdout == "" and not (run / "results.json").exists()  # no number
+
+    check()
+    assert len(counts) == 15  # every kind of mutation was tried
