@@ -180,7 +180,7 @@ def read_key(path: Path) -> dict[str, Any] | None:
     missing, truncated, or from before keys were recorded."""
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     key = data.get("key") if isinstance(data, dict) else None
     return key if isinstance(key, dict) else None

@@ -232,6 +232,8 @@ def parse_set(item: str) -> tuple[list[str], Any]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
+    except RecursionError:
+        raise ClipxUsageError(f"--set {key.strip()}: value nested too deeply") from None
     return parts, value
 
 

@@ -145,7 +145,7 @@ class RunLock:
             owner = json.loads(path.read_text())
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return {}
         return owner if isinstance(owner, dict) else {}
 

@@ -189,6 +189,8 @@ def _round2_files(root: Path) -> None:
         evaluate='{ dataset = "procedural-shapes", n = 8 }',
     ).replace('name = "toyrun"', 'name = "toyrun"\nstages = ["evaluate"]')
     (root / "eval-only.toml").write_text(evalonly)
+    (root / "captions-cut.json").write_text('{"images": [1, 2')
+    (root / "captions-other.json").write_text('[{"img": "x.png"}]')
     (root / "stale" / "tecoa").mkdir(parents=True)
     (root / "stale" / "tecoa" / "done.json").write_text('{"key": {"params"')  # truncated
     (root / "stale" / "tecoa" / "final.pt").write_bytes(b"")
@@ -358,6 +360,7 @@ def _tiny(name: str) -> list[str]:
 _ONE_FIELD = "must contain exactly one '{{}}' (the class name) and no other fields"
 _LABEL = "must be a simple name (letters, digits, - _ . +; not starting with '.' or '-')"
 _MPS = getattr(torch.backends, "mps", None)
+_GALLERY = "galleries={{source='karpathy', annotations='{d}/captions-%s.json', image_root='{d}'}}"
 
 ROUND2 = [
     # -- templates: str.format would raise deep inside the zero-shot head
@@ -473,6 +476,13 @@ ROUND2 = [
          ("started an unknown time) did not finish",)),
     Case("state-done-json-truncated", ["recipe", "run", "{d}/eval-only.toml", "--run-dir", "{d}/stale"],
          ("tecoa: the model in", "was trained from other inputs ((no key recorded))", "run the stage that trains it again")),
+    # -- more values that used to raise deep inside (found while fixing the above)
+    Case("set-nested-too-deeply", _rs("data.n=" + "[" * 800 + "]" * 800),
+         ("--set data.n: value nested too deeply",)),
+    Case("captions-not-json", [*EVAL, "--protocol", "coattack-retrieval", "--set", _GALLERY % "cut"],
+         ("captions-cut.json: not valid JSON",)),
+    Case("captions-wrong-layout", [*EVAL, "--protocol", "coattack-retrieval", "--set", _GALLERY % "other"],
+         ("captions-other.json: not a Karpathy or ALBEF caption file (bad entry: KeyError('caption'))",)),
 ]  # fmt: skip
 CASES += ROUND2
 

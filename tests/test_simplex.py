@@ -272,7 +272,9 @@ def test_defense_loss_trains_the_vision_tower_and_reduces_to_tecoa_at_weight_zer
     ref = copy.deepcopy(zs).eval().requires_grad_(False)
     with torch.no_grad():  # move the model away from the reference: D(x), J become non-zero
         # (a random perturbation: scaling proj alone leaves the normalised features, so D(x), unchanged)
-        zs.clip.visual.proj.add_(0.2 * zs.clip.visual.proj.std() * torch.randn_like(zs.clip.visual.proj))
+        zs.clip.visual.proj.add_(
+            0.2 * zs.clip.visual.proj.std() * torch.randn_like(zs.clip.visual.proj)
+        )
     batch = Batch(torch.rand(2, 3, 32, 32), torch.tensor([3, 9]), ["c"] * 2)
     torch.manual_seed(0)
     loss, metrics = build(eps="4/255", adv_weight=0.0).loss(batch, _ctx(zs, ref))

@@ -297,7 +297,7 @@ def procedural_small(
     weights = procedural_small_path(rebuild=rebuild, progress=progress, **overrides)
     arch = overrides.get("arch", PROCEDURAL_SMALL_DEFAULTS["arch"])
     loaded = load_clip(arch, pretrained=str(weights), device=device, precision=precision)
-    meta = json.loads((weights.parent / "meta.json").read_text())
+    meta = json.loads((weights.parent / "meta.json").read_text())  # checked by _finished
     loaded.info.update(
         {
             "source": "procedural-small",
