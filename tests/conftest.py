@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,6 +21,12 @@ if not os.environ.get("CLIPX_ASSETS") and _assets.is_dir():
     os.environ["CLIPX_ASSETS"] = str(_assets)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+# property tests draw the same examples on every run (a red CI must be reproducible); set
+# HYPOTHESIS_PROFILE=explore for fresh random examples
+settings.register_profile("clipx", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "clipx"))
 
 
 def pytest_addoption(parser):
