@@ -29,4 +29,6 @@ def unknown_name(kind: str, name: str, choices: Iterable[str]) -> ClipxUsageErro
     choices = sorted(choices)
     hint = closest(name, choices)
     listing = ", ".join(choices[:12]) + (" ..." if len(choices) > 12 else "")
-    return ClipxUsageError(f"unknown {kind} '{name}'{hint}; available: {listing}")
+    # a name with a newline or control character is shown escaped: the message stays one line
+    shown = name if name.isprintable() else name.encode("unicode_escape").decode("ascii")
+    return ClipxUsageError(f"unknown {kind} '{shown}'{hint}; available: {listing}")

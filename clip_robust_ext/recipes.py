@@ -36,6 +36,15 @@ from .params import signature_of as _signature
 from .params import types_from_defaults as _types_from_defaults
 from .params import unknown_key as _unknown_key
 from .registry import entries
+from .validation import (
+    check_dataset_params,
+    check_device,
+    check_iterations,
+    check_label,
+    check_method,
+    check_seed,
+    check_template,
+)
 
 STAGES = ("pretrain", "defend", "evaluate")
 SECTIONS = ("recipe", "model", "data", "pretrain", "defense", "baselines", "evaluate", "profiles")
@@ -90,7 +99,8 @@ def find_recipe(name_or_path: str | Path) -> Path:
     path = Path(text).expanduser()
     if text.endswith(".toml") or path.is_file():
         if not path.is_file():
-            raise ClipxUsageError(f"recipe file not found: {text}")
+            why = _not_a_file(path)
+            raise ClipxUsageError(f"{why}: {text}" if why else f"recipe file not found: {text}")
         return path
     known = entries("recipes")
     if text not in known:
@@ -98,10 +108,27 @@ def find_recipe(name_or_path: str | Path) -> Path:
     return Path(known[text].obj)
 
 
+def _not_a_file(path: Path) -> str:
+    """Why a recipe path is not a readable file: missing, a folder, a FIFO, a symlink loop."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "recipe file is a broken symlink" if path.is_symlink() else ""
+    except OSError as exc:  # ELOOP: a symlink loop
+        return f"cannot open the recipe file ({exc.strerror or exc})"
+    if stat.S_ISDIR(mode):
+        return "recipe path is a directory, not a file"
+    return "recipe path is not a regular file (a FIFO, socket or device)"
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
+    except RecursionError:
+        raise ClipxUsageError(f"{path}: invalid TOML: nested too deeply") from None
     except tomllib.TOMLDecodeError as exc:
         raise ClipxUsageError(f"{path}: invalid TOML: {exc}") from None
     except UnicodeDecodeError:
@@ -205,6 +232,8 @@ def parse_set(item: str) -> tuple[list[str], Any]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
+    except RecursionError:
+        raise ClipxUsageError(f"--set {key.strip()}: value nested too deeply") from None
     return parts, value
 
 
@@ -298,9 +327,9 @@ def _templates(value: Any, key: str, reg: _Registries, descriptions: bool = Fals
     if isinstance(value, str) and "{}" not in value:
         return _name(value, key, "template set", reg["templates"])
     if isinstance(value, str):
-        return [value]
+        return [check_template(value, key)]
     if isinstance(value, list) and value and all(isinstance(t, str) and "{}" in t for t in value):
-        return value
+        return [check_template(t, f"{key}.{i}") for i, t in enumerate(value)]
     if (
         descriptions
         and isinstance(value, dict)
@@ -351,6 +380,7 @@ def _dataset(
             out[k] = section.pop(k)
     check_subset_spec(out, key)
     out.update(_factory_kwargs(section, factory, key, ("dataset", *extra)))
+    check_dataset_params(out, key)
     return out
 
 
@@ -360,12 +390,7 @@ def _method(
     section = dict(_table(section, key))
     _require(section, "name", key, "a defense registry name")
     name = _name(section.pop("name"), f"{key}.name", "defense", reg["defenses"])
-    label = section.pop("label", default_label or name)
-    if not isinstance(label, str) or not _LABEL.match(label) or label in RESERVED_LABELS:
-        raise ClipxUsageError(
-            f"{key}.label: {label!r} must be a simple name (letters, digits, - _ . +) other than "
-            f"{', '.join(repr(x) for x in RESERVED_LABELS)}"
-        )
+    label = check_label(section.pop("label", default_label or name), f"{key}.label")
     factory = reg["defenses"][name].obj
     params, var_kw = _signature(factory)
     cfg_fields = _dataclass_fields(_train_config_type())
@@ -390,7 +415,9 @@ def _method(
     if "extras" in train:
         _table(train["extras"], f"{key}.extras")
     explicit = _factory_kwargs(explicit, factory, key, tuple(cfg_fields) + METHOD_KEYS)
-    return {"name": name, "label": label, "train": train, "params": explicit}
+    method = {"name": name, "label": label, "train": train, "params": explicit}
+    check_method(method, key)
+    return method
 
 
 def evaluate_section(section: Any, reg: Registries) -> dict[str, Any]:
@@ -421,6 +448,9 @@ def evaluate_section(section: Any, reg: Registries) -> dict[str, Any]:
             out[k] = coerce(v, fields[k], dotted)
         else:
             raise _unknown_key(dotted, ["protocol", *params, *fields])
+    check_iterations(out, "evaluate")
+    if "seed" in out:
+        check_seed(out["seed"], "evaluate.seed")
     try:
         protocol_from_dict(out)
     except ClipxUsageError as exc:
@@ -474,6 +504,7 @@ def _eval_attacks(value: Any, reg: _Registries) -> list[Any]:
                 _budget_text(v, f"{key}.{k}")  # checked here, kept as written ('eps/4')
             elif k in accepted:
                 coerce(v, accepted[k], f"{key}.{k}")  # checked, kept as written
+        check_iterations(given, key)
         spec["params"] = given
         out.append(spec)
     return out
@@ -494,10 +525,8 @@ def validate(doc: dict[str, Any], reg: _Registries | None = None) -> dict[str, A
         raise ClipxUsageError(
             f"recipe.name: {name!r} must be a simple name (letters, digits, - _ .)"
         )
-    seed = coerce(head.get("seed", 0), int, "recipe.seed")
-    device = coerce(head.get("device", "auto"), str, "recipe.device")
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
-        raise ClipxUsageError(f"recipe.device: {device!r}; use auto, cpu, cuda, cuda:N or mps")
+    seed = check_seed(coerce(head.get("seed", 0), int, "recipe.seed"), "recipe.seed")
+    device = check_device(coerce(head.get("device", "auto"), str, "recipe.device"), "recipe.device")
     out: dict[str, Any] = {
         "recipe": {
             "name": name,

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,18 +39,45 @@ def log(message: str) -> None:
 # -------------------------------------------------------------------------------------- lock
 
 
-def _pid_alive(pid: int) -> bool:
+def _proc_stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat fields after the command name (state first), or None (no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()
+    except OSError:
+        return None
+
+
+def _start_time(pid: int) -> str | None:
+    """The process start time in clock ticks since boot: with the pid, a process's identity
+    (a pid is reused; a pid and start time are not)."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
+
+
+def _pid_alive(pid: int, start: str | None = None) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    try:  # a killed child not yet reaped is a zombie: not running
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
+    fields = _proc_stat(pid)
+    if fields is None:
         return True
+    if fields[0] == "Z":  # a killed child not yet reaped is a zombie: not running
+        return False
+    # the lock's pid now names another process: the owner is gone, its pid was reused
+    return start is None or len(fields) <= 19 or fields[19] == str(start)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so a run stops the same clean way (lock released, finished
+    work kept, resumable)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
 class RunLock:
@@ -61,13 +90,28 @@ class RunLock:
 
     def __enter__(self) -> RunLock:
         self.acquire()
+        self._previous_handler = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
         self.release()
+        if exc_type is not None and issubclass(exc_type, Terminated):
+            log(
+                f"stopped by SIGTERM; finished work in {self.path.parent} is kept; run the same "
+                "command again to continue"
+            )
 
     def _mine(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        return {
+            "pid": os.getpid(),
+            "pid_start": _start_time(os.getpid()),
+            "host": socket.gethostname(),
+            "started": time.time(),
+        }
 
     def acquire(self) -> None:
         folder = self.path.parent
@@ -75,28 +119,73 @@ class RunLock:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ClipxError(f"cannot create run dir {folder}: {exc.strerror or exc}") from None
+        for _ in range(3):  # a stale lock another process just removed: create again
+            if self._create():
+                return
+            if self._take_over():
+                return
+        raise ClipxUsageError(f"{folder}: another clipx process is taking this run dir; try again")
+
+    def _create(self) -> bool:
+        """Exclusive create: of two processes only one makes the file."""
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            self._take_over()
-            return
+            return False
         except OSError as exc:
+            folder = self.path.parent
             raise ClipxError(f"run dir {folder} is not writable: {exc.strerror or exc}") from None
         with os.fdopen(fd, "w") as fh:
             json.dump(self._mine(), fh)
         self.held = True
+        return True
 
-    def _take_over(self) -> None:
+    def _read_owner(self, path: Path) -> dict[str, Any] | None:
         try:
-            owner = json.loads(self.path.read_text())
-            pid, host = int(owner.get("pid", -1)), str(owner.get("host", ""))
-        except (OSError, ValueError, TypeError, AttributeError):
-            owner, pid, host = {}, -1, ""
+            owner = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, RecursionError):
+            return {}
+        return owner if isinstance(owner, dict) else {}
+
+    def _remove_stale(self, owner: dict[str, Any]) -> bool:
+        """Move the stale lock aside (atomic rename) and check it is the one inspected; a lock a
+        racing resume created meanwhile is put back. True if this process removed it."""
+        grave = self.path.with_name(f".{LOCK_NAME}.{os.getpid()}.{time.time_ns()}")
+        try:
+            os.rename(self.path, grave)
+        except FileNotFoundError:
+            return False
+        if self._read_owner(grave) != owner:
+            try:
+                os.link(grave, self.path)
+            except OSError:
+                pass
+            grave.unlink(missing_ok=True)
+            return False
+        grave.unlink(missing_ok=True)
+        return True
+
+    def _take_over(self) -> bool:
+        owner = self._read_owner(self.path)
+        if owner is None:
+            return False  # released meanwhile: create it
+        try:
+            # a lock cut by a crash (or not clipx's) names no host: it was written here
+            pid, host = int(owner.get("pid", -1)), str(owner.get("host") or socket.gethostname())
+            started_at = float(owner.get("started", 0) or 0)
+        except (TypeError, ValueError, OverflowError):
+            pid, host, started_at = -1, socket.gethostname(), 0.0
         here = host == socket.gethostname()
-        if pid == os.getpid() and here:
+        if pid == os.getpid() and here and owner.get("pid_start") == _start_time(pid):
             raise ClipxUsageError(f"{self.path.parent} is already in use by this process")
-        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("started", 0) or 0))
-        if (here and pid > 0 and _pid_alive(pid)) or (not here and not self.resume):
+        try:
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started_at))
+        except (OverflowError, OSError, ValueError):
+            started = "an unknown time"
+        alive = here and pid > 0 and _pid_alive(pid, owner.get("pid_start"))
+        if alive or (not here and not self.resume):
             where = "" if here else f" on {host}"
             raise ClipxUsageError(
                 f"{self.path.parent} is in use by clipx process {pid}{where} (since {started}); "
@@ -107,9 +196,10 @@ class RunLock:
                 f"{self.path.parent}: an earlier {self.what} (pid {pid}, started {started}) did not "
                 "finish; pass --resume to continue it, or choose another --run-dir"
             )
-        atomic_write_json(self.path, self._mine())
-        self.held = True
+        if not self._remove_stale(owner) or not self._create():
+            return False  # another resume took it first: look again
         log(f"resuming the interrupted {self.what} in {self.path.parent}")
+        return True
 
     def release(self) -> None:
         if self.held:
@@ -303,21 +393,21 @@ def _train_one(
     prepared: dict[str, Any],
 ) -> Path:
     """Train one method from the start model; returns its open_clip checkpoint (final.pt)."""
+    from .cachekeys import read_key, training_key
     from .training.checkpoint import FINAL_NAME
     from .training.trainer import train
 
     label = method["label"]
     out = run_dir / label
     done = out / "done.json"
-    key = resolved.fingerprint("model", "data", "pretrain") + ":" + _method_key(method)
+    key = training_key(resolved.doc, method, start_ckpt)
     final = out / FINAL_NAME
-    if done.is_file() and final.is_file():
-        try:
-            if json.loads(done.read_text()).get("fingerprint") == key:
-                log(f"{label}: already trained ({final})")
-                return final
-        except ValueError:
-            pass
+    if done.is_file() and final.is_file() and read_key(done) == key:
+        log(f"{label}: already trained ({final})")
+        return final
+    if prepared["main"]:
+        _set_aside_if_stale(out, key)
+        atomic_write_json(out / "inputs.json", {"key": key})
     log(f"{label}: training defense '{method['name']}' into {out}")
     loaded = build_model(resolved.doc["model"], device, seed=resolved.seed)
     if start_ckpt is not None:
@@ -338,7 +428,7 @@ def _train_one(
         atomic_write_json(
             done,
             {
-                "fingerprint": key,
+                "key": key,
                 "checkpoint": str(final),
                 "seconds": round(time.perf_counter() - started, 2),
             },
@@ -346,11 +436,42 @@ def _train_one(
     return final
 
 
-def _method_key(method: dict[str, Any]) -> str:
-    import hashlib
+def _set_aside_if_stale(out: Path, key: dict[str, Any]) -> None:
+    """A model folder trained (or started) from other inputs is moved to <label>.stale-N (kept,
+    never resumed from), and the run says which inputs changed."""
+    from .cachekeys import changed, read_key
 
-    text = json.dumps(method, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    previous = read_key(out / "done.json") or read_key(out / "inputs.json")
+    if not out.exists() or previous == key:
+        return
+    if previous is None and not (out / "done.json").exists() and not (out / "final.pt").exists():
+        return  # an interrupted run from before keys were recorded: the trainer checks it
+    n = 1
+    while out.with_name(f"{out.name}.stale-{n}").exists():
+        n += 1
+    aside = out.with_name(f"{out.name}.stale-{n}")
+    out.rename(aside)
+    log(
+        f"{out.name}: inputs changed ({', '.join(changed(previous, key)[:6])}); retraining (the earlier model is kept in {aside})"
+    )
+
+
+def _trained_earlier(
+    resolved: ResolvedRecipe, method: dict[str, Any], start: Path | None, run_dir: Path
+) -> Path | None:
+    """final.pt of a model an earlier run trained from the same inputs (stages without it)."""
+    from .cachekeys import changed, read_key, training_key
+
+    done = run_dir / method["label"] / "done.json"
+    if not done.is_file():
+        return None
+    previous, key = read_key(done), training_key(resolved.doc, method, start)
+    if previous != key:
+        raise ClipxUsageError(
+            f"{method['label']}: the model in {done.parent} was trained from other inputs "
+            f"({', '.join(changed(previous, key)[:6])}); run the stage that trains it again"
+        )
+    return done.parent / "final.pt"
 
 
 def _prepare(resolved: ResolvedRecipe) -> dict[str, Any]:
@@ -477,16 +598,16 @@ def _run(resolved: ResolvedRecipe, run_dir: Path, main: bool) -> RunResult:
     if "pretrain" in resolved.stages:
         start_ckpt = _train_one(resolved, doc["pretrain"], None, run_dir, device, prepared)
         checkpoints[doc["pretrain"]["label"]] = str(start_ckpt)
-    elif "pretrain" in doc and (run_dir / doc["pretrain"]["label"] / "done.json").is_file():
-        start_ckpt = run_dir / doc["pretrain"]["label"] / "final.pt"
+    elif "pretrain" in doc:
+        start_ckpt = _trained_earlier(resolved, doc["pretrain"], None, run_dir)
     trained: dict[str, Path] = {}
     for method in resolved.methods:
         if "defend" in resolved.stages:
             ckpt = _train_one(resolved, method, start_ckpt, run_dir, device, prepared)
-        elif (run_dir / method["label"] / "done.json").is_file():  # trained by an earlier run
-            ckpt = run_dir / method["label"] / "final.pt"
-        else:
-            continue
+        else:  # trained by an earlier run (if at all)
+            ckpt = _trained_earlier(resolved, method, start_ckpt, run_dir)
+            if ckpt is None:
+                continue
         trained[method["label"]] = ckpt
         checkpoints[method["label"]] = str(ckpt)
     records: list[dict[str, Any]] = []
@@ -642,7 +763,7 @@ def eval_model_spec(
                 f"--model {model}: a checkpoint file needs --arch (its open_clip architecture)"
             )
         spec = {"source": "open_clip", "arch": arch, "pretrained": model, **extra}
-        label = Path(model).stem
+        label = _file_label(Path(model))
     else:
         import open_clip
 
@@ -664,14 +785,21 @@ def eval_model_spec(
         label = model
     if checkpoint is not None:
         spec["checkpoint"] = checkpoint
-        label = (
-            Path(checkpoint).stem
-            if Path(checkpoint).stem not in ("final", "checkpoint")
-            else Path(checkpoint).parent.name or label
-        )
+        label = _file_label(Path(checkpoint))
     elif pretrained and Path(pretrained).expanduser().is_file():
-        label = Path(pretrained).stem
+        label = _file_label(Path(pretrained))
     return spec, label
+
+
+def _file_label(path: Path) -> str:
+    """The default label of a weights file: its name (its folder's for final.pt/checkpoint.pt)
+    plus a short hash of its absolute path, so two files that share a name never share results."""
+    import hashlib
+
+    path = path.expanduser()
+    name = path.stem if path.stem not in ("final", "checkpoint") else path.resolve().parent.name
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:6]
+    return f"{name or 'model'}-{digest}"
 
 
 def run_eval(
@@ -720,7 +848,12 @@ def run_eval(
         apply_set(section, parts, value)
     section = evaluate_section(section, reg)
     proto = protocol_from_dict(section)
-    label = label or re.sub(r"[^A-Za-z0-9_.+-]", "-", default_label)
+    from .validation import check_device, check_label
+
+    label = check_label(
+        label or re.sub(r"[^A-Za-z0-9_.+-]", "-", default_label).lstrip("-."), "--label"
+    )
+    check_device(device, "--device")
     run_dir = Path(run_dir) if run_dir else Path("runs") / f"eval-{label}"
     with RunLock(run_dir, resume=True, what="evaluation"):
         _check_writable(run_dir)

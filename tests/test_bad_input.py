@@ -6,6 +6,7 @@ validation time (`clipx recipe show`, nothing is trained)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import re
@@ -145,7 +146,54 @@ def d(tmp_path_factory) -> Path:
     (root / "train-data-uint8.toml").write_text(
         TOY_RUN.format(data='dataset = "bad-uint8"', evaluate=shapes)
     )
+    _round2_files(root)
     return root
+
+
+def _round2_files(root: Path) -> None:
+    """Files for the issue-23 cases: odd recipe paths, broken images, broken weights, broken
+    run-state files."""
+    (root / "deep.toml").write_text("a = " + "[" * 600 + "]" * 600 + "\n")
+    (root / "folder.toml").mkdir()
+    os.mkfifo(root / "fifo.toml")
+    os.symlink(root / "loop.toml", root / "loop.toml")
+    os.symlink(root / "gone.toml", root / "dangling.toml")
+    for name, blob in (("corrupt", b"not an image at all"), ("truncated", None)):
+        _png(root / name / "a_cls" / "0.png", (255, 0, 0))
+        bad = root / name / "b_cls" / "0.png"
+        _png(bad, (0, 0, 255))
+        bad.write_bytes(blob if blob is not None else bad.read_bytes()[:50])
+    from clip_robust_ext.models import load_clip
+
+    torch.manual_seed(0)
+    state = load_clip("clipx-tiny").model.state_dict()
+    for name, change in (
+        ("nan", lambda t: t.fill_(float("nan"))),
+        ("inf", lambda t: t.fill_(float("inf"))),
+        ("int8", lambda t: t.to(torch.int8)),
+    ):
+        broken = dict(state, **{"visual.proj": change(state["visual.proj"].clone())})
+        torch.save(broken, root / f"tiny-{name}.pt")
+    for name, text in (
+        ("malformed", '{"pid": 12'),
+        ("list", "[1, 2, 3]"),
+        (
+            "huge-time",
+            json.dumps({"pid": 2**22 + 7, "host": os.uname().nodename, "started": 1e300}),
+        ),
+    ):
+        (root / "locks" / name).mkdir(parents=True)
+        (root / "locks" / name / "run.lock").write_text(text)
+    evalonly = TOY_RUN.format(
+        data='dataset = "procedural-shapes"\nn = 8\ntemplates = "shapes"',
+        evaluate='{ dataset = "procedural-shapes", n = 8 }',
+    ).replace('name = "toyrun"', 'name = "toyrun"\nstages = ["evaluate"]')
+    (root / "eval-only.toml").write_text(evalonly)
+    (root / "captions-cut.json").write_text('{"images": [1, 2')
+    (root / "captions-other.json").write_text('[{"img": "x.png"}]')
+    (root / "stale" / "tecoa").mkdir(parents=True)
+    (root / "stale" / "tecoa" / "done.json").write_text('{"key": {"params"')  # truncated
+    (root / "stale" / "tecoa" / "final.pt").write_bytes(b"")
 
 
 # --------------------------------------------------------------------------------- the table
@@ -294,6 +342,149 @@ CASES = [
                                     'data.dataset="torchvision.datasets.CIFAR10"'],
          ("data.dataset: unknown dataset 'torchvision.datasets.CIFAR10'",)),
 ]  # fmt: skip
+
+
+# -- issue 23 (reliability round 2): values a run would reject or misuse, refused up front
+EV = [*EVAL, "--protocol", "clean", "--dataset", "procedural-shapes", "--n", "4"]
+PGD = [*EVAL, "--protocol", "pgd", "--dataset", "procedural-shapes", "--n", "4"]
+
+
+def _rs(*sets: str) -> list[str]:
+    return ["recipe", "show", "tecoa", *(x for item in sets for x in ("--set", item))]
+
+
+def _tiny(name: str) -> list[str]:
+    return [*EVAL, *_ds('"procedural-shapes"'), "--checkpoint", "{d}/tiny-" + name + ".pt"]
+
+
+_ONE_FIELD = "must contain exactly one '{{}}' (the class name) and no other fields"
+_LABEL = "must be a simple name (letters, digits, - _ . +; not starting with '.' or '-')"
+_MPS = getattr(torch.backends, "mps", None)
+_GALLERY = "galleries={{source='karpathy', annotations='{d}/captions-%s.json', image_root='{d}'}}"
+
+ROUND2 = [
+    # -- templates: str.format would raise deep inside the zero-shot head
+    Case("template-two-fields", [*EV, "--templates", "a {{}} of {{}}"],
+         ("evaluate.templates: template 'a {{}} of {{}}'", _ONE_FIELD)),
+    Case("template-named-field", [*EV, "--templates", "{{}} {{name}}"],
+         ("template '{{}} {{name}}'", _ONE_FIELD)),
+    Case("template-lone-brace", [*EV, "--templates", "{{}} {{"],
+         ("template '{{}} {{' is not a valid format string", "write literal braces as")),
+    Case("template-stray-close", [*EV, "--templates", "a {{}} }}"],
+         ("is not a valid format string", "Single '}}'")),
+    Case("template-index-field", [*EV, "--templates", "a {{0}} b {{}}"], (_ONE_FIELD,)),
+    Case("template-attribute-field", [*EV, "--templates", "a {{}} {{0.x}}"], (_ONE_FIELD,)),
+    Case("template-list-extra-field", _rs("data.templates=['a {{}}', 'b {{}} {{}}']"),
+         ("data.templates.1: template 'b {{}} {{}}'", _ONE_FIELD)),
+    Case("template-eval-named", _rs("evaluate.templates=['{{}} {{name}}']"),
+         ("evaluate.templates.0: template '{{}} {{name}}'",)),
+    Case("template-eval-dataset", [*EVAL, *_ds('{{dataset="procedural-shapes", templates="x {{}} {{"}}')],
+         ("evaluate.datasets.0.templates: template 'x {{}} {{' is not a valid format string",)),
+    # -- devices
+    Case("device-cuda-abc", [*EV, "--device", "cuda:abc"],
+         ("--device: unknown device 'cuda:abc' (did you mean 'cuda'?)", "use auto, cpu, cuda, cuda:N or mps")),
+    Case("device-tpu", [*EV, "--device", "tpu"], ("--device: unknown device 'tpu'",)),
+    Case("device-cpu-index", [*EV, "--device", "cpu:0"], ("--device: unknown device 'cpu:0'",)),
+    Case("device-cuda-99", [*EV, "--device", "cuda:99"], ("--device: device 'cuda:99' requested but",)),
+    Case("device-recipe-abc", _rs("recipe.device='cuda:abc'"), ("recipe.device: unknown device 'cuda:abc'",)),
+    Case("device-recipe-cuda-99", _rs("recipe.device='cuda:99'"), ("recipe.device: device 'cuda:99' requested but",)),
+    Case("device-recipe-number", _rs("recipe.device=0"), ("recipe.device: expected a string, got 0",)),
+    *([Case("device-mps-absent", [*EV, "--device", "mps"],
+            ("--device: device 'mps' requested but MPS is not available here",)),
+       Case("device-recipe-mps-absent", _rs("recipe.device='mps'"),
+            ("recipe.device: device 'mps' requested but MPS is not available here",))]
+      if _MPS is None or not _MPS.is_available() else []),
+    # -- seeds (numpy accepts [0, 2**32 - 1] only; torch overflows on 20 digits)
+    Case("seed-20-digits", [*EV, "--seed", "12345678901234567890"],
+         ("evaluate.seed: seed 12345678901234567890 is outside [0, 4294967295]",)),
+    Case("seed-negative", [*EV, "--seed", "-1"], ("evaluate.seed: seed -1 is outside [0, 4294967295]",)),
+    Case("seed-recipe-20-digits", _rs("recipe.seed=12345678901234567890"),
+         ("recipe.seed: seed 12345678901234567890 is outside",)),
+    Case("seed-recipe-negative", _rs("recipe.seed=-3"), ("recipe.seed: seed -3 is outside",)),
+    Case("seed-recipe-2-pow-32", _rs("recipe.seed=4294967296"), ("recipe.seed: seed 4294967296 is outside",)),
+    Case("seed-recipe-float", _rs("recipe.seed=1.5"), ("recipe.seed: expected an integer, got 1.5",)),
+    Case("seed-defense-negative", _rs("defense.seed=-1"), ("defense.seed: seed -1 is outside",)),
+    Case("seed-evaluate-huge", _rs("evaluate.seed=99999999999"), ("evaluate.seed: seed 99999999999 is outside",)),
+    # -- ranges that made numbers meaningless or crashed after the work started
+    Case("range-data-n-negative", _rs("data.n=-5"), ("data.n: must be an integer >= 1, got -5",)),
+    Case("range-data-n-zero", _rs("data.n=0"), ("data.n: must be an integer >= 1, got 0",)),
+    Case("range-image-size-zero", _rs("data.dataset='image-folder'", "data.root='{d}/folder'", "data.image_size=0"),
+         ("data.image_size: must be an integer >= 1, got 0",)),
+    Case("range-image-size-negative", [*EVAL, *_ds('{{dataset="image-folder", root="{d}/folder", image_size=-32}}')],
+         ("evaluate.datasets.0.image_size: must be an integer >= 1, got -32",)),
+    Case("range-eval-dataset-n-zero", [*EVAL, *_ds('{{dataset="procedural-shapes", n=0}}')],
+         ("evaluate.datasets.0.n: must be an integer >= 1, got 0",)),
+    Case("range-max-steps-zero", _rs("defense.max_steps=0"), ("defense: max_steps must be a positive integer, got 0",)),
+    Case("range-lr-negative", _rs("defense.lr=-1e-3"), ("defense: lr must be a non-negative number, got -0.001",)),
+    Case("range-lr-zero", _rs("defense.lr=0"), ("defense: lr must be positive, got 0.0",)),
+    Case("range-batch-size-zero", _rs("defense.batch_size=0"), ("defense: batch_size must be a positive integer, got 0",)),
+    Case("range-epochs-zero", _rs("defense.epochs=0"), ("defense: epochs must be a positive integer, got 0",)),
+    Case("range-warmup-negative", _rs("defense.warmup_steps=-1"), ("defense: warmup_steps must be a non-negative integer",)),
+    Case("range-grad-clip-negative", _rs("defense.grad_clip=-1.0"), ("defense: grad_clip must be a non-negative number",)),
+    Case("range-momentum-inf", _rs("defense.momentum=inf"), ("defense.momentum: expected a finite number",)),
+    Case("range-optimizer-unknown", _rs("defense.optimizer='adamm'"), ("defense: optimizer must be one of", "did you mean 'adam'")),
+    Case("range-trainable-last-k-0", _rs("defense.trainable='last-k:0'"), ("defense: trainable must be visual, text, both or last-k:N",)),
+    Case("range-defense-steps-negative", _rs("defense.steps=-1"), ("defense.steps: must be an integer >= 0, got -1",)),
+    Case("range-evaluate-steps-negative", _rs("evaluate.steps=-1"), ("evaluate.steps: must be an integer >= 1, got -1",)),
+    Case("range-evaluate-steps-zero", _rs("evaluate.steps=0"), ("evaluate.steps: must be an integer >= 1, got 0",)),
+    Case("range-attack-steps-negative", [*PGD, "--set", "attacks=[{{name='pgd', steps=-1}}]"],
+         ("evaluate.attacks.0.steps: must be an integer >= 1, got -1",)),
+    Case("range-attack-steps-zero", [*PGD, "--set", "attacks=[{{name='pgd', steps=0}}]"],
+         ("evaluate.attacks.0.steps: must be an integer >= 1, got 0",)),
+    Case("range-preset-steps-negative", [*PGD, "--set", "steps=-1"], ("evaluate.steps: must be an integer >= 1, got -1",)),
+    Case("range-apgd-restarts-zero", [*PGD, "--set", "attacks=[{{name='apgd', n_restarts=0}}]"],
+         ("evaluate.attacks.0.n_restarts: must be an integer >= 1, got 0",)),
+    Case("range-recipe-attack-steps", _rs("evaluate.attacks=[{{name='cw', params={{steps=-2}}}}]"),
+         ("evaluate.attacks.0.steps: must be an integer >= 1, got -2",)),
+    # -- labels name files in the run dir
+    Case("label-dotdot", [*EV, "--label", ".."], ("--label: '..'", _LABEL)),
+    Case("label-results-json", [*EV, "--label", "results.json"], ("--label: 'results.json'", "not one the run dir uses")),
+    Case("label-path", [*EV, "--label", "a/b"], ("--label: 'a/b'", _LABEL)),
+    Case("label-hidden", [*EV, "--label", ".hidden"], ("--label: '.hidden'",)),
+    Case("label-eval-folder", [*EV, "--label", "eval"], ("--label: 'eval'",)),
+    Case("label-recipe-results", _rs("defense.label='results.json'"), ("defense.label: 'results.json'",)),
+    Case("label-recipe-lock", _rs("defense.label='run.lock'"), ("defense.label: 'run.lock'",)),
+    Case("label-recipe-versions", _rs("defense.label='versions.json'"), ("defense.label: 'versions.json'",)),
+    Case("label-recipe-parent", _rs("defense.label='../x'"), ("defense.label: '../x'",)),
+    # -- recipe paths that are not regular files, and TOML that recurses
+    Case("recipe-path-directory", ["recipe", "show", "{d}/folder.toml"],
+         ("recipe path is a directory, not a file: ", "folder.toml")),
+    Case("recipe-path-fifo", ["recipe", "show", "{d}/fifo.toml"],
+         ("recipe path is not a regular file (a FIFO, socket or device)",)),
+    Case("recipe-path-symlink-loop", ["recipe", "show", "{d}/loop.toml"],
+         ("cannot open the recipe file (Too many levels of symbolic links)",)),
+    Case("recipe-path-dangling-symlink", ["recipe", "show", "{d}/dangling.toml"],
+         ("recipe file is a broken symlink: ", "dangling.toml")),
+    Case("recipe-run-directory", ["recipe", "run", "{d}/folder.toml", "--run-dir", "{d}/runs/{id}"],
+         ("recipe path is a directory",), absent=("runs/{id}",)),
+    Case("recipe-deep-nesting", ["recipe", "show", "{d}/deep.toml"], ("deep.toml: invalid TOML: nested too deeply",)),
+    # -- images: named, never a silent white picture or a nameless exit 1
+    Case("image-corrupt-file", [*EVAL, *_ds('{{dataset="image-folder", root="{d}/corrupt"}}')],
+         ("corrupt/b_cls/0.png: not an image file PIL can read",)),
+    Case("image-truncated-file", [*EVAL, *_ds('{{dataset="image-folder", root="{d}/truncated"}}')],
+         ("truncated/b_cls/0.png: corrupt or truncated image",)),
+    # -- weights that would be scored as if they were a model
+    Case("weights-nan", _tiny("nan"), ("tiny-nan.pt: weight 'visual.proj' has", "non-finite value(s) (NaN or inf)")),
+    Case("weights-inf", _tiny("inf"), ("tiny-inf.pt: weight 'visual.proj' has", "non-finite")),
+    Case("weights-int8", _tiny("int8"), ("tiny-int8.pt: weight 'visual.proj' is int8, not floating point",)),
+    # -- run-state files cut by a crash or written by hand
+    Case("state-lock-truncated", ["recipe", "run", "{d}/train-data-missing.toml", "--run-dir", "{d}/locks/malformed"],
+         ("an earlier run (pid -1, started", "pass --resume to continue it")),
+    Case("state-lock-not-an-object", ["recipe", "run", "{d}/train-data-missing.toml", "--run-dir", "{d}/locks/list"],
+         ("did not finish; pass --resume",)),
+    Case("state-lock-time-overflow", ["recipe", "run", "{d}/train-data-missing.toml", "--run-dir", "{d}/locks/huge-time"],
+         ("started an unknown time) did not finish",)),
+    Case("state-done-json-truncated", ["recipe", "run", "{d}/eval-only.toml", "--run-dir", "{d}/stale"],
+         ("tecoa: the model in", "was trained from other inputs ((no key recorded))", "run the stage that trains it again")),
+    # -- more values that used to raise deep inside (found while fixing the above)
+    Case("set-nested-too-deeply", _rs("data.n=" + "[" * 800 + "]" * 800),
+         ("--set data.n: value nested too deeply",)),
+    Case("captions-not-json", [*EVAL, "--protocol", "coattack-retrieval", "--set", _GALLERY % "cut"],
+         ("captions-cut.json: not valid JSON",)),
+    Case("captions-wrong-layout", [*EVAL, "--protocol", "coattack-retrieval", "--set", _GALLERY % "other"],
+         ("captions-other.json: not a Karpathy or ALBEF caption file (bad entry: KeyError('caption'))",)),
+]  # fmt: skip
+CASES += ROUND2
 
 
 def _fill(text: str, d: Path, case: Case) -> str:
@@ -542,3 +733,89 @@ def test_object_tags_in_recipe_strings_are_plain_data(tmp_path):
     assert shown.exit_code == 0  # accepted at validation as the plain string it is...
     assert "!!python/object/apply" in shown.stdout
     assert not Path("/tmp/clipx-recipe-ran").exists()
+
+
+# ----------------------------------------------------------- fuzz: the eval CLI's options
+
+BAD_TEMPLATE_TAILS = ["{", "}", " {}", " {name}", "{0}", "{!r}", " {0.x}", "{:}", "{{}"]
+BAD_LABELS = ["..", ".", ".hidden", "-x", "a/b", "../up", "a b", "results.json", "eval", "clip",
+              "run.lock", "versions.json", "é"]  # fmt: skip
+BAD_DEVICES = ["cuda:abc", "tpu", "gpu", "cpu:0", "cuda:-1", "cuda:99", "CUDA", "", "cuda:", "xla"]
+
+
+@st.composite
+def broken_eval_commands(draw) -> tuple[str, list[str]]:
+    """(kind, argv): a valid `clipx eval` command with one option or dataset/model argument
+    made invalid. Every one must be refused with one line, exit 2, before any number."""
+    kind = draw(
+        st.sampled_from(
+            ["seed", "device", "template", "label", "n", "eps", "attack", "dataset-name",
+             "dataset-arg", "dataset-n", "image-size", "attack-steps", "model", "model-arg",
+             "checkpoint"]
+        )
+    )  # fmt: skip
+    argv = ["eval", "--model", "open_clip", "--arch", "clipx-tiny", "--protocol", "pgd"]
+    dataset, extra = '"procedural-shapes"', []
+    unknown = "zq-" + draw(st.text(alphabet="abcdefghij-", min_size=0, max_size=6))
+    if kind == "seed":
+        extra = ["--seed", str(draw(st.one_of(st.integers(max_value=-1), st.integers(2**32))))]
+    elif kind == "device":
+        extra = ["--device", draw(st.sampled_from(BAD_DEVICES))]
+    elif kind == "template":
+        head = draw(st.text(alphabet="ab ", max_size=3))
+        extra = ["--templates", head + "{}" + draw(st.sampled_from(BAD_TEMPLATE_TAILS))]
+    elif kind == "label":
+        extra = ["--label", draw(st.sampled_from(BAD_LABELS))]
+    elif kind == "n":
+        extra = ["--n", str(draw(st.integers(max_value=0)))]
+    elif kind == "eps":
+        extra = ["--eps", draw(st.sampled_from([e for e in BAD_EPS if "eps" not in e]))]
+    elif kind == "attack":
+        extra = ["--attack", unknown]
+    elif kind == "dataset-name":
+        dataset = f'"{unknown}"'
+    elif kind == "dataset-arg":
+        dataset = '{dataset="procedural-shapes", ' + unknown.replace("-", "_") + "=1}"
+    elif kind == "dataset-n":
+        dataset = '{dataset="procedural-shapes", n=' + str(draw(st.integers(max_value=0))) + "}"
+    elif kind == "image-size":
+        size = draw(st.one_of(st.integers(max_value=0), st.just('"big"')))
+        dataset = '{dataset="image-folder", root="/tmp", image_size=' + str(size) + "}"
+    elif kind == "attack-steps":
+        steps = draw(st.integers(max_value=0))
+        name = draw(st.sampled_from(["pgd", "bim", "cw", "apgd"]))
+        key = "n_restarts" if name == "apgd" and draw(st.booleans()) else "steps"
+        extra = ["--set", f"attacks=[{{name='{name}', {key}={steps}}}]"]
+    elif kind == "model":
+        argv[2] = unknown
+    elif kind == "model-arg":
+        extra = ["--model-arg", f"{unknown.replace('-', '_')}=1"]
+    elif kind == "checkpoint":
+        extra = ["--checkpoint", f"/no/such/dir/{unknown}.pt"]
+    argv += ["--set", f"datasets=[{dataset}]", "--n", "4", "--run-dir", "{run}", *extra]
+    return kind, argv
+
+
+def test_mutated_eval_commands_fail_cleanly(tmp_path):
+    counts: dict[str, int] = {}
+
+    @settings(
+        max_examples=max(EXAMPLES // 2, 100),
+        deadline=None,
+        derandomize=DERANDOMIZE,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(command=broken_eval_commands())
+    def check(command):
+        kind, argv = command
+        counts[kind] = counts.get(kind, 0) + 1
+        run = tmp_path / f"run-{sum(counts.values())}"
+        result = invoke([a.replace("{run}", str(run)) for a in argv])
+        lines = _lines(result.stderr)
+        assert result.exit_code == 2, f"{kind}: exit {result.exit_code}: {argv}\n{result.output}"
+        assert lines and lines[-1].startswith("Error: "), (kind, result.stderr)
+        assert sum(x.startswith("Error: ") for x in lines) == 1 and "Traceback" not in result.output
+        assert result.stdout == "" and not (run / "results.json").exists()  # no number
+
+    check()
+    assert len(counts) == 15  # every kind of mutation was tried

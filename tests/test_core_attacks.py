@@ -16,7 +16,8 @@ from clip_robust_ext.models import ZeroShotClassifier
 
 @pytest.fixture(scope="module")
 def c10():
-    zs = ZeroShotClassifier(small_c10(), CIFAR10_CLASSES)
+    zs = ZeroShotClassifier(small_c10(), CIFAR10_CLASSES).eval()
+    zs.class_matrix()  # the text tower runs here, once, whichever test comes first
     x, y = cifar10_batch(64, seed=0)
     return zs, x, y
 
@@ -57,9 +58,11 @@ def test_pyautoattack_apgd_ce_lowers_accuracy(c10):
 
 def test_registered_attack_restores_mode_and_grad_flags(c10):
     zs, x, y = c10
+    original = {n: p.requires_grad for n, p in zs.named_parameters()}
     zs.train()
     zs.clip.visual.conv1.weight.requires_grad_(True)
     zs.clip.token_embedding.weight.requires_grad_(False)
+    flags = {n: p.requires_grad for n, p in zs.named_parameters()}
     atk = build_attack("pgd", zs, eps="1/255", alpha="1/255", steps=2)
     out = atk(x[:8], y[:8])
     verify_adversarial(x[:8], out.images, atk.eps, atk.norm)
@@ -69,7 +72,10 @@ def test_registered_attack_restores_mode_and_grad_flags(c10):
     with attack_mode(zs):
         assert not zs.training
         assert not any(p.requires_grad for p in zs.parameters())
-    zs.eval()
+    assert flags == {n: p.requires_grad for n, p in zs.named_parameters()}
+    zs.eval()  # leave the shared model as it was
+    for n, p in zs.named_parameters():
+        p.requires_grad_(original[n])
 
 
 def test_integrity_check_names_the_attack():

@@ -131,7 +131,7 @@ def test_training_loop_learns_the_seen_classes_and_never_moves_the_anchors():
     cfg = PaperConfig.from_dict(
         dict(
             width=8,
-            epochs=8,
+            epochs=12,  # 8 epochs ended at 50% (1 thread) or 52% (2 threads): too close to 0.5
             batch_size=32,
             tau=0.1,
             eps=0.0,
@@ -146,7 +146,7 @@ def test_training_loop_learns_the_seen_classes_and_never_moves_the_anchors():
     logs = []
     model = train_backbone(anchors, data, cfg, logs.append)
     assert torch.allclose(model.anchors, anchors.seen, atol=1e-6)
-    assert len(logs) == 8 * math.ceil(len(data.train_x) / 32)
+    assert len(logs) == 12 * math.ceil(len(data.train_x) / 32)
     assert logs[-1]["ace"] < logs[0]["ace"]
     res = evaluate_head(model, anchors.seen, data.train_x, data.train_y, cfg)
     assert res["clean_acc"] > 0.5  # 5 classes: chance is 0.2

@@ -12,12 +12,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from PIL import Image
 
 from ..errors import ClipxUsageError
 from .folders import image_to_tensor
+from .imageio import open_rgb
 
 SHAPE_CAPTIONS = (
     "a photo of a {colour} {shape}.",
@@ -115,6 +116,24 @@ def class_galleries(
     return galleries
 
 
+def _caption_items(data: Any, image_root: Path, split: str) -> list[tuple[Path, list[str]]] | None:
+    """(image path, captions) of a Karpathy dict or an ALBEF list; None for neither."""
+    items: list[tuple[Path, list[str]]] = []
+    if isinstance(data, dict) and "images" in data:
+        for im in data["images"]:
+            if im.get("split") != split:
+                continue
+            rel = Path(im.get("filepath", "")) / im["filename"]
+            items.append((image_root / rel, [s["raw"].strip() for s in im["sentences"]]))
+    elif isinstance(data, list):
+        for im in data:
+            caps = im["caption"] if isinstance(im["caption"], list) else [im["caption"]]
+            items.append((image_root / im["image"], caps))
+    else:
+        return None
+    return items
+
+
 def karpathy_gallery(
     annotations: str | os.PathLike,
     image_root: str | os.PathLike,
@@ -128,19 +147,15 @@ def karpathy_gallery(
     annotations, image_root = Path(annotations), Path(image_root)
     if not annotations.is_file():
         raise ClipxUsageError(f"caption annotations not found: {annotations}")
-    data = json.loads(annotations.read_text())
-    items: list[tuple[Path, list[str]]] = []
-    if isinstance(data, dict) and "images" in data:
-        for im in data["images"]:
-            if im.get("split") != split:
-                continue
-            rel = Path(im.get("filepath", "")) / im["filename"]
-            items.append((image_root / rel, [s["raw"].strip() for s in im["sentences"]]))
-    elif isinstance(data, list):
-        for im in data:
-            caps = im["caption"] if isinstance(im["caption"], list) else [im["caption"]]
-            items.append((image_root / im["image"], caps))
-    else:
+    try:
+        items = _caption_items(json.loads(annotations.read_text()), image_root, split)
+    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
+        raise ClipxUsageError(f"{annotations}: not valid JSON ({exc})") from None
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ClipxUsageError(
+            f"{annotations}: not a Karpathy or ALBEF caption file (bad entry: {exc!r})"
+        ) from None
+    if items is None:
         raise ClipxUsageError(f"{annotations}: not a Karpathy or ALBEF caption file")
     if limit is not None:
         items = items[:limit]
@@ -150,8 +165,7 @@ def karpathy_gallery(
     for path, _ in items:
         if not path.is_file():
             raise ClipxUsageError(f"image listed in {annotations.name} not found: {path}")
-        with Image.open(path) as img:
-            images.append(image_to_tensor(img, image_size))
+        images.append(image_to_tensor(open_rgb(path), image_size, str(path)))
     return CaptionGallery(
         torch.stack(images), [c for _, c in items], name=f"{annotations.stem}-{split}"
     )

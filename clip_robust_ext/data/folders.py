@@ -5,7 +5,6 @@ image only when it is read, so a 10,000-image evaluation streams instead of hold
 
 from __future__ import annotations
 
-import io
 import os
 import tarfile
 from pathlib import Path
@@ -16,6 +15,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
 from ..errors import ClipxUsageError
+from .imageio import open_rgb, to_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -25,8 +25,8 @@ def clean_classname(name: str) -> str:
     return name.replace("_", " ").replace("-", " ").strip().lower()
 
 
-def _to_tensor(img: Image.Image, size: int | None) -> torch.Tensor:
-    img = img.convert("RGB")
+def _to_tensor(img: Image.Image, size: int | None, where: str = "image") -> torch.Tensor:
+    img = to_rgb(img, where)
     if size is not None and img.size != (size, size):
         from torchvision.transforms.functional import center_crop, resize
 
@@ -42,7 +42,7 @@ class TarImageFolder(Dataset):
         if not path.is_file():
             raise ClipxUsageError(f"dataset archive not found: {path}")
         self.path, self.split, self.image_size = path, split, image_size
-        members: list[tuple[str, bytes]] = []
+        members: list[tuple[str, str, bytes]] = []
         with tarfile.open(path) as tar:
             for m in tar:
                 parts = Path(m.name).parts
@@ -52,23 +52,24 @@ class TarImageFolder(Dataset):
                     and parts[-3] == split
                     and m.name.lower().endswith(IMAGE_SUFFIXES)
                 ):
-                    members.append((parts[-2], tar.extractfile(m).read()))
+                    members.append((parts[-2], m.name, tar.extractfile(m).read()))
         if not members:
             raise ClipxUsageError(f"{path}: no images under '{split}/<class>/' in the archive")
-        folders = sorted({c for c, _ in members})
+        folders = sorted({c for c, _, _ in members})
         self.folders = folders
         self.classnames = [clean_classname(c) for c in folders]
         index = {c: i for i, c in enumerate(folders)}
         members.sort(key=lambda cm: cm[0])  # stable: keeps archive order within a class
-        self._blobs = [b for _, b in members]
-        self.targets = [index[c] for c, _ in members]
+        self._blobs = [b for _, _, b in members]
+        self._names = [n for _, n, _ in members]
+        self.targets = [index[c] for c, _, _ in members]
 
     def __len__(self) -> int:
         return len(self._blobs)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        with Image.open(io.BytesIO(self._blobs[i])) as img:
-            return _to_tensor(img, self.image_size), self.targets[i]
+        img = open_rgb(self._blobs[i], f"{self.path}: member {self._names[i]}")
+        return _to_tensor(img, self.image_size), self.targets[i]
 
 
 def read_classnames(
@@ -132,11 +133,11 @@ class ImageFolderDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        with Image.open(self.files[i]) as img:
-            return _to_tensor(img, self.image_size), self.targets[i]
+        img = open_rgb(self.files[i])
+        return _to_tensor(img, self.image_size, str(self.files[i])), self.targets[i]
 
 
-def image_to_tensor(img: Image.Image, size: int | None = None) -> torch.Tensor:
+def image_to_tensor(img: Image.Image, size: int | None = None, where: str = "") -> torch.Tensor:
     """A PIL image as float (3, H, W) in [0, 1], resized to `size` if given: how every image
-    folder of clipx reads an image (also the caption galleries)."""
-    return _to_tensor(img, size)
+    folder of clipx reads an image (also the caption galleries); `where` names it in errors."""
+    return _to_tensor(img, size, where or "image")

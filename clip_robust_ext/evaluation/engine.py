@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,11 +26,13 @@ from torch.utils.data import DataLoader
 
 from ..attacks import attack_mode, build_attack, verify_adversarial
 from ..attacks.base import BuiltAttack
+from ..cachekeys import changed, digest, evaluation_key
 from ..data.checks import collate_labelled
 from ..data.splits import factory_kwargs, restrict
 from ..errors import AdversarialCheckError, ClipxError, ClipxUsageError
 from ..models import LoadedCLIP, ZeroShotClassifier
 from ..models.accelerate import accelerated
+from ..models.checkpoints import check_weights
 from ..registry import get
 from . import distributed as D
 from . import records as R
@@ -56,6 +59,10 @@ class PlannedAttack:
             "params": self.params,
             "backend": self.backend,
         }
+
+
+def _log(message: str) -> None:
+    print(f"clipx: {message}", file=sys.stderr, flush=True)
 
 
 def derive_seed(*parts: Any) -> int:
@@ -417,15 +424,18 @@ def summarize(
 
 
 class _Checkpoint:
-    """Writes this rank's finished batches at most every `every_s` seconds (atomically)."""
+    """Writes this rank's finished batches at most every `every_s` seconds (atomically), with
+    the batches earlier runs finished: a second kill during a resumed run loses none of them."""
 
-    def __init__(self, path, phash: str, every_s: float) -> None:
+    def __init__(self, path, phash: str, every_s: float, done: dict[str, dict] | None = None):
         self.path, self.phash, self.every_s, self.last = path, phash, every_s, time.time()
+        self.done = dict(done or {})
 
     def __call__(self, local: dict[str, dict]) -> None:
         if time.time() - self.last >= self.every_s:
+            batches = {**self.done, **local}
             R.write_result(
-                self.path, {"schema": R.SCHEMA, "protocol_hash": self.phash, "batches": local}
+                self.path, {"schema": R.SCHEMA, "protocol_hash": self.phash, "batches": batches}
             )
             self.last = time.time()
 
@@ -485,6 +495,7 @@ def evaluate(
     torchrun (WORLD_SIZE > 1) batches are sharded across ranks and rank 0 writes the files.
     Returns one record per (dataset, eps); see records.FORMULAS for the definitions."""
     protocol = protocol_from_dict(protocol)
+    check_weights(loaded.model.named_parameters(), f"model '{label}'")
     custom = getattr(protocol, "evaluate_with", None)
     if custom is not None:  # protocols that are not per-sample classification (e.g. retrieval)
         return custom(loaded, run_dir, label, resume=resume, progress=progress)
@@ -510,7 +521,8 @@ def _evaluate(
     out: list[dict[str, Any]] = []
     for spec in protocol.datasets:
         key = dataset_key(spec)
-        phash = protocol.dataset_hash(spec, {"model": fingerprint})
+        inputs = evaluation_key(protocol, spec, fingerprint)
+        phash = protocol.dataset_hash(spec, {"model": fingerprint, "inputs": digest(inputs)})
         path = R.result_path(run_dir, label, protocol.name, key)
         existing = R.read_json(path) if resume else None
         reuse = bool(
@@ -518,6 +530,9 @@ def _evaluate(
             and existing.get("schema") == R.SCHEMA
             and existing.get("protocol_hash") == phash
         )
+        if existing and not reuse and rank == 0:
+            why = ", ".join(changed(existing.get("key"), inputs)[:6])
+            _log(f"{label}: {key}: recomputing, its inputs changed ({why})")
         reuse = D.broadcast(reuse)
         if reuse:
             existing = existing or R.read_json(path)  # rank 0 decided; every rank reads the file
@@ -552,7 +567,7 @@ def _evaluate(
                 dataset=key,
                 batches_done=len(done),
             )
-        checkpoint = _Checkpoint(R.partial_path(path, rank), phash, checkpoint_s)
+        checkpoint = _Checkpoint(R.partial_path(path, rank), phash, checkpoint_s, done)
         batch_results = run_samples(
             zs,
             ds,
@@ -609,6 +624,7 @@ def _evaluate(
                 {
                     "schema": R.SCHEMA,
                     "protocol_hash": phash,
+                    "key": inputs,
                     "label": label,
                     "protocol": protocol.name,
                     "dataset_key": key,

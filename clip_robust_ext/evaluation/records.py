@@ -58,7 +58,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
     try:
         with open(path) as fh:
             data = json.load(fh)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 

@@ -108,6 +108,7 @@ def load_into_clip(model: torch.nn.Module, state: dict[str, torch.Tensor], sourc
         raise ClipxUsageError(
             f"{source}: checkpoint does not fit this architecture: " + "; ".join(parts)
         )
+    check_weights({k: v for k, v in state.items() if k in expected}, source)
     target.load_state_dict(state, strict=False)
     return kind
 
@@ -123,3 +124,25 @@ def save_open_clip_checkpoint(model: torch.nn.Module, path: str | Path) -> Path:
 
         return atomic_write(path, lambda fh: fh.write(save(state)))
     return atomic_torch_save(path, state)
+
+
+def check_weights(tensors: Any, where: str) -> None:
+    """Floating, finite weights: argmax and sign of NaN are 0, so a NaN/inf or integer model
+    would be scored as if it were a model. `tensors` is a state dict or (name, tensor) pairs."""
+    import torch
+
+    items = tensors.items() if isinstance(tensors, dict) else tensors
+    for name, t in items:
+        if not isinstance(t, torch.Tensor) or name.endswith(("attn_mask", "num_batches_tracked")):
+            continue
+        if not (t.is_floating_point() or t.is_complex()):
+            raise ClipxUsageError(
+                f"{where}: weight '{name}' is {str(t.dtype).replace('torch.', '')}, not floating "
+                "point (quantized checkpoints are not supported; dequantize it first)"
+            )
+        if not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ClipxUsageError(
+                f"{where}: weight '{name}' has {bad} non-finite value(s) (NaN or inf); the "
+                "checkpoint is broken (a diverged training run?)"
+            )

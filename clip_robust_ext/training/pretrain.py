@@ -182,16 +182,35 @@ def _arch_config(arch: str) -> dict:
     return json.loads(path.read_text())
 
 
+def _code_hash(path: Path) -> str:
+    return hashlib.sha256(ast.dump(ast.parse(path.read_text())).encode()).hexdigest()
+
+
+def _finished(folder: Path, key: str) -> bool:
+    """model.pt and a readable meta.json recording this key (a truncated meta.json from a
+    crash, or one from another key, means the model is rebuilt, with a line saying so)."""
+    weights, meta = folder / "model.pt", folder / "meta.json"
+    if not (meta.is_file() and weights.is_file()):
+        return False
+    try:
+        recorded = json.loads(meta.read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if recorded != key:
+        print(f"clipx: {meta} is unreadable or for another key; rebuilding", file=sys.stderr)
+        return False
+    return True
+
+
 def procedural_small_key(spec: dict[str, Any]) -> str:
     """Content hash of everything that determines the pre-trained weights."""
     content = {
         "spec": spec,
         "arch_config": _arch_config(spec["arch"]),
         "pretrain_version": PRETRAIN_VERSION,
-        # the syntax tree, not the text: re-formatting the data code must not force a rebuild
-        "data_code": hashlib.sha256(
-            ast.dump(ast.parse(Path(_procedural_module.__file__).read_text())).encode()
-        ).hexdigest(),
+        # the syntax tree, not the text: re-formatting the code must not force a rebuild
+        "data_code": _code_hash(Path(_procedural_module.__file__)),
+        "pretrain_code": _code_hash(Path(__file__)),  # this recipe: schedule, loss, defaults
         "torch": torch.__version__.split("+")[0],
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
@@ -209,12 +228,12 @@ def procedural_small_path(rebuild: bool = False, progress: bool = True, **overri
     root = cache_dir() / "models"
     folder = root / f"procedural-small-{key}"
     weights, meta = folder / "model.pt", folder / "meta.json"
-    if meta.is_file() and weights.is_file() and not rebuild:
+    if not rebuild and _finished(folder, key):
         return weights
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f".procedural-small-{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits, then finds the finished model
-        if meta.is_file() and weights.is_file() and not rebuild:
+        if not rebuild and _finished(folder, key):
             return weights
         print(
             f"clipx: pre-training procedural-small ({spec['arch']}, {spec['epochs']} epochs on "
@@ -279,7 +298,7 @@ def procedural_small(
     weights = procedural_small_path(rebuild=rebuild, progress=progress, **overrides)
     arch = overrides.get("arch", PROCEDURAL_SMALL_DEFAULTS["arch"])
     loaded = load_clip(arch, pretrained=str(weights), device=device, precision=precision)
-    meta = json.loads((weights.parent / "meta.json").read_text())
+    meta = json.loads((weights.parent / "meta.json").read_text())  # checked by _finished
     loaded.info.update(
         {
             "source": "procedural-small",

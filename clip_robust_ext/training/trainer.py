@@ -198,8 +198,29 @@ def _check_resumable(state: dict, fingerprint: dict, path: Path) -> None:
     if diffs:
         raise ClipxUsageError(
             f"{path} was written by a different training setup ({'; '.join(diffs[:4])}); "
-            "use another run directory or resume=False"
+            "use another --run-dir, or delete that folder to train from scratch"
         )
+
+
+def _restart_without_checkpoint(metrics: Path, config: TrainConfig, ckpt_path: Path) -> None:
+    """Resume found no checkpoint: if one must have been written (the log passed a checkpoint
+    step), it was lost - refuse rather than retrain silently; else start over from step 0
+    without keeping the earlier run's metric lines (no duplicates)."""
+    steps = []
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            try:
+                steps.append(int(json.loads(line).get("step", 0)))
+            except (ValueError, TypeError, AttributeError):
+                continue
+    last = max(steps, default=0)
+    if config.checkpoint_every and last >= config.checkpoint_every:
+        raise ClipxUsageError(
+            f"{ckpt_path.parent}: training logged up to step {last} but {ckpt_path.name} is "
+            f"missing; restore it to resume, or delete {ckpt_path.parent} to train from scratch"
+        )
+    if steps:
+        _truncate_metrics(metrics, 0)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -304,6 +325,8 @@ def train(
     )
     if state is not None:
         _check_resumable(state, fingerprint, ckpt_path)
+    elif resume and info.is_main:
+        _restart_without_checkpoint(run_dir / METRICS_NAME, config, ckpt_path)
 
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     seed_everything(config.seed + info.rank)
