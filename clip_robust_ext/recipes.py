@@ -123,18 +123,39 @@ def _not_a_file(path: Path) -> str:
     return "recipe path is not a regular file (a FIFO, socket or device)"
 
 
+MAX_NESTING = 64  # tables and arrays: far beyond any recipe, far below Python's recursion limit
+
+
+def nesting_depth(obj: Any) -> int:
+    """How deeply tables and arrays nest in a parsed TOML value (iterative: no recursion)."""
+    deepest, stack = 0, [(obj, 0)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = (
+            node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        )
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file; nesting deeper than MAX_NESTING is refused whatever the interpreter's
+    recursion limit (a test suite or torch.compile may have raised it)."""
     try:
         with open(path, "rb") as fh:
-            return tomllib.load(fh)
+            data = tomllib.load(fh)
     except RecursionError:
-        raise ClipxUsageError(f"{path}: invalid TOML: nested too deeply") from None
+        data = None
     except tomllib.TOMLDecodeError as exc:
         raise ClipxUsageError(f"{path}: invalid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ClipxUsageError(f"{path}: not a UTF-8 text file") from None
     except OSError as exc:
         raise ClipxUsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if data is None or nesting_depth(data) > MAX_NESTING:
+        raise ClipxUsageError(f"{path}: invalid TOML: nested too deeply")
+    return data
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,6 +255,8 @@ def parse_set(item: str) -> tuple[list[str], Any]:
         value = raw
     except RecursionError:
         raise ClipxUsageError(f"--set {key.strip()}: value nested too deeply") from None
+    if nesting_depth(value) > MAX_NESTING:
+        raise ClipxUsageError(f"--set {key.strip()}: value nested too deeply")
     return parts, value
 
 

@@ -368,3 +368,26 @@ def test_the_simplex_defense_test_passes_whatever_ran_before_it(earlier_draws):
     torch.manual_seed(12345)
     torch.rand(earlier_draws)  # whatever earlier tests drew
     check()
+
+
+def test_deep_toml_is_refused_whatever_the_recursion_limit(tmp_path, monkeypatch):
+    """torch.compile and other tests raise Python's recursion limit; nesting is still refused
+    (found when the full suite ran test_accelerate's compile test before the bad-input table)."""
+    import sys
+
+    from clip_robust_ext.errors import ClipxUsageError
+    from clip_robust_ext.recipes import parse_set, read_toml
+
+    deep = tmp_path / "deep.toml"
+    deep.write_text("a = " + "[" * 600 + "]" * 600 + "\n")
+    limit = sys.getrecursionlimit()
+    for raised in (limit, 100_000):
+        sys.setrecursionlimit(raised)
+        try:
+            with pytest.raises(ClipxUsageError, match="nested too deeply"):
+                read_toml(deep)
+            with pytest.raises(ClipxUsageError, match="nested too deeply"):
+                parse_set("data.n=" + "[" * 800 + "]" * 800)
+        finally:
+            sys.setrecursionlimit(limit)
+    assert parse_set("data.n=[[1, 2], [3]]")[1] == [[1, 2], [3]]
