@@ -155,10 +155,16 @@ def changed(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
     return out
 
 
-def training_key(doc: dict[str, Any], method: dict[str, Any], start: Path | None) -> dict[str, Any]:
+def training_key(
+    doc: dict[str, Any],
+    method: dict[str, Any],
+    start: Path | None,
+    class_split: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """What a trained model depends on: the resolved recipe sections it reads, the start
-    checkpoint's bytes, the files the model and data specs name, the data roots, and the
-    plugins that supply the model source, the dataset and the defense."""
+    checkpoint's bytes, the files the model and data specs name, the data roots, the plugins
+    that supply the model source, the dataset and the defense, and (`class_split`) the class
+    names a split such as `classes = "seen"` resolved to."""
     data = doc.get("data") or {}
     code = {"defense": component_fingerprint("defenses", method["name"])}
     code["model"] = component_fingerprint("models", doc["model"]["source"])
@@ -172,6 +178,7 @@ def training_key(doc: dict[str, Any], method: dict[str, Any], start: Path | None
         "data_roots": env_roots(),
         "code": {k: digest(v) for k, v in code.items()},
         "versions": {k: v["version"] for k, v in code.items()},
+        **({"class_split": class_split} if class_split is not None else {}),
     }
 
 
@@ -186,10 +193,12 @@ def read_key(path: Path) -> dict[str, Any] | None:
     return key if isinstance(key, dict) else None
 
 
-def evaluation_key(protocol: Any, spec: dict[str, Any], model: str) -> dict[str, Any]:
+def evaluation_key(
+    protocol: Any, spec: dict[str, Any], model: str, class_split: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """What one dataset's evaluation result depends on besides the protocol settings: the model
-    weights (`model`, their hash), the data files and roots, and the plugins that supply the
-    dataset, the attacks and the protocol."""
+    weights (`model`, their hash), the data files and roots, the plugins that supply the
+    dataset, the attacks and the protocol, and the class names a split resolved to."""
     from .errors import ClipxUsageError
 
     code = {"dataset": component_fingerprint("datasets", spec["dataset"])}
@@ -206,4 +215,5 @@ def evaluation_key(protocol: Any, spec: dict[str, Any], model: str) -> dict[str,
         "data_roots": env_roots(),
         "code": {k: digest(v) for k, v in code.items()},
         "versions": {k: v["version"] for k, v in code.items()},
+        **({"class_split": class_split} if class_split is not None else {}),
     }

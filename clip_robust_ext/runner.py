@@ -400,7 +400,7 @@ def _train_one(
     label = method["label"]
     out = run_dir / label
     done = out / "done.json"
-    key = training_key(resolved.doc, method, start_ckpt)
+    key = training_key(resolved.doc, method, start_ckpt, class_split_of(resolved, prepared))
     final = out / FINAL_NAME
     if done.is_file() and final.is_file() and read_key(done) == key:
         log(f"{label}: already trained ({final})")
@@ -465,13 +465,27 @@ def _trained_earlier(
     done = run_dir / method["label"] / "done.json"
     if not done.is_file():
         return None
-    previous, key = read_key(done), training_key(resolved.doc, method, start)
+    previous = read_key(done)
+    key = training_key(resolved.doc, method, start, class_split_of(resolved))
     if previous != key:
         raise ClipxUsageError(
             f"{method['label']}: the model in {done.parent} was trained from other inputs "
             f"({', '.join(changed(previous, key)[:6])}); run the stage that trains it again"
         )
     return done.parent / "final.pt"
+
+
+def class_split_of(resolved: ResolvedRecipe, prepared: dict[str, Any] | None = None):
+    """The class names `[data] classes = ...` resolved to (None without a class split): part of
+    the training key, so a changed split declaration retrains instead of reusing a model."""
+    from .data.splits import restricts
+
+    spec = resolved.doc.get("data") or {}
+    if not restricts(spec):
+        return None
+    data = (prepared or {}).get("data") or build_dataset(spec, resolved.seed)
+    dataset = data[0]
+    return getattr(dataset, "description", None) or dataset.dataset.description
 
 
 def _prepare(resolved: ResolvedRecipe) -> dict[str, Any]:

@@ -169,3 +169,28 @@ def test_sweep_winner_is_the_best_mean_of_clean_and_robust():
     best = {(r["method"], r["setting"]) for r in rows if r["best"]}
     assert best == {("tecoa", "2e-4"), ("fare", "1e-3")}
     assert "| tecoa | 2e-4 | 85.0 | 30.0 | 57.5 | ✓ |" in sweep_markdown(rows, recs[0])
+
+
+def test_a_changed_split_declaration_recomputes_instead_of_serving_old_results(
+    tmp_path, monkeypatch
+):
+    """The evaluation key covers the class names a named split resolves to, not only its name."""
+    from helpers import tiny_clip
+
+    from clip_robust_ext.evaluation import Protocol, evaluate, read_log
+
+    proto = Protocol(
+        name="t",
+        attacks=[],
+        templates="shapes",
+        datasets=[{"dataset": "procedural-shapes", "split": "test", "classes": "unseen", "n": 8}],
+    )
+    model = tiny_clip()
+    evaluate(model, proto, tmp_path, label="m", progress=False)
+    evaluate(model, proto, tmp_path, label="m", progress=False)
+    monkeypatch.setitem(SHAPES_SPLITS, "unseen", ["triangle", "ring", "diamond", "crescent"])
+    (rec,) = evaluate(model, proto, tmp_path, label="m", progress=False)
+    events = [e["event"] for e in read_log(tmp_path)]
+    assert events == ["computed", "skipped", "computed"]
+    assert rec["class_split"]["class_names"] == ["triangle", "ring", "diamond", "crescent"]
+    assert rec["n_classes"] == 4

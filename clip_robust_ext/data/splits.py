@@ -128,13 +128,14 @@ class ClassSubset:
         classnames: list[str],
         label_map: dict[int, int],
         description: dict[str, Any],
+        targets: list[int] | None = None,  # the dataset's labels, when already read
     ):
         self.dataset, self.indices = dataset, indices
         self.classnames = classnames
         self.label_map = label_map
         self.description = description
         self.class_splits = declared_splits(dataset)
-        base_targets = targets_of(dataset)
+        base_targets = targets if targets is not None else targets_of(dataset)
         self.targets = [label_map[base_targets[i]] for i in indices]
         if callable(getattr(dataset, "caption", None)):
             self.caption = lambda i: dataset.caption(self.indices[i])
@@ -152,9 +153,14 @@ def holdout_indices(targets: Sequence[int], per_class: int) -> set[int]:
     return set(few_shot_indices(targets, per_class, HOLDOUT_SEED))
 
 
+def restricts(spec: dict[str, Any]) -> bool:
+    """Whether a dataset spec selects classes or a held-out part."""
+    return any(k in spec for k in SUBSET_KEYS)
+
+
 def restrict(dataset: Any, spec: dict[str, Any], where: str = "data") -> Any:
     """`dataset` restricted by the spec's subset keys; the dataset itself when it has none."""
-    if not any(k in spec for k in SUBSET_KEYS):
+    if not restricts(spec):
         return dataset
     check_subset_spec(spec, where)
     names = list(dataset.classnames)
@@ -180,4 +186,4 @@ def restrict(dataset: Any, spec: dict[str, Any], where: str = "data") -> Any:
         "label_space": spec.get("label_space", "subset"),
         "holdout": spec.get("holdout"),
     }
-    return ClassSubset(dataset, keep, classnames, label_map, description)
+    return ClassSubset(dataset, keep, classnames, label_map, description, targets)

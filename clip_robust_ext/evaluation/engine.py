@@ -28,7 +28,7 @@ from ..attacks import attack_mode, build_attack, verify_adversarial
 from ..attacks.base import BuiltAttack
 from ..cachekeys import changed, digest, evaluation_key
 from ..data.checks import collate_labelled
-from ..data.splits import factory_kwargs, restrict
+from ..data.splits import factory_kwargs, restrict, restricts
 from ..errors import AdversarialCheckError, ClipxError, ClipxUsageError
 from ..models import LoadedCLIP, ZeroShotClassifier
 from ..models.accelerate import accelerated
@@ -521,7 +521,9 @@ def _evaluate(
     out: list[dict[str, Any]] = []
     for spec in protocol.datasets:
         key = dataset_key(spec)
-        inputs = evaluation_key(protocol, spec, fingerprint)
+        # a named split ("unseen") is keyed on the class names it resolves to, not its name
+        split = build_dataset(spec).description if restricts(spec) else None
+        inputs = evaluation_key(protocol, spec, fingerprint, split)
         phash = protocol.dataset_hash(spec, {"model": fingerprint, "inputs": digest(inputs)})
         path = R.result_path(run_dir, label, protocol.name, key)
         existing = R.read_json(path) if resume else None
