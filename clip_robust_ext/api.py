@@ -19,7 +19,8 @@ Groups:
   load_suite_dataset, suite_names, TECOA_16, TEMPLATE_SETS, assets_dir, few_shot_indices,
   targets_of, sample_indices, CaptionGallery, class_galleries, karpathy_gallery,
   procedural_galleries
-- attacks: build_attack, attack_mode, verify_adversarial, AttackOutput, factory_for,
+- attacks: build_attack, attack_mode, verify_adversarial, AttackOutput, RetrievalAttackOutput,
+  factory_for,
   torchattacks_classes, build_autoattack, TextAttackConfig, TextAttackOnPrompts,
   MultimodalAttack, CLIPTextAttacker, CaptionAttackCache, config_from_params
 - defenses and training: Defense, Batch, TrainContext, TrainConfig, clip_contrastive_loss, train
@@ -84,6 +85,7 @@ _LAZY = {
     "attack_mode": "attacks",
     "verify_adversarial": "attacks",
     "AttackOutput": "attacks",
+    "RetrievalAttackOutput": "attacks.base",
     "factory_for": "attacks.torchattacks_adapter",
     "torchattacks_classes": "attacks.torchattacks_adapter",
     "build_autoattack": "attacks.autoattack_adapter",

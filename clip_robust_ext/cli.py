@@ -302,7 +302,7 @@ def _registry_command(kind: str, help_text: str, columns: list[str], params: boo
 cli.command("attacks")(
     click.option(
         "--modality",
-        type=click.Choice(["image", "text", "multimodal"]),
+        type=click.Choice(["image", "text", "multimodal", "retrieval"]),
         default=None,
         help="Only attacks of this modality.",
     )(

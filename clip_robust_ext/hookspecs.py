@@ -33,8 +33,10 @@ def register_templates(register):
 
 @hookspec
 def register_attacks(register):
-    """register(name, factory, modality='image'|'text'|'multimodal', description=...) -
-    factory(model: ZeroShotClassifier, **params) -> the attack object."""
+    """register(name, factory, modality='image'|'text'|'multimodal'|'retrieval', description=...) -
+    factory(model: ZeroShotClassifier, **params) -> the attack object. A 'retrieval' attack is
+    called as attack(images, texts, text_owner) -> RetrievalAttackOutput by retrieval protocols
+    (e.g. `coattack-retrieval` modes), never by classification ones."""
 
 
 @hookspec

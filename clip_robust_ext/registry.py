@@ -28,7 +28,7 @@ from .plugins import (
     trace,
 )
 
-MODALITIES = ("image", "text", "multimodal")
+MODALITIES = ("image", "text", "multimodal", "retrieval")
 FACTORY_KINDS = ("models", "datasets", "attacks", "defenses", "evaluators")
 
 # kind -> the hook that fills it

@@ -6,6 +6,9 @@ Registered attack factories take the ZeroShotClassifier and parameters and retur
 - text attacks return a ZeroShotClassifier over perturbed class prompts (`AttackOutput.model`);
 - multimodal attacks return both.
 `build_attack` normalises the three into `AttackOutput` so callers need not care.
+Retrieval attacks (modality "retrieval", e.g. SGA) perturb a gallery's images and captions
+together: `attack(images, texts, text_owner) -> RetrievalAttackOutput`; retrieval protocols call
+them, `build_attack` refuses them.
 """
 
 from __future__ import annotations
@@ -29,6 +32,13 @@ class AttackOutput:
         None  # classifier to score them with (perturbed prompts), None = unchanged
     )
     info: dict[str, Any] = field(default_factory=dict)  # e.g. text-attack goal scores
+
+
+@dataclass
+class RetrievalAttackOutput:
+    images: torch.Tensor  # adversarial images in [0, 1], one per gallery image
+    texts: list[str]  # adversarial captions, in the order of the gallery's texts
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. text-attack counts
 
 
 def _submodules(model: nn.Module) -> list[nn.Module]:
@@ -124,5 +134,13 @@ class BuiltAttack:
 def build_attack(name: str, model: nn.Module, **params: Any) -> BuiltAttack:
     """Look up a registered attack and bind it to `model` with `params`."""
     entry = get("attacks", name)
+    if entry.modality == "retrieval":
+        from ..errors import ClipxUsageError
+
+        raise ClipxUsageError(
+            f"attack '{name}' attacks image-text retrieval (images and their captions together); "
+            "use it as a mode of a retrieval protocol, e.g. protocol 'coattack-retrieval' with "
+            f"modes = [..., '{name}']"
+        )
     impl = entry.obj(model, **params)
     return BuiltAttack(name, entry.modality or "image", impl, params, model)

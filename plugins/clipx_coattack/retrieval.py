@@ -34,6 +34,13 @@ from .attack import CAPTION_TARGETS, CoAttackKL, caption_targets
 MODES = ("clean", "image", "text", "multimodal", "coattack")
 
 
+def retrieval_attacks() -> list[str]:
+    """Registered attacks of modality "retrieval" (e.g. "sga"): further modes of this protocol."""
+    from clip_robust_ext.api import entries
+
+    return [name for name, e in entries("attacks").items() if e.modality == "retrieval"]
+
+
 def build_galleries(spec: dict[str, Any], seed: int) -> list[CaptionGallery]:
     spec = dict(spec)
     source = spec.pop("source", "procedural")
@@ -134,12 +141,24 @@ class RetrievalProtocol(Protocol):
     caption_targets: str = "mean-caption"
     text_attack: dict[str, Any] = field(default_factory=lambda: {"transformation": "wordnet"})
     eps: list[float] = field(default_factory=lambda: [2 / 255])
+    # parameters of the registered retrieval attacks named in `modes`, e.g. {sga = {scales = [..]}}
+    attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        bad = [m for m in self.modes if m not in MODES]
+        allowed = [*MODES, *retrieval_attacks()]
+        bad = [m for m in self.modes if m not in allowed]
         if bad:
-            raise ClipxUsageError(f"retrieval modes must be among {MODES}, got {bad}")
+            raise ClipxUsageError(f"retrieval modes must be among {allowed}, got {bad}")
+        if not isinstance(self.attack_params, dict):
+            raise ClipxUsageError(f"attack_params: expected a table, got {self.attack_params!r}")
+        for name, params in self.attack_params.items():
+            if name not in self.modes or name in MODES:
+                raise ClipxUsageError(
+                    f"attack_params.{name}: not a retrieval attack among the modes {self.modes}"
+                )
+            if not isinstance(params, dict):
+                raise ClipxUsageError(f"attack_params.{name}: expected a table, got {params!r}")
         if self.caption_targets not in CAPTION_TARGETS:
             raise ClipxUsageError(
                 f"caption_targets must be one of {CAPTION_TARGETS}, got {self.caption_targets!r}"
@@ -174,6 +193,7 @@ class RetrievalProtocol(Protocol):
         galleries = build_galleries(self.galleries, self.seed)
         hits: dict[tuple[str, float], dict[str, list[torch.Tensor]]] = {}
         text_info = {"perturbed": 0, "total": 0, "kl_mean": 0.0}
+        attack_info: dict[tuple[str, float], dict[str, Any]] = {}
         kl_sum = 0.0
         for g_index, gallery in enumerate(galleries):
             images, owner = gallery.images.to(zs.device), gallery.text_owner
@@ -199,6 +219,11 @@ class RetrievalProtocol(Protocol):
                         sims["multimodal"] = e @ txt_adv.t()
                 if need_text:
                     sims["text"] = img_clean @ txt_adv.t()
+                for mode in (m for m in self.modes if m not in MODES):
+                    sims[mode], info = self._retrieval_attack(zs, mode, gallery, eps, g_index)
+                    total = attack_info.setdefault((mode, eps), {})
+                    for k, v in info.items():  # counts, summed over the galleries
+                        total[k] = total.get(k, 0) + v
                 if "coattack" in self.modes:
                     own = caption_targets(txt_adv, owner, len(images), self.caption_targets)
                     co = self._image_attack(
@@ -239,7 +264,7 @@ class RetrievalProtocol(Protocol):
                         "asr": attack_success(clean, recall),
                         "text_attack": {**text_info, "config": config.to_dict()}
                         if mode in ("text", "multimodal", "coattack")
-                        else None,
+                        else attack_info.get((mode, eps)),
                         "steps": self.steps,
                         "text_weight": self.text_weight,
                         "seed": self.seed,
@@ -251,6 +276,27 @@ class RetrievalProtocol(Protocol):
                 )
         write_result(path, {"protocol_key": key, "records": out})
         return out
+
+    def _retrieval_attack(self, zs, mode, gallery, eps, g_index) -> tuple[torch.Tensor, dict]:
+        """A registered retrieval attack (e.g. SGA) on one gallery: (similarities, its info)."""
+        from clip_robust_ext.api import get
+
+        # seeded like the built-in modes, and apart from them
+        seed_everything(self.seed * 7919 + g_index * 31 + 2 + self.modes.index(mode))
+        params = {"steps": self.steps, "text_attack": dict(self.text_attack), "seed": self.seed}
+        params.update(self.attack_params.get(mode, {}))
+        images = gallery.images.to(zs.device)
+        attack = get("attacks", mode).obj(zs, eps=eps, **params)
+        with attack_mode(zs):
+            out = attack(images, gallery.texts, gallery.text_owner)
+        verify_adversarial(images, out.images, eps, "Linf", f"coattack-retrieval/{mode}")
+        if len(out.texts) != len(gallery.texts):
+            raise ClipxUsageError(
+                f"retrieval attack '{mode}' returned {len(out.texts)} captions for {len(gallery.texts)}"
+            )
+        with torch.no_grad():
+            sims = zs.encode_image(out.images) @ zs.encode_text(out.texts).t()
+        return sims, out.info
 
     def _image_attack(self, zs, images, eps, weight, text_emb, g_index, mode) -> torch.Tensor:
         seed_everything(self.seed * 7919 + g_index * 31 + (1 if mode == "coattack" else 0))

@@ -20,7 +20,7 @@ import torch
 from ...errors import ClipxError
 from ...models import ZeroShotClassifier
 from ..base import attack_mode
-from .config import TextAttackConfig, TextAttackRecord
+from .config import ANCHORED_GOALS, TextAttackConfig, TextAttackRecord
 from .env import import_textattack, stopword_set
 
 # process-wide count of TextAttack `Attack.attack` calls (tests read it)
@@ -65,7 +65,8 @@ def words_of(text: str) -> list[str]:
 class CLIPTextAttacker:
     """Attacks strings against the CLIP text tower of `classifier`.
 
-    anchors: (K, D) normalised reference embeddings for goal "zero-shot" (labels index them);
+    anchors: (K, D) normalised reference embeddings for goals "zero-shot" and "image-guided"
+    (labels index them; settable between calls, e.g. SGA's clean then adversarial images);
     masked_lm / tokenizer: a masked-LM object (and its tokenizer) for "bert-mlm" instead of
     `config.masked_lm`. `textattack_calls` counts the texts actually sent to TextAttack."""
 
@@ -79,11 +80,22 @@ class CLIPTextAttacker:
     ) -> None:
         self.classifier = classifier
         self.config = config or TextAttackConfig()
+        self._wrapper = None
         self.anchors = anchors
         self.masked_lm, self.tokenizer = masked_lm, tokenizer
         self.textattack_calls = 0
         self._attack = None
-        self._wrapper = None
+
+    @property
+    def anchors(self) -> torch.Tensor | None:
+        return self._anchors
+
+    @anchors.setter
+    def anchors(self, value: torch.Tensor | None) -> None:
+        # the built TextAttack wrapper scores against the anchors: keep it in step
+        self._anchors = value
+        if self._wrapper is not None:
+            self._wrapper.set_anchors(value)
 
     def masked_lm_key(self) -> str:
         if self.masked_lm is None:
@@ -91,9 +103,9 @@ class CLIPTextAttacker:
         return f"{type(self.masked_lm).__name__}@{id(self.masked_lm):x}"
 
     def _build(self):
-        if self.config.goal == "zero-shot" and self.anchors is None:
+        if self.config.goal in ANCHORED_GOALS and self.anchors is None:
             raise ClipxError(
-                "goal 'zero-shot' needs anchors (K, D): reference embeddings the labels index"
+                f"goal {self.config.goal!r} needs anchors (K, D): reference embeddings the labels index"
             )
         if self._attack is None:
             from .compose import build_textattack, build_transformation
@@ -118,8 +130,8 @@ class CLIPTextAttacker:
         return ""
 
     def attack_one(self, text: str, label: int | None = None) -> TextAttackRecord:
-        if self.config.goal == "zero-shot" and label is None:
-            raise ClipxError("goal 'zero-shot' needs the label of each text")
+        if self.config.goal in ANCHORED_GOALS and label is None:
+            raise ClipxError(f"goal {self.config.goal!r} needs the label of each text")
         reason = self._guard(text)
         if reason:
             return TextAttackRecord(text, text, "skipped", 0.0, label, reason)
@@ -160,10 +172,16 @@ class CLIPTextAttacker:
             ],
             queries=int(result.num_queries),
             succeeded=isinstance(result, SuccessfulAttackResult)
-            or (self.config.goal == "kl" and bool(changed) and self.config.kl_threshold is None),
+            or (bool(changed) and self._maximised()),
         )
         self.check(record)
         return record
+
+    def _maximised(self) -> bool:
+        """Goals with no completion test: any kept swap is a success."""
+        return self.config.goal == "image-guided" or (
+            self.config.goal == "kl" and self.config.kl_threshold is None
+        )
 
     def check(self, record: TextAttackRecord) -> None:
         """The threat model: at most max_words words changed, none of them a stop word."""

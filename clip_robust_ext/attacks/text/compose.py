@@ -41,7 +41,7 @@ from textattack.transformations import (  # noqa: E402
     WordSwapWordNet,
 )
 
-from .goals import CLIPEmbeddingKL  # noqa: E402
+from .goals import CLIPEmbeddingKL, CLIPImageGuided  # noqa: E402
 
 
 class CLIPWordSwapMaskedLM(WordSwapMaskedLM):
@@ -187,7 +187,7 @@ def build_transformation(config: TextAttackConfig, masked_lm: Any = None, tokeni
 
 
 def build_textattack(wrapper, config: TextAttackConfig, transformation) -> Attack:
-    """The TextAttack Attack: goal (KL or zero-shot) + constraints + transformation + greedy WIR."""
+    """The TextAttack Attack: goal (KL, zero-shot or image-guided) + constraints + transformation + greedy WIR."""
     if config.goal == "kl":
         goal = CLIPEmbeddingKL(
             wrapper, threshold=config.kl_threshold, model_batch_size=config.batch_size
@@ -196,6 +196,12 @@ def build_textattack(wrapper, config: TextAttackConfig, transformation) -> Attac
         if wrapper.anchors is None:
             raise ClipxError("goal 'zero-shot' needs a model wrapper with anchors")
         goal = UntargetedClassification(wrapper, model_batch_size=config.batch_size)
+    elif config.goal == "image-guided":
+        if wrapper.anchors is None:
+            raise ClipxError(
+                "goal 'image-guided' needs a model wrapper with anchors (image embeddings)"
+            )
+        goal = CLIPImageGuided(wrapper, model_batch_size=config.batch_size)
     else:
         raise ClipxUsageError(f"unknown text-attack goal {config.goal!r}")
     constraints = [

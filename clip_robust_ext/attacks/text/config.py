@@ -10,7 +10,9 @@ from typing import Any, Literal
 from ...errors import ClipxUsageError
 
 TRANSFORMATIONS = ("bert-mlm", "wordnet", "charswap")
-GOALS = ("kl", "zero-shot")
+GOALS = ("kl", "zero-shot", "image-guided")
+# goals scored against reference embeddings (`anchors`) that each text's label indexes
+ANCHORED_GOALS = ("zero-shot", "image-guided")
 TARGETS = ("prompts", "captions")
 SUBSTITUTE_POSITIONS = ("word", "previous-token")
 STOPWORD_LISTS = ("clipx", "reference")
@@ -25,7 +27,9 @@ class TextAttackConfig:
 
     transformation: "bert-mlm" | "wordnet" | "charswap" (see compose.py)
     goal:           "kl" (maximise KL of softmaxed clean vs perturbed text embedding) |
-                    "zero-shot" (untargeted: the prompt stops matching its class)
+                    "zero-shot" (untargeted: the prompt stops matching its class) |
+                    "image-guided" (SGA: minimise the cosine to the text's own image embedding,
+                    anchors[label]; maximised, never complete)
     masked_lm:      hub name or local folder for "bert-mlm" (objects are passed to the attacker)
     min_words:      texts with fewer words are returned unchanged and reported as skipped
     kl_threshold:   stop once KL exceeds it (None = keep the best swap found)

@@ -76,4 +76,54 @@ class CLIPEmbeddingKL(GoalFunction):
         return ["threshold", *super().extra_repr_keys()]
 
 
-__all__ = ["CLIPEmbeddingKL", "EmbeddingKLResult", "UntargetedClassification"]
+class ImageGuidedResult(EmbeddingKLResult):
+    """Result of CLIPImageGuided; `score` is minus the cosine to the text's own image."""
+
+    def get_colored_output(self, color_method=None) -> str:
+        return f"-cos={self.score:.3g}"
+
+
+class CLIPImageGuided(GoalFunction):
+    """SGA's image-guided text goal (Lu et al., ICCV 2023): score = -cos(e(T'), anchors[label]),
+    the text moved away from its own (clean or adversarial) image embedding. Maximised: the greedy
+    search keeps a swap only when it lowers the similarity, as the authors' candidate argmax (which
+    includes the unchanged word) does.
+
+    The model wrapper must have anchors; it returns logit_scale * cos (N, K), so the scale is
+    divided out here (the score is a plain cosine whatever the model's temperature)."""
+
+    def __init__(self, model_wrapper, **kwargs):
+        kwargs.setdefault("maximizable", True)
+        super().__init__(model_wrapper, **kwargs)
+        with torch.no_grad():
+            self._scale = float(model_wrapper.classifier.logit_scale())
+
+    def _process_model_outputs(self, inputs, outputs):
+        outputs = torch.as_tensor(outputs) if not isinstance(outputs, torch.Tensor) else outputs
+        if outputs.ndim != 2 or outputs.shape[0] != len(inputs):
+            raise ValueError(f"expected ({len(inputs)}, K) scores, got {tuple(outputs.shape)}")
+        return outputs.float().cpu()
+
+    def _get_score(self, model_output, _):
+        return -float(model_output[self.ground_truth_output]) / self._scale
+
+    def _is_goal_complete(self, model_output, attacked_text):
+        return False
+
+    def _should_skip(self, model_output, attacked_text):
+        return False
+
+    def _goal_function_result_type(self):
+        return ImageGuidedResult
+
+    def _get_displayed_output(self, raw_output):
+        return "similarity"
+
+
+__all__ = [
+    "CLIPEmbeddingKL",
+    "CLIPImageGuided",
+    "EmbeddingKLResult",
+    "ImageGuidedResult",
+    "UntargetedClassification",
+]

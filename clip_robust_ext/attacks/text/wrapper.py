@@ -33,8 +33,13 @@ class CLIPTextModelWrapper(_ta.models.wrappers.ModelWrapper):
         self.classifier = classifier
         self.model = classifier.clip
         self.batch_size = batch_size
-        self.anchors = None if anchors is None else anchors.detach().float().to(classifier.device)
+        self.set_anchors(anchors)
         self.queries = 0
+
+    def set_anchors(self, anchors: torch.Tensor | None) -> None:
+        self.anchors = (
+            None if anchors is None else anchors.detach().float().to(self.classifier.device)
+        )
 
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """(N, D) normalised fp32 text embeddings on the CPU."""
