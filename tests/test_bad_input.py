@@ -483,6 +483,11 @@ ROUND2 = [
          ("captions-cut.json: not valid JSON",)),
     Case("captions-wrong-layout", [*EVAL, "--protocol", "coattack-retrieval", "--set", _GALLERY % "other"],
          ("captions-other.json: not a Karpathy or ALBEF caption file (bad entry: KeyError('caption'))",)),
+    # -- retrieval attacks (SGA)
+    Case("retrieval-attack-in-classification", [*EVAL, "--protocol", "pgd", "--attack", "sga", "--dataset", "procedural-shapes", "--n", "2"],
+         ("attack 'sga' attacks image-text retrieval", "modes = [..., 'sga']")),
+    Case("retrieval-attack-param-unknown", [*EVAL, "--protocol", "coattack-retrieval", "--set", "modes=['clean', 'sga']", "--set", "attack_params={{sga={{scale=[0.5]}}}}"],
+         ("attack_params.sga.scale: unknown key",)),
 ]  # fmt: skip
 CASES += ROUND2
 

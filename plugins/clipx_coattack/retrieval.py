@@ -159,6 +159,15 @@ class RetrievalProtocol(Protocol):
                 )
             if not isinstance(params, dict):
                 raise ClipxUsageError(f"attack_params.{name}: expected a table, got {params!r}")
+            from clip_robust_ext.api import check_kwargs, get
+
+            # here, so `clipx recipe show` catches them (eps is the protocol's)
+            for key in ("model", "eps"):
+                if key in params:
+                    raise ClipxUsageError(
+                        f"attack_params.{name}.{key}: set by the protocol (evaluate.eps), not per attack"
+                    )
+            check_kwargs(params, get("attacks", name).obj, f"attack_params.{name}")
         if self.caption_targets not in CAPTION_TARGETS:
             raise ClipxUsageError(
                 f"caption_targets must be one of {CAPTION_TARGETS}, got {self.caption_targets!r}"
