@@ -132,3 +132,21 @@ def test_sga_is_at_least_as_strong_as_coattack_at_r1_on_the_shipped_gallery(tmp_
     for k in ("ASR_TR@1", "ASR_IR@1"):
         assert sga[k] >= co[k] > 0
     assert sum(sga.values()) > sum(co.values())
+
+
+def test_multi_seed_retrieval_records_aggregate_per_model_and_attack():
+    """`[recipe] seeds` on a retrieval protocol (recipes/sga.toml --profile seeds): mean ± std of
+    every R@K and attack success rate per (model, attack, eps), hand-computed."""
+    from clip_robust_ext.evaluation.spread import aggregate, retrieval_spread_table
+
+    def rec(seed, attack, tr1):
+        return {"kind": "retrieval", "label": "clip", "attack": attack, "eps": 2 / 255,
+                "eps_str": "2/255", "n_images": 40, "n_texts": 200, "run_seed": seed,
+                "recall": {"TR@1": tr1}, "asr": {"ASR_TR@1": 50.0 - tr1}}  # fmt: skip
+
+    rows = aggregate([rec(0, "sga", 10.0), rec(1, "sga", 20.0), rec(0, "coattack", 30.0)])
+    sga = next(r for r in rows if r["attack"] == "sga")
+    assert sga["recall"]["TR@1"]["values"] == [10.0, 20.0] and sga["n_seeds"] == 2
+    assert sga["asr"]["ASR_TR@1"]["mean"] == 35.0
+    assert sga["recall"]["TR@1"]["std"] == pytest.approx(7.0710678)
+    assert "| clip | sga | 2/255 | 2 | 15.0 ± 7.1 | 35.0 ± 7.1 |" in retrieval_spread_table(rows)

@@ -28,7 +28,10 @@ def _key(rec: dict[str, Any]) -> tuple[str, str, Any]:
 
 
 def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (label, dataset_key, eps): clean / robust / per-attack mean, std, values."""
+    """One row per (label, dataset_key, eps): clean / robust / per-attack mean, std, values.
+    Retrieval records: one row per (label, attack, eps), see `aggregate_retrieval`."""
+    if records and all(r.get("kind") == "retrieval" for r in records):
+        return aggregate_retrieval(records)
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for rec in records:
         groups[_key(rec)].append(rec)
@@ -55,6 +58,52 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[name] = {"mean": mean, "std": std, "values": values}
         out.append(row)
     return out
+
+
+def aggregate_retrieval(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Retrieval records (coattack-retrieval): one row per (label, attack, eps) with every R@K
+    and attack success rate as mean, std and the per-seed values."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for rec in records:
+        groups[(rec["label"], rec["attack"], rec.get("eps"))].append(rec)
+    out = []
+    for (label, attack, eps), recs in groups.items():
+        recs = sorted(recs, key=lambda r: r.get("run_seed", 0))
+        row: dict[str, Any] = {
+            "kind": "retrieval",
+            "label": label,
+            "attack": attack,
+            "eps": eps,
+            "eps_str": recs[0].get("eps_str"),
+            "seeds": [r.get("run_seed") for r in recs],
+            "n_seeds": len(recs),
+            "n_images": recs[0].get("n_images"),
+            "n_texts": recs[0].get("n_texts"),
+        }
+        for group in ("recall", "asr"):
+            row[group] = {}
+            for k in recs[0][group]:
+                values = [r[group][k] for r in recs]
+                mean, std = mean_std(values)
+                row[group][k] = {"mean": mean, "std": std, "values": values}
+        out.append(row)
+    return out
+
+
+def retrieval_spread_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: a row per (model, attack): R@K and attack success rate, mean ± std over seeds."""
+    ks = sorted(rows[0]["recall"], key=lambda s: (s[:2], int(s.split("@")[1])))
+    head = ["model", "attack", "eps", "seeds", *ks, *(f"ASR {k}" for k in ks)]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|---|---:|" + "---:|" * (2 * len(ks))]
+    for r in rows:
+        cells = [r["label"], r["attack"], r["eps_str"] if r["eps"] is not None else "-"]
+        cells += [str(r["n_seeds"]), *(_cell(r["recall"][k]) for k in ks)]
+        cells += [_cell(r["asr"].get("ASR_" + k)) for k in ks]
+        lines.append("| " + " | ".join(cells) + " |")
+    return (
+        f"{rows[0]['n_images']} images, {rows[0]['n_texts']} captions per seed; recall in percent; "
+        "ASR = clean R@K - adversarial R@K\n\n" + "\n".join(lines) + "\n"
+    )
 
 
 def _cell(stat: dict[str, Any] | None) -> str:
@@ -154,6 +203,10 @@ def plot_unseen(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path | N
 
 def write_spread(run_dir: str | os.PathLike, rows: list[dict[str, Any]]) -> str:
     """summary.md (the mean ± std table) and transfer.png; returns the markdown."""
+    if rows and rows[0].get("kind") == "retrieval":
+        table = retrieval_spread_table(rows)
+        atomic_write_text(Path(run_dir) / "summary.md", table)
+        return table
     table = spread_table(rows)
     atomic_write_text(Path(run_dir) / "summary.md", table)
     plot_unseen(rows, Path(run_dir) / "transfer.png")
