@@ -6,6 +6,7 @@ success rates. Fidelity to the authors' code: docs/FIDELITY.md#co-attack (captio
 from __future__ import annotations
 
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch
 from clip_robust_ext.api import (
     RETRIEVAL_FORMULAS,
     CaptionGallery,
+    ClipxError,
     ClipxUsageError,
     Protocol,
     ZeroShotClassifier,
@@ -290,8 +292,8 @@ class RetrievalProtocol(Protocol):
         """A registered retrieval attack (e.g. SGA) on one gallery: (similarities, its info)."""
         from clip_robust_ext.api import get
 
-        # seeded like the built-in modes, and apart from them
-        seed_everything(self.seed * 7919 + g_index * 31 + 2 + self.modes.index(mode))
+        # seeded like the built-in modes, apart from them, and by name (not by position in modes)
+        seed_everything(self.seed * 7919 + g_index * 31 + 2 + zlib.crc32(mode.encode()) % 9973)
         params = {"steps": self.steps, "text_attack": dict(self.text_attack), "seed": self.seed}
         params.update(self.attack_params.get(mode, {}))
         images = gallery.images.to(zs.device)
@@ -300,7 +302,7 @@ class RetrievalProtocol(Protocol):
             out = attack(images, gallery.texts, gallery.text_owner)
         verify_adversarial(images, out.images, eps, "Linf", f"coattack-retrieval/{mode}")
         if len(out.texts) != len(gallery.texts):
-            raise ClipxUsageError(
+            raise ClipxError(
                 f"retrieval attack '{mode}' returned {len(out.texts)} captions for {len(gallery.texts)}"
             )
         with torch.no_grad():
