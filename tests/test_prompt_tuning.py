@@ -116,6 +116,11 @@ def test_one_apt_step_changes_only_the_context_and_the_checkpoint_round_trips(tm
         assert torch.equal(again, logits)
     plain = build_model(spec, seed=0)
     assert model_fingerprint(plain.model) != model_fingerprint(loaded.model)
+    # the Trainer's resume path: a fresh model takes the context from checkpoint.pt
+    defense = get("defenses", "apt").obj(eps="2/255", alpha="1/255", steps=2, init=INIT)
+    config = {"max_steps": 1, "batch_size": 8, "lr": 1e-2, "optimizer": "adamw"}
+    resumed = train(plain, defense, data, config, tmp_path / "apt", progress=False)
+    assert model_fingerprint(resumed.model) == model_fingerprint(loaded.model)
 
 
 def test_constant_attack_prompts_and_class_specific_train(tmp_path):
