@@ -423,6 +423,7 @@ ROUND2 = [
     Case("range-grad-clip-negative", _rs("defense.grad_clip=-1.0"), ("defense: grad_clip must be a non-negative number",)),
     Case("range-momentum-inf", _rs("defense.momentum=inf"), ("defense.momentum: expected a finite number",)),
     Case("range-optimizer-unknown", _rs("defense.optimizer='adamm'"), ("defense: optimizer must be one of", "did you mean 'adam'")),
+    Case("apt-attack-prompt", ["recipe", "show", "apt", "--set", "defense.attack_prompt='perturbed'"], ("defense.attack_prompt: 'perturbed' is not one of ['onfly', 'constant']",)),
     Case("range-trainable-last-k-0", _rs("defense.trainable='last-k:0'"), ("defense: trainable must be visual, text, both, prompt or last-k:N",)),
     Case("range-defense-steps-negative", _rs("defense.steps=-1"), ("defense.steps: must be an integer >= 0, got -1",)),
     Case("range-evaluate-steps-negative", _rs("evaluate.steps=-1"), ("evaluate.steps: must be an integer >= 1, got -1",)),

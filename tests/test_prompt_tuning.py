@@ -147,3 +147,7 @@ def test_listed_and_bad_parameters_are_usage_errors():
     zs = ZeroShotClassifier(tiny_clip(), ["a", "b"])
     with pytest.raises(ClipxUsageError, match="n_ctx"):
         PromptContext.initial(zs.clip, zs.tokenizer, n_ctx=3, init=INIT)
+    # clipx-tiny reads 16 tokens: 13 vectors + SOT + "a." + EOT do not fit; refused, not truncated
+    attach_prompt_context(zs.clip, PromptContext.initial(zs.clip, zs.tokenizer, n_ctx=13))
+    with pytest.raises(ClipxUsageError, match="exceed the text context length"):
+        zs.class_matrix()

@@ -120,6 +120,15 @@ class PromptContext(nn.Module):
         start = placeholder_span(tokenizer, self.n_ctx)
         prefix = " ".join([PLACEHOLDER] * self.n_ctx)
         ids = tokenizer([f"{prefix} {name}." for name in classnames])
+        # the tokenizer truncates silently: a cut prompt would lose its class name
+        alone = tokenizer([f"{name}." for name in classnames])
+        cut = ((ids != 0).sum(1) - (alone != 0).sum(1) != self.n_ctx).nonzero().flatten().tolist()
+        if cut:
+            raise ClipxUsageError(
+                f"prompt context: {self.n_ctx} context vectors + class name "
+                f"{classnames[cut[0]]!r} exceed the text context length ({ids.shape[1]} tokens); "
+                "use fewer context vectors"
+            )
         return ids, start
 
     def encode(
