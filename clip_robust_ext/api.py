@@ -12,7 +12,7 @@ Groups:
   coerce, check_kwargs, unknown_key, text_attack_parameters
 - budgets: parse_eps, format_eps
 - models: LoadedCLIP, ZeroShotClassifier, load_clip, build_prompts, DEFAULT_TEMPLATES,
-  build_model (a [model] table -> LoadedCLIP), load_weights, device_of, model_fingerprint,
+  PromptContext / attach_prompt_context / prompt_context_of (learned prompt vectors), build_model (a [model] table -> LoadedCLIP), load_weights, device_of, model_fingerprint,
   procedural_small
 - data: ImageFolderDataset, TarImageFolder, ProceduralShapes, build_dataset (a [data] table),
   CIFAR10_SPLITS / SHAPES_SPLITS / ClassSubset (declared seen / unseen class splits),
@@ -58,6 +58,9 @@ _LAZY = {
     "load_clip": "models",
     "build_prompts": "models",
     "DEFAULT_TEMPLATES": "models",
+    "PromptContext": "models",
+    "attach_prompt_context": "models",
+    "prompt_context_of": "models",
     "model_fingerprint": "evaluation.records",
     "procedural_small": "training.pretrain",
     "procedural_small_model": "training.pretrain",

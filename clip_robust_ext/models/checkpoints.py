@@ -5,7 +5,9 @@ Formats accepted (all loaded with weights_only=True or safetensors, never execut
 - a dict holding it under `state_dict` / `model` / `model_state_dict` (optionally `module.` prefixed);
 - a vision-tower-only state dict (TeCoA / FARE releases; keys without the `visual.` prefix, or under
   `vision_encoder_state_dict`), loaded into `model.visual`;
-- `.safetensors` files of any of the above.
+- `.safetensors` files of any of the above;
+- any of the above with a learned prompt context (`prompt_context.*`, models/prompts.py): a context
+  of the checkpoint's shape is attached to the model before loading.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import torch
 
 from ..errors import ClipxUsageError
 
+# integer buffers, not weights: masks, BatchNorm counters, a prompt context's class names
+_NOT_WEIGHTS = ("attn_mask", "num_batches_tracked", "class_names_utf8")
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "vision_encoder_state_dict")
 
 
@@ -68,6 +72,9 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.T
 
 def load_into_clip(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> str:
     """Load a full or vision-only state dict; returns 'full' or 'visual'. Mismatches are named."""
+    from .prompts import adopt_prompt_context
+
+    adopt_prompt_context(model, state)
     model_keys = set(model.state_dict())
     visual_keys = {k[len("visual.") :] for k in model_keys if k.startswith("visual.")}
     keys = set(state)
@@ -133,7 +140,7 @@ def check_weights(tensors: Any, where: str) -> None:
 
     items = tensors.items() if isinstance(tensors, dict) else tensors
     for name, t in items:
-        if not isinstance(t, torch.Tensor) or name.endswith(("attn_mask", "num_batches_tracked")):
+        if not isinstance(t, torch.Tensor) or name.endswith(_NOT_WEIGHTS):
             continue
         if not (t.is_floating_point() or t.is_complex()):
             raise ClipxUsageError(

@@ -4,6 +4,9 @@ forward(images in [0, 1] at any resolution) -> logits = logit_scale * cos(image,
 Resizing and CLIP normalisation happen inside, so eps lives in the dataset's pixel space.
 The class text matrix is computed once per (text-tower weights, prompts) and cached: a forward
 pass never runs the text tower (the TeCoA-lineage code re-encodes every prompt per forward).
+A model with a learned prompt context (models/prompts.py) gets its class matrix from the context
+and the class names instead; that cache also follows the context's values, and while the context
+trains (grad enabled, context requires grad) the matrix is recomputed per forward, with its graph.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from torch import nn
 
 from ..errors import ClipxUsageError
 from .clip import LoadedCLIP
+from .prompts import PromptContext, prompt_context_of
 
 DEFAULT_TEMPLATES: tuple[str, ...] = ("This is a photo of a {}",)
 
@@ -44,6 +48,7 @@ class ZeroShotClassifier(nn.Module):
         self.image_size = tuple(clip.image_size)
         self.register_buffer("mean", torch.tensor(clip.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(clip.std).view(1, -1, 1, 1), persistent=False)
+        explicit = prompts is not None
         if prompts is None:
             if classnames is None:
                 raise ClipxUsageError("ZeroShotClassifier needs classnames or prompts")
@@ -51,9 +56,11 @@ class ZeroShotClassifier(nn.Module):
         self.classnames = list(classnames) if classnames is not None else [p[0] for p in prompts]
         self.templates = list(templates)
         self.prompts: list[list[str]] = [list(p) for p in prompts]
+        self._prompts_given = explicit
         self.text_calls = 0  # number of text-tower forward passes (tests and benchmarks read it)
         self._cache_key: tuple | None = None
         self._class_matrix: torch.Tensor | None = None
+        self._context_values: list[torch.Tensor] = []
 
     # -- encoders ---------------------------------------------------------------------------
     @property
@@ -137,10 +144,48 @@ class ZeroShotClassifier(nn.Module):
 
     def class_matrix(self) -> torch.Tensor:
         """Cached; recomputed only when text-tower weights or prompts change."""
+        context = prompt_context_of(self.clip)
+        if context is not None:
+            return self._context_matrix(context)
         key = (self._text_weights_key(), self.device, tuple(map(tuple, self.prompts)))
         if self._class_matrix is None or key != self._cache_key:
             self._class_matrix = self.text_matrix(self.prompts)
             self._cache_key = key
+        return self._class_matrix
+
+    def context_features(self, context: PromptContext) -> torch.Tensor:
+        """(C, D) normalised class embeddings of `context` + each class name (differentiable)."""
+        ids, start = context.tokens(self.tokenizer, self.classnames)
+        ids, vectors = ids.to(self.device), context.vectors(self.classnames)
+        outs = []
+        for i in range(0, ids.shape[0], 1024):
+            self.text_calls += 1
+            outs.append(context.encode(self.clip, ids[i : i + 1024], start, vectors[i : i + 1024]))
+        return F.normalize(torch.cat(outs).float(), dim=-1)
+
+    def _context_matrix(self, context: PromptContext) -> torch.Tensor:
+        """The class matrix of a learned context: with its graph while the context trains;
+        otherwise cached on (text weights, class names, context values): a value compare, so an
+        edit through `.data` (which bumps no version counter) is seen too."""
+        if self._prompts_given:
+            raise ClipxUsageError(
+                "this model has a learned prompt context: its classes are the context + class "
+                "names; prompts given as strings (class descriptions, text attacks) would bypass it"
+            )
+        if torch.is_grad_enabled() and context.trainable():
+            return self.context_features(context)
+        values = [p.detach() for p in context.parameters()]
+        key = (self._text_weights_key(), self.device, tuple(self.classnames), id(context))
+        fresh = (
+            self._class_matrix is not None
+            and key == self._cache_key
+            and all(torch.equal(a, b) for a, b in zip(values, self._context_values))
+        )
+        if not fresh:
+            with torch.no_grad():
+                self._class_matrix = self.context_features(context)
+            self._cache_key = key
+            self._context_values = [v.clone() for v in values]
         return self._class_matrix
 
     def set_prompts(self, prompts: Sequence[Sequence[str]]) -> None:

@@ -49,7 +49,7 @@ class TrainConfig:
     )
     schedule: str = "cosine"  # cosine (linear warm-up, then cosine to 0) | constant (after warm-up)
     warmup_steps: int = 0
-    trainable: str | None = None  # visual | text | both | last-k:N  (None: the defense's choice)
+    trainable: str | None = None  # visual | text | both | prompt | last-k:N (None: defense's)
     amp: str = "off"  # off | bf16 | fp16 (autocast on the loss; attacks always run in fp32)
     grad_clip: float | None = None  # max global grad norm
     clamp_logit_scale: bool = (
@@ -163,8 +163,8 @@ class TrainConfig:
 
 
 def parse_trainable(spec: str) -> tuple[str, int | None]:
-    """'visual' | 'text' | 'both' | 'last-k:N' -> (kind, N)."""
-    if spec in ("visual", "text", "both"):
+    """'visual' | 'text' | 'both' | 'prompt' | 'last-k:N' -> (kind, N)."""
+    if spec in ("visual", "text", "both", "prompt"):
         return spec, None
     if isinstance(spec, str) and spec.startswith("last-k:"):
         try:
@@ -173,4 +173,6 @@ def parse_trainable(spec: str) -> tuple[str, int | None]:
             k = 0
         if k > 0:
             return "last-k", k
-    raise ClipxUsageError(f"trainable must be visual, text, both or last-k:N (N > 0), got {spec!r}")
+    raise ClipxUsageError(
+        f"trainable must be visual, text, both, prompt or last-k:N (N > 0), got {spec!r}"
+    )

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import ClipxUsageError
+from ..models.prompts import PROMPT_ATTR
 from .config import TrainConfig, parse_trainable
 
 
@@ -15,11 +16,14 @@ def trainable_names(model: nn.Module, spec: str) -> list[str]:
     """Parameter names of an open_clip CLIP that `spec` trains.
 
     visual: the image tower; text: everything else (token/positional embeddings, text transformer,
-    projection, logit_scale); both: all; last-k:N: the last N vision blocks + ln_post + proj."""
+    projection, logit_scale); both: all; prompt: only a learned prompt context (both towers
+    frozen; models/prompts.py); last-k:N: the last N vision blocks + ln_post + proj."""
     kind, k = parse_trainable(spec)
     names = [n for n, _ in model.named_parameters()]
     if kind == "both":
         return names
+    if kind == "prompt":
+        return [n for n in names if n.startswith(f"{PROMPT_ATTR}.")]
     if kind == "visual":
         return [n for n in names if n.startswith("visual.")]
     if kind == "text":

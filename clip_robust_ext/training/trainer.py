@@ -37,6 +37,7 @@ from ..attacks import attack_mode, build_attack, verify_adversarial
 from ..data.checks import stack_images
 from ..errors import ClipxError, ClipxUsageError
 from ..models import DEFAULT_TEMPLATES, LoadedCLIP, ZeroShotClassifier, save_open_clip_checkpoint
+from ..models.prompts import adopt_prompt_context
 from ..utils.io import atomic_write_text
 from ..utils.seeding import seed_everything
 from . import distributed as D
@@ -333,6 +334,7 @@ def train(
     # the reference is the *starting* model, copied before any resumed weights are loaded
     reference = _reference(loaded, defense, classnames, templates, device)
     if state is not None:
+        adopt_prompt_context(model, state["model"])  # a context the defense created, resumed
         model.load_state_dict(state["model"])
     logger = _Logger(run_dir, info.is_main)
     run: _Run | None = None
@@ -416,7 +418,6 @@ class _Run:
         config, device, defense = setup.config, setup.device, setup.defense
         self.loaded, self.setup, self.model = loaded, setup, loaded.model
         self.classnames, self.templates = classnames, templates
-        self.params = set_trainable(self.model, config.trainable)
         self.zs = ZeroShotClassifier(loaded, classnames, templates).to(device)
         self.ctx = TrainContext(
             model=self.zs,
@@ -427,7 +428,9 @@ class _Run:
             build_attack=fp32_attack_builder,
             extras={"dist": setup.info, "config": config, "run_dir": setup.run_dir},
         )
+        # set-up first: it may add trainable parts to the model (a prompt context) to select
         defense.setup(self.ctx)
+        self.params = set_trainable(self.model, config.trainable)
         if isinstance(defense, nn.Module):
             defense.to(device)
             self.params += [p for p in defense.parameters() if p.requires_grad]
