@@ -231,8 +231,9 @@ def results_of(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 # -- writing --------------------------------------------------------------------------------------
 def card_paths(run_dir: str | os.PathLike, label: str, protocol: str) -> tuple[Path, Path]:
-    stem = Path(run_dir) / "cards" / f"{R.safe_name(label)}.{R.safe_name(protocol)}"
-    return stem.with_suffix(".json"), stem.with_suffix(".md")
+    stem = f"{R.safe_name(label)}.{R.safe_name(protocol)}"
+    folder = Path(run_dir) / "cards"
+    return folder / f"{stem}.json", folder / f"{stem}.md"
 
 
 def build_card(
@@ -308,6 +309,8 @@ def card_markdown(card: dict[str, Any]) -> str:
     ]
     for d in p["content"]["datasets"]:
         classes = d.get("classes") or "all"
+        if isinstance(classes, dict):
+            classes = f"{classes.get('classes')}: {', '.join(classes.get('class_names') or [])}"
         lines.append(
             f"| {d['key']} | {d['n']} | `{(d.get('indices_sha256') or '-')[:16]}` | {classes} |"
         )
