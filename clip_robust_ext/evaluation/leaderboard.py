@@ -27,7 +27,7 @@ from .cards import read_card
 
 def find_cards(paths: list[str | os.PathLike]) -> list[tuple[Path, dict[str, Any]]]:
     """Cards under each path: a card file, or a folder searched for cards/*.json."""
-    found: dict[Path, dict[str, Any]] = {}
+    found: dict[Path, tuple[Path, dict[str, Any]]] = {}  # a card reached twice counts once
     for p in map(Path, paths):
         files = [p] if p.is_file() else sorted(p.rglob("cards/*.json"))
         for f in files:
@@ -35,10 +35,10 @@ def find_cards(paths: list[str | os.PathLike]) -> list[tuple[Path, dict[str, Any
             if card is None and p.is_file():
                 raise ClipxUsageError(f"{f} is not a clipx result card")
             if card is not None:
-                found[f.resolve()] = card
+                found.setdefault(f.resolve(), (f, card))
     if not found:
         raise ClipxUsageError(f"no result cards under {', '.join(map(str, paths))}")
-    return list(found.items())
+    return list(found.values())
 
 
 def _diff(a: Any, b: Any, where: str = "") -> list[str]:

@@ -34,6 +34,7 @@ LARGE_EPS = 16 / 255
 NEAR_ZERO = 10.0  # percent: "accuracy at a large eps is near 0"
 LOSS_RISE = 0.05  # the attack loss must rise by at least 5% of its start over the iterations
 BLACK_BOX = {"square"}
+SQUARE_QUERIES = 1000  # Square's budget on the probe inputs (AutoAttack's own: 5000)
 _KIND = {"fgsm": 0, "ffgsm": 0, "rfgsm": 0, "apgd": 2, "apgdt": 2, "autoattack": 3}
 _NOT_IMAGE_WHITE_BOX = BLACK_BOX | {"text-attack", "multimodal"}
 
@@ -331,7 +332,11 @@ def probe_full(
     white-box attack at 16/255: rows for the black-box and large-eps checks."""
     spec = _image_attack(protocol)
     eps = max(protocol.eps)
-    square = {"name": "square", "label": "square", "params": {"n_queries": 1000, "seed": 0}}
+    square = {
+        "name": "square",
+        "label": "square",
+        "params": {"n_queries": SQUARE_QUERIES, "seed": 0},
+    }
     acc_w = _accuracy(zs, _run_attack(zs, protocol, spec, eps, x, y), y)
     acc_s = _accuracy(zs, _run_attack(zs, protocol, square, eps, x, y), y)
     acc_l = _accuracy(zs, _run_attack(zs, protocol, spec, max(LARGE_EPS, eps), x, y), y)
