@@ -81,3 +81,18 @@ def test_cost_counts_the_forward_and_backward_passes_the_attack_made(tmp_path):
     assert cost["wall_s"] > 0 and cost["cpu_s"] > 0
     assert card["model"]["weights_sha256"] and card["model"]["arch"] == "clipx-tiny"
     assert card["versions"]["torch"]
+
+
+def test_bad_check_settings_are_one_line_usage_errors(tmp_path):
+    from click.testing import CliRunner
+
+    from clip_robust_ext.cli import cli
+
+    for setting, words in (("checks='some'", "checks must be one of"), ("checks_n=0", "checks_n")):
+        result = CliRunner().invoke(
+            cli,
+            ["eval", "--model", "open_clip", "--arch", "clipx-tiny", "--protocol", "pgd"]
+            + ["--set", setting, "--run-dir", str(tmp_path / "r")],
+        )
+        assert result.exit_code == 2, result.output
+        assert words in result.output and "Traceback" not in result.output
