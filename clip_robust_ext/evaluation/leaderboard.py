@@ -71,7 +71,8 @@ def _name(card: dict[str, Any]) -> str:
 
 
 def rank(cards: list[tuple[Path, dict[str, Any]]]) -> tuple[list[str], list[dict[str, Any]]]:
-    """(columns, rows) ranked by mean robust accuracy at the largest eps (then clean)."""
+    """(columns, rows) ranked by mean robust accuracy at the largest eps (ties: robust mean over
+    the eps list, then clean); cards with a failed strength check last, unranked."""
     only = [c for _, c in cards]
     budgets = _eps_order(only)
     top = budgets[-1] if budgets else None
@@ -98,10 +99,21 @@ def rank(cards: list[tuple[Path, dict[str, Any]]]) -> tuple[list[str], list[dict
         rows.append(row)
     key = f"robust@{top}" if top else "clean"
     flagged = {id(r) for r, (_, c) in zip(rows, cards) if c["checks"].get("failed")}
-    rows.sort(key=lambda r: (id(r) in flagged, -(r.get(key) or -1), -(r.get("clean") or -1)))
+    for r in rows:
+        curve = [r[f"robust@{e}"] for e in budgets if r.get(f"robust@{e}") is not None]
+        r["robust_mean"] = round(sum(curve) / len(curve), 4) if curve else None
+    rows.sort(
+        key=lambda r: (
+            id(r) in flagged,
+            -(r.get(key) or -1),
+            -(r.get("robust_mean") or -1),
+            -(r.get("clean") or -1),
+        )
+    )
     for i, r in enumerate(rows, 1):  # a card whose attacks look too weak is listed, not ranked
         r["rank"] = "flagged" if id(r) in flagged else i
     columns = ["rank", "model", "kind", "clean", *[f"robust@{e}" for e in budgets]]
+    columns += ["robust_mean"] if len(budgets) > 1 else []
     columns += [f"{a}@{top}" for a in attacks]
     columns += ["checks", "fwd/sample", "bwd/sample", "wall_s", "weights", "card"]
     return columns, rows
@@ -210,7 +222,7 @@ def markdown(board: dict[str, Any]) -> str:
         f"{datasets}; attacks {attacks}; {content['norm']} eps "
         + ", ".join(f"{e * 255:g}/255" for e in content["eps"])
         + f"; seed {content['seed']}. Mean accuracy over datasets (%), ranked by robust accuracy "
-        "at the largest eps; robust = per-sample worst case over the attacks. `checks`: failed "
+        "at the largest eps (ties: mean robust over the eps list, then clean); robust = per-sample worst case over the attacks. `checks`: failed "
         "attack-strength checks (such cards are listed last, unranked), else the level that ran.",
         "",
     ]

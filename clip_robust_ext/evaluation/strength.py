@@ -347,6 +347,15 @@ def probe_full(
     )
 
 
+def _guarded(name: str, check: Any, *args: Any) -> dict[str, Any]:
+    """A probe check that cannot run here (an attack the protocol's norm refuses) is skipped,
+    never a reason to lose the evaluation it follows."""
+    try:
+        return check(*args)
+    except ClipxError as exc:
+        return _check(name, "skipped", f"could not run: {exc}")
+
+
 # -- all together -------------------------------------------------------------------------------------
 def run_checks(
     loaded: Any, protocol: Protocol, records: list[dict[str, Any]], identity: dict[str, Any]
@@ -370,14 +379,18 @@ def run_checks(
     else:
         zs, x, y, spec = _probe_inputs(loaded, protocol)
         probe = [
-            check_gradients(zs, x, y),
-            check_randomized(zs, x, y),
-            check_loss_rises(zs, protocol, x, y),
+            _guarded("gradients", check_gradients, zs, x, y),
+            _guarded("randomized", check_randomized, zs, x, y),
+            _guarded("loss_rises", check_loss_rises, zs, protocol, x, y),
         ]
         if level == "full":
-            extra_black, extra_large = probe_full(zs, protocol, x, y, spec["dataset"])
-            black += extra_black
-            large += [] if certified else extra_large
+            try:
+                extra_black, extra_large = probe_full(zs, protocol, x, y, spec["dataset"])
+            except ClipxError as exc:  # e.g. an L2 protocol: no Linf Square / PGD to run
+                print(f"clipx: warning: full checks not run: {exc}", file=sys.stderr, flush=True)
+            else:
+                black += extra_black
+                large += [] if certified else extra_large
     results += probe
     results += [
         _black_box_vs_white("blackbox_vs_whitebox", black),
