@@ -11,6 +11,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -500,6 +501,30 @@ def eval_command(as_json: bool, **options: Any) -> None:
     else:
         click.echo(result.table, nl=False)
         click.echo(f"\nResults in {result.run_dir}", err=True)
+
+
+@cli.command("leaderboard")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", default="leaderboard", type=click.Path(file_okay=False), show_default=True)
+@click.option(
+    "--protocol", default=None, help="Rank this protocol hash (prefix); default: the most cards."
+)
+@click.option("--all-reported", is_flag=True, help="List every zoo model's published numbers.")
+@json_option
+def leaderboard_command(
+    paths: tuple[str, ...], out: str, protocol: str | None, all_reported: bool, as_json: bool
+) -> None:
+    """Rank the result cards under PATHS (run dirs or card files) that share a protocol hash:
+    markdown, CSV, sortable HTML and plots in --out; other cards are set apart, with why."""
+    from .evaluation.leaderboard import build, write
+
+    board = build(list(paths), protocol, all_reported)
+    files = write(board, out)
+    if as_json:
+        emit_json({k: v for k, v in board.items() if k != "cards"} | {"files": files})
+    else:
+        click.echo((Path(out) / "leaderboard.md").read_text(), nl=False)
+        click.echo(f"\nLeaderboard in {out}", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

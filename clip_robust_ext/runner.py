@@ -636,7 +636,9 @@ def _run(resolved: ResolvedRecipe, run_dir: Path, main: bool) -> RunResult:
             if ckpt is not None:
                 load_weights(loaded, ckpt)
             log(f"{label}: evaluating under protocol '{protocol.name}'")
-            records += evaluate_loaded(loaded, protocol, run_dir, label)
+            records += evaluate_loaded(
+                loaded, protocol, run_dir, label, spec=doc["model"], checkpoint=ckpt
+            )
         if main:
             table = write_results(run_dir, records)
     return RunResult(run_dir, records, table, resolved.to_dict(), checkpoints)
@@ -661,10 +663,28 @@ def _methods_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return ([doc["defense"]] if "defense" in doc else []) + list(doc.get("baselines", []))
 
 
-def evaluate_loaded(loaded: Any, protocol: Any, run_dir: Path, label: str) -> list[dict[str, Any]]:
+def evaluate_loaded(
+    loaded: Any,
+    protocol: Any,
+    run_dir: Path,
+    label: str,
+    spec: dict[str, Any] | None = None,
+    checkpoint: Path | None = None,
+) -> list[dict[str, Any]]:
+    """Evaluate, then write the model's result card (run_dir/cards/; evaluation/cards.py)."""
     from .evaluation import evaluate
+    from .evaluation.cards import evaluate_with_card
 
-    return evaluate(loaded, protocol, run_dir, label)
+    records, _ = evaluate_with_card(
+        loaded,
+        protocol,
+        run_dir,
+        label,
+        lambda: evaluate(loaded, protocol, run_dir, label),
+        spec=spec,
+        checkpoint=checkpoint,
+    )
+    return records
 
 
 COMPONENTS_NAME = "components.json"
@@ -876,7 +896,7 @@ def run_eval(
 
         note_components(run_dir, {label: {"model": provenance("models", spec["source"])}})
         log(f"{label}: evaluating under protocol '{proto.name}' into {run_dir}")
-        records = evaluate_loaded(loaded, proto, run_dir, label)
+        records = evaluate_loaded(loaded, proto, run_dir, label, spec=spec)
         everything = load_records(run_dir)
         table = write_results(run_dir, everything)
     request = {"label": label, "model": spec, "evaluate": section}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -72,6 +73,14 @@ def test_run_writes_the_run_dir_and_reruns_recompute_nothing(toy_recipe, tmp_pat
     assert all(r["n"] == 16 for r in records)
     metrics = (run_dir / "toy-ce" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 2
+    # one result card per model, the trained one identified by its checkpoint's sha256
+    cards = {p.stem: json.loads(p.read_text()) for p in (run_dir / "cards").glob("*.json")}
+    assert set(cards) == {"clip.clean", "toy-ce.clean"}
+    final = (run_dir / "toy-ce" / "final.pt").read_bytes()
+    trained = cards["toy-ce.clean"]["model"]
+    assert trained["checkpoint_sha256"] == hashlib.sha256(final).hexdigest()
+    assert cards["clip.clean"]["model"]["checkpoint_sha256"] is None
+    assert len({c["protocol"]["hash"] for c in cards.values()}) == 1
 
     stamp = (run_dir / "toy-ce" / "final.pt").stat().st_mtime_ns
     second = _run(str(toy_recipe), "--run-dir", str(run_dir))

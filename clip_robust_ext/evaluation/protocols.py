@@ -23,6 +23,7 @@ PRECISIONS = ("fp32", "model")  # fp32: attacks must run in fp32; model: whateve
 _ATTACK_KEYS = ("name", "params", "label")
 _DATASET_KEYS_RESERVED = ("dataset", "split", "n", "templates", "resolution")
 NATIVE = "native"
+CHECK_LEVELS = ("off", "basic", "full")
 
 
 def _attack_spec(item: Any) -> dict[str, Any]:
@@ -119,6 +120,13 @@ class Protocol:
     # measured there; a table {dataset: int | "native"} per dataset; a dataset entry's own
     # `resolution` key wins. The model upsamples to its input size inside forward either way.
     resolution: int | str | dict[str, int | str] | None = None
+    # attack-strength checks written into the result card (evaluation/strength.py): "off",
+    # "basic" (from the results, plus gradients / randomness / loss curve on `checks_n` inputs)
+    # or "full" (also Square and a large-eps attack on those inputs); strict = a failed check
+    # is an error (leaderboard submissions). Not part of any result hash: they add no numbers.
+    checks: str = "basic"
+    checks_n: int = 16
+    checks_strict: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.eps, (int, float, str)):
@@ -161,7 +169,17 @@ class Protocol:
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ClipxUsageError(f"protocol '{self.name}': seed must be an integer")
-        for attr in ("channels_last", "compile", "cascade"):
+        if self.checks not in CHECK_LEVELS:
+            raise ClipxUsageError(
+                f"protocol '{self.name}': checks must be one of {CHECK_LEVELS}, got {self.checks!r}"
+            )
+        if (
+            isinstance(self.checks_n, bool)
+            or not isinstance(self.checks_n, int)
+            or self.checks_n < 1
+        ):
+            raise ClipxUsageError(f"protocol '{self.name}': checks_n must be an integer >= 1")
+        for attr in ("channels_last", "compile", "cascade", "checks_strict"):
             if not isinstance(getattr(self, attr), bool):
                 raise ClipxUsageError(f"protocol '{self.name}': {attr} must be true or false")
         if self.precision not in PRECISIONS:

@@ -193,6 +193,34 @@ def transfer(**overrides: Any) -> Protocol:
     ).with_overrides(**overrides)
 
 
+def checks(**overrides: Any) -> Protocol:
+    """For leaderboard submissions: attacks with a strength order, an eps sweep, every
+    attack-strength check (Square and 16/255 on the probe inputs) and failures as errors."""
+    return Protocol(
+        name="checks",
+        attacks=[
+            {
+                "name": "pgd",
+                "label": "pgd-10",
+                "params": {"steps": 10, "alpha": "eps/4", "random_start": True},
+            },
+            {
+                "name": "pgd",
+                "label": "pgd-50",
+                "params": {"steps": 50, "alpha": "eps/10", "random_start": True},
+            },
+        ],
+        eps=["1/255", "2/255", "4/255", "8/255"],
+        templates=["This is a photo of a {}"],
+        datasets=["cifar10"],
+        n_samples=1000,
+        checks="full",
+        checks_strict=True,
+        description="attack-strength checks: PGD-10 and PGD-50 at 1, 2, 4, 8 /255, every check "
+        "(gradients, randomness, loss curve, Square, 16/255) and a failed check is an error",
+    ).with_overrides(**overrides)
+
+
 PRESETS = {
     "tecoa-16": (tecoa16, "PGD-100 step 1/255, Linf 1/255, TeCoA 16-dataset suite, one template"),
     "autoattack": (autoattack, "APGD-CE + APGD-T (fra31 settings), Linf 1/255, TeCoA suite"),
@@ -205,6 +233,7 @@ PRESETS = {
         transfer,
         "zero-shot transfer: unseen / seen classes (+ other datasets), PGD-10 + APGD-CE at 1, 2 /255",
     ),
+    "checks": (checks, "PGD-10 / PGD-50 eps sweep with every attack-strength check, strict"),
 }
 
 
