@@ -15,7 +15,8 @@ def lazy_exports(package: str, where: dict[str, str]) -> Callable[[str], Any]:
     def __getattr__(name: str) -> Any:
         if name not in where:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(where[name], package), name)
+        submodule = where[name]  # from the package's own constant table, never user input
+        value = getattr(importlib.import_module(submodule, package), name)
         setattr(importlib.import_module(package), name, value)  # later look-ups skip this
         return value
 
