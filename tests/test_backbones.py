@@ -106,7 +106,10 @@ def test_attacks_and_a_tecoa_training_step(name: str, tmp_path) -> None:
             adv_logits = zs(adv)
         if attack == "kl-pgd":  # label-free: it moves the prediction away from the clean one
             kl = F.kl_div(
-                adv_logits.log_softmax(1), logits.log_softmax(1), "batchmean", log_target=True
+                adv_logits.log_softmax(1),
+                logits.log_softmax(1),
+                reduction="batchmean",
+                log_target=True,
             )
             assert kl > 1e-4, f"{attack}: KL {kl}"
         else:
