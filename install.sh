@@ -60,6 +60,10 @@ fi
 "$PY" -m pip install -c constraints.txt -e ".[dev]"
 "$PY" -m pip install --no-deps "torchattacks==3.5.1"
 "$PY" -c "import clip_robust_ext, torchattacks, pyautoattack, open_clip; print('clipx installed')"
+# ./activate: what `. ./activate` (the README's first line) needs to put `clipx` on PATH
 if [[ -n "$CREATED" ]]; then
-    echo "install.sh: clipx is in ./.venv - activate it with:  . .venv/bin/activate"
+    printf '. "%s/.venv/bin/activate"\n' "$PWD" > activate
+    echo "install.sh: clipx is in ./.venv - activate it with:  . ./activate"
+else
+    printf '# clipx is installed in the active environment %s: nothing to activate\n' "$ACTIVE" > activate
 fi

@@ -11,6 +11,7 @@ Groups:
 - parameters (one mechanism for every factory): checked, keyword_parameters, signature_of,
   coerce, check_kwargs, unknown_key, text_attack_parameters
 - budgets: parse_eps, format_eps
+- packaging: lazy_exports (a plugin package re-exports heavy names without importing torch)
 - models: LoadedCLIP, ZeroShotClassifier, load_clip, build_prompts, DEFAULT_TEMPLATES,
   PromptContext / attach_prompt_context / prompt_context_of (learned prompt vectors), build_model (a [model] table -> LoadedCLIP), load_weights, device_of, model_fingerprint,
   procedural_small
@@ -49,6 +50,7 @@ from .params import (
 )
 from .registry import KINDS, MODALITIES, Entry, Registry, entries, get, names
 from .utils.eps import format_eps, parse_eps
+from .utils.lazy import lazy_exports
 
 # name -> module (relative to clip_robust_ext) that defines it; loaded on first use
 _LAZY = {
@@ -172,6 +174,7 @@ __all__ = [
     "get",
     "hookimpl",
     "keyword_parameters",
+    "lazy_exports",
     "names",
     "parse_eps",
     "signature_of",

@@ -153,6 +153,11 @@ set_option = click.option(
     metavar="KEY=VALUE",
     help="Override a dotted recipe key (value parsed as TOML), e.g. defense.lr=1e-5, baselines.0.epochs=2.",
 )
+download_option = click.option(
+    "--download",
+    is_flag=True,
+    help="Download every torchvision dataset the run needs into $CLIPX_DATA (clipx data download).",
+)
 profile_option = click.option(
     "--profile", "-p", default=None, help="A profile of the recipe (default: the base recipe)."
 )
@@ -220,6 +225,7 @@ def recipe_show(name: str, profile: str | None, overrides: tuple[str, ...], as_j
     help="Where results go (default: runs/<name>-<profile>).",
 )
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --run-dir.")
+@download_option
 @json_option
 def recipe_run(
     name: str,
@@ -227,12 +233,14 @@ def recipe_run(
     overrides: tuple[str, ...],
     run_dir: str | None,
     resume: bool,
+    download: bool,
     as_json: bool,
 ) -> None:
     """Run recipe NAME: pretrain / defend / evaluate, then print the results table."""
+    from .data.manage import allow_downloads
     from .runner import run_recipe
 
-    with stdout_to_stderr(as_json):
+    with stdout_to_stderr(as_json), allow_downloads(download):
         result = run_recipe(
             name, profile=profile, run_dir=run_dir, resume=resume, overrides=overrides
         )
@@ -489,12 +497,14 @@ def plugins_command(as_json: bool) -> None:
     help="Where results go (default: runs/eval-<label>); may hold earlier datasets.",
 )
 @click.option("--device", default="auto", help="auto, cpu, cuda, cuda:N.")
+@download_option
 @json_option
-def eval_command(as_json: bool, **options: Any) -> None:
+def eval_command(as_json: bool, download: bool, **options: Any) -> None:
     """Evaluate a model or checkpoint under a protocol, without a recipe."""
+    from .data.manage import allow_downloads
     from .runner import run_eval
 
-    with stdout_to_stderr(as_json):
+    with stdout_to_stderr(as_json), allow_downloads(download):
         result = run_eval(**options)
     if as_json:
         emit_json(result.to_dict())
@@ -525,6 +535,11 @@ def leaderboard_command(
     else:
         click.echo((Path(out) / "leaderboard.md").read_text(), nl=False)
         click.echo(f"\nLeaderboard in {out}", err=True)
+
+
+from .datacli import data as _data  # noqa: E402 - `clipx data ...` (click only at import)
+
+cli.add_command(_data)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -74,16 +74,19 @@ def test_wheel_has_the_data_and_runs_installed(tmp_path):
         check=True,
     ).stdout.strip()
     Path(site, "zz_current_env_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # PYTHONPATH (a dev checkout's metadata, the source tree) would make pip see clip-robust-ext
+    # as installed already and skip the wheel
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     install = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps"]
         + ["--no-index", "--quiet", str(wheel)],
         capture_output=True,
         text=True,
         timeout=300,
+        env=env,
     )
     assert install.returncode == 0, install.stderr[-2000:]
 
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CLIPX_CACHE=str(tmp_path / "cache"))
     clipx = venv / "bin" / "clipx"
 

@@ -3,8 +3,8 @@
 Each entry knows how to build the torchvision dataset for a split, where its class names are,
 and the image size used in the TeCoA lineage (CIFAR/STL at native resolution; others
 Resize+CenterCrop 224, eps is measured at that resolution). Datasets torchvision cannot fetch
-any more (StanfordCars, SUN397 on some mirrors, ImageNet) need a manual download into the root;
-the error message says so.
+(Tiny-ImageNet, ImageNet, StanfordCars) are fetched by hand and laid out by `clipx data prepare`
+(data/manage.py); a missing dataset's error names the command that fixes it.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import torchvision.datasets as tvd
 import torchvision.transforms as T
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
-from ..errors import ClipxUsageError
+from ..errors import ClipxError, ClipxUsageError
 from .folders import ImageFolderDataset, clean_classname
+from .manage import MANUAL, downloads_allowed, fix_command
 from .paths import data_root
 from .splits import CIFAR10_SPLITS
 
@@ -142,14 +143,25 @@ _SUITE: dict[str, SuiteEntry] = {
     ),
     "tinyimagenet": SuiteEntry(
         "tinyimagenet",
-        lambda r, s, t, d: ImageFolderDataset(
-            r / "tiny-imagenet-200" / ("val_folders" if s == "test" else "train"), image_size=None
-        ),
+        lambda r, s, t, d: _tiny_imagenet(r / "tiny-imagenet-200", s),
         None,
         None,
-        "manual download: tiny-imagenet-200 with val images sorted into class folders (val_folders/)",
+        "manual download: `clipx data prepare tiny-imagenet tiny-imagenet-200.zip`",
     ),
 }
+
+
+def _tiny_imagenet(base: Path, split: str) -> ImageFolderDataset:
+    """`clipx data prepare tiny-imagenet`'s layout: val_folders/ (test), train_folders/ (else
+    a hand-made train/<wnid>/<image>), named by classnames.txt when present (else wnids)."""
+    folder = base / ("val_folders" if split == "test" else "train_folders")
+    if split != "test" and not folder.is_dir() and (base / "train").is_dir():
+        folder = base / "train"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no {folder}")
+    names = base / "classnames.txt"
+    return ImageFolderDataset(folder, classnames=names if names.is_file() else None)
+
 
 # The TeCoA/TGA-ZSR/SAFT 16-dataset suite (ANCHORS.md A1).
 TECOA_16 = (
@@ -196,12 +208,17 @@ def load_suite_dataset(
         if size is None
         else T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor()])
     )
+    download = download or downloads_allowed()
     try:
         ds = entry.build(root, split, transform, download)
     except (RuntimeError, FileNotFoundError, OSError) as exc:
-        hint = f" ({entry.note})" if entry.note else " (pass download=true, or place it there)"
+        if download and name not in MANUAL:
+            raise ClipxError(
+                f"dataset '{name}': download into {root} failed: {str(exc).splitlines()[0]}"
+            ) from None
         raise ClipxUsageError(
-            f"dataset '{name}' not found under {root}{hint}: {str(exc).splitlines()[0]}"
+            f"dataset '{name}' ({split}) not found under {root}; to fix: {fix_command(name, root)}"
+            f" [{str(exc).splitlines()[0]}]"
         ) from None
     if not hasattr(ds, "classnames"):
         ds.classnames = entry.classnames(ds) if entry.classnames else _classes(ds)

@@ -1,6 +1,7 @@
 """CLIP as a plain image classifier that torchattacks and AutoAttack attack as is.
 
-forward(images in [0, 1] at any resolution) -> logits = logit_scale * cos(image, class text).
+forward(images in [0, 1] at any resolution) -> logits = logit_scale * cos(image, class text)
+(+ logit_bias for sigmoid-head models such as SigLIP, as open_clip scores them).
 Resizing and CLIP normalisation happen inside, so eps lives in the dataset's pixel space.
 The class text matrix is computed once per (text-tower weights, prompts) and cached: a forward
 pass never runs the text tower (the TeCoA-lineage code re-encodes every prompt per forward).
@@ -111,6 +112,12 @@ class ZeroShotClassifier(nn.Module):
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale.exp().float()
 
+    def logit_bias(self) -> torch.Tensor | None:
+        """The learned bias of a sigmoid head (SigLIP), None for softmax CLIPs. It shifts every
+        class logit alike, so softmax losses and margins are unchanged; sigmoid scores are not."""
+        bias = getattr(self.clip, "logit_bias", None)
+        return None if bias is None else bias.float()
+
     # -- the cached zero-shot head ------------------------------------------------------------
     def _text_weights_key(self) -> tuple:
         """(storage, version) of every parameter outside the `visual` submodule.
@@ -201,4 +208,6 @@ class ZeroShotClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         feats = self.encode_image(images)
-        return self.logit_scale() * feats @ self.class_matrix().t()
+        logits = self.logit_scale() * feats @ self.class_matrix().t()
+        bias = self.logit_bias()
+        return logits if bias is None else logits + bias

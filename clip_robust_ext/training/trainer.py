@@ -584,7 +584,9 @@ class _Run:
         else:
             optimizer.step()
         self.scheduler.step()
-        if config.clamp_logit_scale and hasattr(self.model, "logit_scale"):
+        scale = getattr(self.model, "logit_scale", None)
+        if config.clamp_logit_scale and scale is not None and scale.requires_grad:
+            # only a trained scale: a frozen one is the checkpoint's (SigLIP's exceeds ln 100)
             with torch.no_grad():
                 self.model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
         return {

@@ -11,15 +11,23 @@ default "last"), backbone = "resnet12-640" with drop_rate / dropblock_size (thei
 use_linear (their --use_linear)."""
 
 from clip_robust_ext import hookimpl
+from clip_robust_ext.api import lazy_exports
 
-from .expansion import (
-    Expansion,
-    apply_expansion,
-    fit_expansion,
-    invert_expansion,
-    mean_pairwise_cosine,
-)
-from .losses import ace_loss, laat_loss, smoothing_loss
+# re-exports load on first use (they import torch): loading the plugin stays cheap
+_EXPORTS = {
+    **dict.fromkeys(
+        [
+            "Expansion",
+            "apply_expansion",
+            "fit_expansion",
+            "invert_expansion",
+            "mean_pairwise_cosine",
+        ],
+        ".expansion",
+    ),
+    **dict.fromkeys(["ace_loss", "laat_loss", "smoothing_loss"], ".losses"),
+}
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "Expansion",

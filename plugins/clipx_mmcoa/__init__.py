@@ -9,12 +9,11 @@ evaluation against clean prompts (image_target = "clean-prompts") are options.""
 
 from clip_robust_ext import hookimpl
 
-from .attacks import multimodal, text_attack
-from .defense import MMCoA, factory
-
 
 @hookimpl
 def register_attacks(register):
+    from .attacks import multimodal, text_attack
+
     register(
         "text-attack",
         text_attack,
@@ -31,4 +30,6 @@ def register_attacks(register):
 
 @hookimpl
 def register_defenses(register):
+    from .defense import MMCoA, factory
+
     register("mmcoa", factory, description=(MMCoA.__doc__ or "").strip().splitlines()[0])

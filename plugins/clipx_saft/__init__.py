@@ -9,19 +9,28 @@ the token axis), short description lists are padded by cycling, and the ensemble
 embeddings (theirs: logits of the K selected). Documented, no switch."""
 
 from clip_robust_ext import hookimpl
+from clip_robust_ext.api import lazy_exports
 
-from .attack import DescriptionBank, SemanticEnsemblePGD, semantic_ensemble
-from .defense import SAFT, TGAZSR
-from .descriptions import (
-    SHIPPED,
-    ClassDescriptions,
-    build_class_descriptions,
-    load_description_file,
-    match_classes,
-    refine_by_name_similarity,
-    shipped_sets,
-)
-from .protocol import evaluate_grid, grid_markdown, saft_ensemble, saft_template
+# re-exports load on first use (they import torch): loading the plugin stays cheap
+_EXPORTS = {
+    **dict.fromkeys(["DescriptionBank", "SemanticEnsemblePGD", "semantic_ensemble"], ".attack"),
+    **dict.fromkeys(["SAFT", "TGAZSR"], ".defense"),
+    **dict.fromkeys(
+        [
+            "ClassDescriptions",
+            "build_class_descriptions",
+            "load_description_file",
+            "match_classes",
+            "refine_by_name_similarity",
+            "shipped_sets",
+        ],
+        ".descriptions",
+    ),
+    **dict.fromkeys(
+        ["evaluate_grid", "grid_markdown", "saft_ensemble", "saft_template"], ".protocol"
+    ),
+}
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "SAFT",
@@ -42,12 +51,16 @@ __all__ = [
 
 @hookimpl
 def register_templates(register):
+    from .descriptions import SHIPPED, shipped_sets
+
     for name, data in shipped_sets().items():
         register(name, data, description=SHIPPED[name][1])
 
 
 @hookimpl
 def register_attacks(register):
+    from .attack import semantic_ensemble
+
     register(
         "semantic-ensemble",
         semantic_ensemble,
@@ -58,6 +71,8 @@ def register_attacks(register):
 
 @hookimpl
 def register_defenses(register):
+    from .defense import SAFT, TGAZSR
+
     register(
         "saft",
         SAFT,
@@ -72,6 +87,8 @@ def register_defenses(register):
 
 @hookimpl
 def register_evaluators(register):
+    from .protocol import saft_ensemble, saft_template
+
     register(
         "saft-template",
         saft_template,

@@ -14,8 +14,6 @@ import click
 
 from clip_robust_ext.api import ClipxUsageError
 
-from .protocol import PROTOCOL_NAMES, TEXTS, evaluate_grid, grid_markdown
-
 
 def run_models(run_dir: Path) -> tuple[dict[str, Any], list[tuple[str, Path | None]]]:
     """(resolved recipe, [(label, checkpoint or None for the start model)]) of a recipe run."""
@@ -38,6 +36,8 @@ def grid_for_run(run_dir: str | Path, device: str = "auto") -> str:
 
 def _grid(run_dir: Path, device: str) -> str:
     from clip_robust_ext.api import atomic_write_text, build_model, device_of, load_weights
+
+    from .protocol import PROTOCOL_NAMES, evaluate_grid, grid_markdown
 
     doc, models = run_models(run_dir)
     ev = dict(doc.get("evaluate") or {})
@@ -82,6 +82,8 @@ def register(cli: click.Group) -> None:
             return
         from clip_robust_ext.api import atomic_write_text, load_records
 
+        from .protocol import PROTOCOL_NAMES, grid_markdown
+
         records = [r for r in load_records(run_dir) if r.get("protocol") in PROTOCOL_NAMES.values()]
         if not records:
             raise ClipxUsageError(f"{run_dir}: no saft-template / saft-ensemble results found")
@@ -110,4 +112,4 @@ def register(cli: click.Group) -> None:
         click.echo(json.dumps({"set": label, "classes": data}, indent=1))
 
 
-__all__ = ["TEXTS", "grid_for_run", "register", "run_models"]
+__all__ = ["grid_for_run", "register", "run_models"]

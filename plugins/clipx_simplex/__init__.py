@@ -57,13 +57,17 @@ Reproduce: python -m clipx_simplex.bench
 """
 
 from clip_robust_ext import hookimpl
-from clip_robust_ext.api import checked
+from clip_robust_ext.api import lazy_exports
 
-from .defense import AdvSimplex
-from .divergence import DIVERGENCES, get_divergence
-from .expectation import MonteCarlo, SimplexTerms, closed_form, monte_carlo
-from .geometry import sample_barycentric, triangle_mean, triangle_second_moment
-from .trajectory import TrajectoryPGD, pgd_trajectory
+# re-exports load on first use (they import torch): loading the plugin stays cheap
+_EXPORTS = {
+    "AdvSimplex": ".defense",
+    **dict.fromkeys(["DIVERGENCES", "get_divergence"], ".divergence"),
+    **dict.fromkeys(["MonteCarlo", "SimplexTerms", "closed_form", "monte_carlo"], ".expectation"),
+    **dict.fromkeys(["sample_barycentric", "triangle_mean", "triangle_second_moment"], ".geometry"),
+    **dict.fromkeys(["TrajectoryPGD", "pgd_trajectory"], ".trajectory"),
+}
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "DIVERGENCES",
@@ -81,9 +85,11 @@ __all__ = [
 ]
 
 
-build_advsimplex = checked(AdvSimplex, "defense 'advsimplex'")  # recipes check keys by it
-
-
 @hookimpl
 def register_defenses(register):
-    register("advsimplex", build_advsimplex, description=AdvSimplex.__doc__.strip().splitlines()[0])
+    from clip_robust_ext.api import checked
+
+    from .defense import AdvSimplex
+
+    build = checked(AdvSimplex, "defense 'advsimplex'")  # recipes check keys by it
+    register("advsimplex", build, description=AdvSimplex.__doc__.strip().splitlines()[0])
