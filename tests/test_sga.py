@@ -106,7 +106,7 @@ def test_sga_in_the_retrieval_protocol_checks_the_ball_and_lowers_recall(tmp_pat
             modes=["clean", "sga"], attack_params={"pgd": {}}
         )
     with pytest.raises(ClipxUsageError, match="caption_set"):
-        from clipx_sga import SGA
+        from clipx_sga.attack import SGA
 
         SGA(_zs(), caption_set="original")
 

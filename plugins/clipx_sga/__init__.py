@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from clip_robust_ext.api import hookimpl
 
-from .attack import SGA
+# the hook imports the torch-heavy submodule: loading the plugin stays cheap (`clipx --help`)
 
 
 @hookimpl
 def register_attacks(register):
+    from .attack import SGA
+
     register(
         "sga",
         SGA,
