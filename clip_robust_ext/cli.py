@@ -166,6 +166,7 @@ def cli() -> None:
     Run a method end to end:     clipx recipe run tecoa
     Evaluate a checkpoint:       clipx eval --model clipx-small-c10 --protocol NAME
     See what is installed:       clipx plugins / attacks / defenses / datasets / models
+    Compare two models:          clipx interpolate A B / clipx features A B (clipx interpolate -h)
     """
 
 
@@ -530,7 +531,10 @@ _analysis_options = (
         "--label", "labels", multiple=True, help="Name of each model, in order (default: from it)."
     ),
     click.option(
-        "--run-dir", type=click.Path(file_okay=False), default=None, help="Where results go."
+        "--run-dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Where results go (default: runs/<command>-<labels>).",
     ),
     click.option("--device", default="auto", help="auto, cpu, cuda, cuda:N."),
 )
@@ -572,7 +576,8 @@ def interpolate_command(as_json: bool, **options: Any) -> None:
     \b
     MODEL_A / MODEL_B: as `clipx eval --model` takes them; a checkpoint file is loaded into --arch
     or into the other argument's model, e.g.
-      clipx interpolate clipx-small-c10 runs/tecoa-cifar10/tecoa/final.pt --protocol pgd
+      clipx interpolate clipx-small-c10 runs/tecoa-cifar10/tecoa/final.pt --protocol pgd \\
+        --dataset cifar10-jpegs --n 200
     """
     from .analysis.run import interpolate
 
@@ -607,7 +612,8 @@ def features_command(as_json: bool, **options: Any) -> None:
     \b
     MODELS: as `clipx eval --model` takes them; a checkpoint file is loaded into --arch or into
     the first model named, e.g.
-      clipx features clipx-small-c10 runs/tecoa-cifar10/tecoa/final.pt --protocol pgd --n 500
+      clipx features clipx-small-c10 runs/tecoa-cifar10/tecoa/final.pt --protocol pgd \\
+        --dataset cifar10-jpegs --n 200
     """
     from .analysis.run import features
 
