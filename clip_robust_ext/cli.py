@@ -172,6 +172,7 @@ def cli() -> None:
     Run a method end to end:     clipx recipe run tecoa
     Evaluate a checkpoint:       clipx eval --model clipx-small-c10 --protocol NAME
     See what is installed:       clipx plugins / attacks / defenses / datasets / models
+    Compare two models:          clipx interpolate A B / clipx features A B (clipx interpolate -h)
     """
 
 
@@ -435,6 +436,40 @@ def plugins_command(as_json: bool) -> None:
 # ------------------------------------------------------------------------------------- eval
 
 
+_PROTOCOL_OPTIONS = (
+    click.option("--protocol", required=True, help="Evaluation protocol (clipx protocols)."),
+    click.option(
+        "--attack", "attacks", multiple=True, help="Attack(s) to run instead of the protocol's."
+    ),
+    click.option(
+        "--eps", "eps", multiple=True, help="Budget(s), e.g. 1/255 (instead of the protocol's)."
+    ),
+    click.option(
+        "--dataset", "datasets", multiple=True, help="Dataset(s) instead of the protocol's."
+    ),
+    click.option(
+        "--n", "n_samples", type=click.IntRange(min=1), default=None, help="Samples per dataset."
+    ),
+    click.option("--templates", default=None, help="Template set (clipx templates)."),
+    click.option("--seed", type=int, default=None, help="Sampling / attack seed."),
+    click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override another protocol field (value parsed as TOML).",
+    ),
+)
+
+
+def protocol_options(command: Any) -> Any:
+    """`clipx eval`'s protocol options (--protocol, --attack, --eps, --dataset, --n, --templates,
+    --seed, --set) on another command that evaluates under a protocol."""
+    for option in reversed(_PROTOCOL_OPTIONS):
+        command = option(command)
+    return command
+
+
 @cli.command("eval")
 @click.option(
     "--model",
@@ -467,26 +502,7 @@ def plugins_command(as_json: bool) -> None:
     metavar="KEY=VALUE",
     help="Another argument of the model source (value parsed as TOML).",
 )
-@click.option("--protocol", required=True, help="Evaluation protocol (clipx protocols).")
-@click.option(
-    "--attack", "attacks", multiple=True, help="Attack(s) to run instead of the protocol's."
-)
-@click.option(
-    "--eps", "eps", multiple=True, help="Budget(s), e.g. 1/255 (instead of the protocol's)."
-)
-@click.option("--dataset", "datasets", multiple=True, help="Dataset(s) instead of the protocol's.")
-@click.option(
-    "--n", "n_samples", type=click.IntRange(min=1), default=None, help="Samples per dataset."
-)
-@click.option("--templates", default=None, help="Template set (clipx templates).")
-@click.option("--seed", type=int, default=None, help="Sampling / attack seed.")
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override another protocol field (value parsed as TOML).",
-)
+@protocol_options
 @click.option(
     "--label", default=None, help="Name of this model in the results (default: from --model)."
 )
@@ -540,6 +556,118 @@ def leaderboard_command(
 from .datacli import data as _data  # noqa: E402 - `clipx data ...` (click only at import)
 
 cli.add_command(_data)
+
+
+# --------------------------------------------------------------------------------- analysis
+
+_arch_option = click.option(
+    "--arch",
+    default=None,
+    help="open_clip architecture for checkpoint-file arguments (default: load them into the "
+    "model named among the arguments).",
+)
+_analysis_options = (
+    click.option(
+        "--label", "labels", multiple=True, help="Name of each model, in order (default: from it)."
+    ),
+    click.option(
+        "--run-dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Where results go (default: runs/<command>-<labels>).",
+    ),
+    click.option("--device", default="auto", help="auto, cpu, cuda, cuda:N."),
+)
+
+
+def _analysis(command: Any) -> Any:
+    for option in reversed((_arch_option, protocol_options, *_analysis_options, json_option)):
+        command = option(command)
+    return command
+
+
+def _report(result: Any, as_json: bool, lines: list[str]) -> None:
+    if as_json:
+        emit_json(result.doc)
+        return
+    click.echo("\n".join(lines))
+    for path in result.files.values():
+        click.echo(f"wrote {path}", err=True)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@cli.command("interpolate")
+@click.argument("model_a")
+@click.argument("model_b")
+@click.option(
+    "--alphas",
+    default="0,0.25,0.5,0.75,1",
+    show_default=True,
+    help="Blend weights, comma-separated.",
+)
+@_analysis
+def interpolate_command(as_json: bool, **options: Any) -> None:
+    """Evaluate weight-space blends (1 - alpha) A + alpha B of two models of one architecture
+    (WiSE-FT) under a protocol; plot clean and robust accuracy against alpha.
+
+    \b
+    MODEL_A / MODEL_B: as `clipx eval --model` takes them; a checkpoint file is loaded into --arch
+    or into the other argument's model, e.g.
+      clipx interpolate clipx-small-c10 runs/tecoa-cifar10/tecoa/final.pt --protocol pgd \\
+        --dataset cifar10-jpegs --n 200
+    """
+    from .analysis.run import interpolate
+
+    with stdout_to_stderr(as_json):
+        result = interpolate(**options)
+    lines = ["ALPHA  DATASET  EPS  CLEAN  ROBUST"]
+    for p in result.doc["points"]:
+        robust = "-" if p["robust_acc"] is None else f"{p['robust_acc']:.2f}"
+        lines.append(
+            f"{p['alpha']:g}  {p['dataset']}  {p['eps_str'] or '-'}  {p['clean_acc']:.2f}  {robust}"
+        )
+    _report(result, as_json, lines)
+
+
+@cli.command("features")
+@click.argument("models", nargs=-1, required=True)
+@click.option(
+    "--projection",
+    type=click.Choice(["pca", "tsne"]),
+    default="pca",
+    show_default=True,
+    help="2-D projection of the embeddings (scikit-learn).",
+)
+@click.option(
+    "--bins", type=click.IntRange(2, 500), default=40, show_default=True, help="Histogram bins."
+)
+@_analysis
+def features_command(as_json: bool, **options: Any) -> None:
+    """Compare clean and adversarial image embeddings of one or more models: cosine histograms,
+    per-class separation and a 2-D projection (one dataset, one eps, one image attack).
+
+    \b
+    MODELS: as `clipx eval --model` takes them; a checkpoint file is loaded into --arch or into
+    the first model named, e.g.
+      clipx features clipx-small-c10 runs/tecoa-cifar10/tecoa/final.pt --protocol pgd \\
+        --dataset cifar10-jpegs --n 200
+    """
+    from .analysis.run import features
+
+    with stdout_to_stderr(as_json):
+        result = features(**options)
+    lines = ["MODEL  CLEAN  ADV  COS_MEAN  SIL_CLEAN  SIL_ADV"]
+    for m in result.doc["models"]:
+        sep = m["separation"]
+        lines.append(
+            f"{m['label']}  {m['clean_acc']:.2f}  {m['adversarial_acc']:.2f}  "
+            f"{m['cosine']['mean']:.4f}  {_num(sep['clean']['silhouette'])}  "
+            f"{_num(sep['adversarial']['silhouette'])}"
+        )
+    _report(result, as_json, lines)
 
 
 def main(argv: list[str] | None = None) -> None:

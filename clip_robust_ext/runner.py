@@ -543,7 +543,7 @@ def run_recipe(
         return _run(resolved, run_dir, main=False)
     _check_same_recipe(run_dir, resolved)
     with RunLock(run_dir, resume):
-        _check_writable(run_dir)
+        check_writable(run_dir)
         return _run(resolved, run_dir, main=True)
 
 
@@ -562,7 +562,7 @@ def run_seeds(resolved: ResolvedRecipe, run_dir: Path, resume: bool = False) -> 
         lock.acquire()
     try:
         if main:
-            _check_writable(run_dir)
+            check_writable(run_dir)
             _write_run_files(run_dir, resolved)
         records: list[dict[str, Any]] = []
         checkpoints: dict[str, str] = {}
@@ -586,7 +586,7 @@ def run_seeds(resolved: ResolvedRecipe, run_dir: Path, resume: bool = False) -> 
     return RunResult(run_dir, records, table, resolved.to_dict(), checkpoints)
 
 
-def _check_writable(run_dir: Path) -> None:
+def check_writable(run_dir: Path) -> None:
     import shutil
 
     probe = run_dir / ".write-test"
@@ -856,14 +856,60 @@ def run_eval(
 ) -> RunResult:
     """Evaluate one model under a protocol (`clipx eval`). Earlier results in run_dir (other
     datasets, other models) are kept and appear in the tables; finished datasets are reused."""
-    import re
-
-    from .evaluation import load_records, protocol_from_dict
-    from .recipes import Registries, apply_set, evaluate_section, model_section, parse_set
+    from .evaluation import load_records
+    from .recipes import Registries, model_section
 
     reg = Registries()
     raw_spec, default_label = eval_model_spec(model, arch, pretrained, checkpoint, model_args)
     spec = model_section(raw_spec, reg)
+    section, proto = eval_protocol(
+        protocol, attacks, eps, datasets, n_samples, templates, seed, overrides, reg
+    )
+    from .validation import check_device
+
+    label = eval_label(label, default_label)
+    check_device(device, "--device")
+    run_dir = Path(run_dir) if run_dir else Path("runs") / f"eval-{label}"
+    with RunLock(run_dir, resume=True, what="evaluation"):
+        check_writable(run_dir)
+        loaded = build_model(spec, device_of(device), seed=0)
+        from .registry import provenance
+
+        note_components(run_dir, {label: {"model": provenance("models", spec["source"])}})
+        log(f"{label}: evaluating under protocol '{proto.name}' into {run_dir}")
+        records = evaluate_loaded(loaded, proto, run_dir, label, spec=spec)
+        everything = load_records(run_dir)
+        table = write_results(run_dir, everything)
+    request = {"label": label, "model": spec, "evaluate": section}
+    return RunResult(run_dir, records, table, request, kind="request")
+
+
+def eval_label(label: str | None, default: str, option: str = "--label") -> str:
+    """The given label, or `default` made file-name safe (model names become run-dir names)."""
+    import re
+
+    from .validation import check_label
+
+    return check_label(label or re.sub(r"[^A-Za-z0-9_.+-]", "-", default).lstrip("-."), option)
+
+
+def eval_protocol(
+    protocol: str,
+    attacks: tuple[str, ...] = (),
+    eps: tuple[str, ...] = (),
+    datasets: tuple[str, ...] = (),
+    n_samples: int | None = None,
+    templates: str | None = None,
+    seed: int | None = None,
+    overrides: tuple[str, ...] = (),
+    reg: Any = None,
+) -> tuple[dict[str, Any], Any]:
+    """`clipx eval`'s protocol options -> (the validated [evaluate] table, its Protocol); shared by
+    the commands that evaluate under a protocol (eval, interpolate, features)."""
+    from .evaluation import protocol_from_dict
+    from .recipes import Registries, apply_set, evaluate_section, parse_set
+
+    reg = reg or Registries()
     section: dict[str, Any] = {"protocol": protocol}
     for key, value in (
         ("attacks", list(attacks)),
@@ -881,23 +927,4 @@ def run_eval(
             parts = parts[1:]
         apply_set(section, parts, value)
     section = evaluate_section(section, reg)
-    proto = protocol_from_dict(section)
-    from .validation import check_device, check_label
-
-    label = check_label(
-        label or re.sub(r"[^A-Za-z0-9_.+-]", "-", default_label).lstrip("-."), "--label"
-    )
-    check_device(device, "--device")
-    run_dir = Path(run_dir) if run_dir else Path("runs") / f"eval-{label}"
-    with RunLock(run_dir, resume=True, what="evaluation"):
-        _check_writable(run_dir)
-        loaded = build_model(spec, device_of(device), seed=0)
-        from .registry import provenance
-
-        note_components(run_dir, {label: {"model": provenance("models", spec["source"])}})
-        log(f"{label}: evaluating under protocol '{proto.name}' into {run_dir}")
-        records = evaluate_loaded(loaded, proto, run_dir, label, spec=spec)
-        everything = load_records(run_dir)
-        table = write_results(run_dir, everything)
-    request = {"label": label, "model": spec, "evaluate": section}
-    return RunResult(run_dir, records, table, request, kind="request")
+    return section, protocol_from_dict(section)

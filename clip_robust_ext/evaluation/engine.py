@@ -224,7 +224,7 @@ def plan_attacks(zs: nn.Module, protocol: Protocol, key: str = "dataset") -> lis
     return plan
 
 
-def _check_model(model: nn.Module, protocol: Protocol, what: str) -> None:
+def check_model(model: nn.Module, protocol: Protocol, what: str) -> None:
     if any(m.training for m in model.modules()):
         raise AdversarialCheckError(f"{what}: model is in train mode during evaluation")
     if protocol.precision == "fp32":
@@ -258,9 +258,9 @@ def run_batch(
         if idx.numel():
             torch.manual_seed(derive_seed(protocol.seed, key, p.key, batch_id))
             with attack_mode(zs):
-                _check_model(zs, protocol, p.label)
+                check_model(zs, protocol, p.label)
                 res = p.attack(x_in, y_in)
-                _check_model(zs, protocol, p.label)  # an attack must not switch the model to train
+                check_model(zs, protocol, p.label)  # an attack must not switch the model to train
             adv = res.images
             if p.modality == "text":
                 if adv.shape != x_in.shape or not torch.equal(adv, x_in):
@@ -275,7 +275,7 @@ def run_batch(
                 out.setdefault("info", {})[p.key] = text_attack_info(res.info)
             scorer = res.model if res.model is not None else zs
             with attack_mode(scorer), torch.no_grad():
-                _check_model(scorer, protocol, p.label)
+                check_model(scorer, protocol, p.label)
                 flags[idx] = scorer(adv.to(x.device)).argmax(1) == y_in
         survivors[p.eps] = flags
         out["attacks"][p.key] = R.bits(flags)
