@@ -383,3 +383,32 @@ def test_composite_batch_norm_equals_batch_norm_and_has_third_derivatives(traini
             down = vhv()
             conv.weight.copy_(base)
     torch.testing.assert_close((grad * d).sum(), (up - down) / (2 * h), rtol=1e-5, atol=0)
+
+
+def test_auto_derivatives_use_finite_differences_on_relu_towers_only():
+    """ReLU towers make the J / H terms at one point discontinuous in the weights (training
+    through autograd's closed form collapsed on the procedural ResNet; README), so "auto" picks
+    finite differences there and keeps the exact autograd form on GELU ViTs."""
+    from clipx_simplex.defense import resolve_derivatives
+
+    from clip_robust_ext.models import load_clip
+
+    torch.manual_seed(0)
+    rn = ZeroShotClassifier(load_clip("clipx-tiny-rn"), CLASSES)
+    vit = _zs()
+    assert resolve_derivatives("auto", rn) == "finite-difference"
+    assert resolve_derivatives("auto", vit) == "autograd"
+    assert resolve_derivatives("autograd", rn) == "autograd"
+    build = get("defenses", "advsimplex").obj
+    assert build().config()["derivatives"] == "auto"
+    # on the ResNet, "auto" computes exactly the finite-difference loss
+    rn.train()
+    ref = copy.deepcopy(rn).eval().requires_grad_(False)
+    batch = Batch(torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]), ["c"] * 4)
+    losses = {}
+    for choice in ("auto", "finite-difference", "autograd"):
+        model = copy.deepcopy(rn)  # a train-mode forward moves BatchNorm's running statistics
+        torch.manual_seed(0)
+        losses[choice], _ = build(eps="4/255", derivatives=choice).loss(batch, _ctx(model, ref))
+    torch.testing.assert_close(losses["auto"], losses["finite-difference"])
+    assert not torch.allclose(losses["auto"], losses["autograd"])

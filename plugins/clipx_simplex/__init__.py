@@ -27,9 +27,13 @@ Options of the "advsimplex" defense (recipe keys under [defense]) [default]:
                               current model without gradient ("current")
   estimator ["closed-form"]   "closed-form" or "mc" (Monte Carlo, mc_samples points per triangle,
                               Dirichlet(1,1,1)); mc is the reference the closed form replaces
-  derivatives ["autograd"]    "autograd" (exact J, H-vector products by double backward) or
+  derivatives ["auto"]        "autograd" (exact J, H-vector products by double backward) or
                               "finite-difference" (forward-only central differences at x +- h v,
-                              exact for quadratic D; cheaper training backward)
+                              exact for quadratic D; cheaper training backward); "auto" picks
+                              finite differences when the image tower has ReLU-family units
+                              (ResNets: the J / H terms at one point are then discontinuous in
+                              the weights and training through autograd's collapsed; README) and
+                              autograd otherwise (ViTs, GELU)
   fd_step [1.0]               h for finite differences, in units of the trajectory offsets
   mc_samples [8]              points per triangle for estimator "mc"
   reduction ["mean"]          over triangles: "mean" or "sum" (always mean over the batch)

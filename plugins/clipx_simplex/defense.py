@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from clip_robust_ext.api import (
     Batch,
@@ -22,6 +23,35 @@ from .expectation import DERIVATIVES, closed_form, exact_math, monte_carlo
 from .trajectory import pgd_trajectory
 
 REFERENCES = ("frozen", "current")
+DERIVATIVE_CHOICES = ("auto", *DERIVATIVES)
+# Activations that make a tower piecewise linear in its input: its input-Hessian is then the
+# smooth head's alone, and the J / H terms at one point jump when the weights move a unit across
+# its kink, so their autograd parameter gradient is not the gradient of a continuous loss.
+PIECEWISE_LINEAR = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.Hardtanh)
+
+
+def has_piecewise_linear_units(module: nn.Module) -> bool:
+    """True when `module` contains a ReLU-family activation module (ResNet towers do; ViTs use GELU)."""
+    return any(isinstance(m, PIECEWISE_LINEAR) for m in module.modules())
+
+
+def resolve_derivatives(choice: str, model) -> str:
+    """'auto' -> 'finite-difference' for towers with ReLU-family units, 'autograd' otherwise.
+
+    Measured on the procedural ResNet (ReLU): training through the autograd closed form collapsed
+    clean accuracy (94.5 -> 40.6 in 20 SGD steps at lr 1e-4) where finite differences and Monte
+    Carlo did not (82.8 / 86.7; TeCoA 83.6), and the autograd weight gradient of the second-order
+    term disagrees with central differences that never converge; on the GELU ViT they agree to
+    4 digits (README, "AdvSimplex on ReLU towers")."""
+    if choice != "auto":
+        return choice
+    visual = getattr(getattr(model, "loaded", None), "model", None)
+    visual = getattr(visual, "visual", visual)
+    if isinstance(visual, nn.Module) and has_piecewise_linear_units(visual):
+        return "finite-difference"
+    return "autograd"
+
+
 ESTIMATORS = ("closed-form", "mc")
 REDUCTIONS = ("mean", "sum")
 
@@ -51,7 +81,7 @@ class AdvSimplex(Defense):
         divergence: str = "kl",
         reference: str = "frozen",
         estimator: str = "closed-form",
-        derivatives: str = "autograd",
+        derivatives: str = "auto",
         fd_step: float = 1.0,
         mc_samples: int = 8,
         reduction: str = "mean",
@@ -84,7 +114,7 @@ class AdvSimplex(Defense):
         self.divergence = _choice("divergence", divergence, DIVERGENCES)
         self.reference = _choice("reference", reference, REFERENCES)
         self.estimator = _choice("estimator", estimator, ESTIMATORS)
-        self.derivatives = _choice("derivatives", derivatives, DERIVATIVES)
+        self.derivatives = _choice("derivatives", derivatives, DERIVATIVE_CHOICES)
         self.mc_samples = mc_samples
         self.reduction = _choice("reduction", reduction, REDUCTIONS)
         self.needs_reference = self.reference == "frozen" and self.weight > 0
@@ -112,7 +142,7 @@ class AdvSimplex(Defense):
                 x,
                 deltas,
                 target,
-                derivatives=self.derivatives,
+                derivatives=resolve_derivatives(self.derivatives, ctx.model),
                 create_graph=True,
                 fd_step=self.fd_step,
             )
