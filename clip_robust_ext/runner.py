@@ -826,6 +826,7 @@ def run_eval(
     attacks: tuple[str, ...] = (),
     eps: tuple[str, ...] = (),
     datasets: tuple[str, ...] = (),
+    testtime: tuple[str, ...] = (),
     n_samples: int | None = None,
     templates: str | None = None,
     seed: int | None = None,
@@ -849,6 +850,7 @@ def run_eval(
         ("attacks", list(attacks)),
         ("eps", list(eps)),
         ("datasets", list(datasets)),
+        ("testtime", list(testtime)),
     ):
         if value:
             section[key] = value
