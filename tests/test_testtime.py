@@ -45,13 +45,19 @@ def test_counterattack_stays_in_its_budget_and_is_deterministic_when_scoring():
 
 
 def test_adaptive_gradient_flows_through_the_defended_pipeline():
+    """BPDA (the gradient at the counterattacked point) and the unrolled inner PGD (second
+    order, sign() straight-through) both give the attacker a usable, and different, gradient."""
     zs = ZeroShotClassifier(small_c10(), classnames=CIFAR10_CLASSES).eval()
     x, y = cifar10_batch(4)
-    defended = DefendedClassifier(zs, get("testtime", "ttc").obj())
-    x = x.clone().requires_grad_(True)
-    loss = torch.nn.functional.cross_entropy(defended(x), y)
-    (grad,) = torch.autograd.grad(loss, x)
-    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    grads = {}
+    for how in ("bpda", "unrolled"):
+        defended = DefendedClassifier(zs, get("testtime", "ttc").obj(attack_gradient=how))
+        torch.manual_seed(0)  # the same fresh random start for both
+        xg = x.clone().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(defended(xg), y)
+        (grads[how],) = torch.autograd.grad(loss, xg)
+        assert torch.isfinite(grads[how]).all() and grads[how].abs().sum() > 0
+    assert not torch.allclose(grads["bpda"], grads["unrolled"])
 
 
 def test_bad_testtime_settings_are_usage_errors():
@@ -97,8 +103,8 @@ def test_adaptive_evaluation_is_at_least_as_strong_as_the_non_adaptive_one(tmp_p
     assert defended["robust_acc"] <= through
     assert through < defended["clean_acc"]  # the gradient through TTC is not masked away
     # per sample: robust only where both modes left the prediction right
-    stored = json.loads(
-        next((tmp_path / "eval" / "clip+ttc").rglob("*.json")).read_text()
-    )["samples"]["attacks"]
+    stored = json.loads(next((tmp_path / "eval" / "clip+ttc").rglob("*.json")).read_text())[
+        "samples"
+    ]["attacks"]
     both = [a == "1" and b == "1" for a, b in zip(*stored.values())]
     assert defended["robust_acc"] == pytest.approx(100 * sum(both) / len(both), abs=1e-3)

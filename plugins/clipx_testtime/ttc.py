@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from clip_robust_ext.api import ClipxUsageError, TestTimeDefense, parse_eps
 
@@ -76,7 +77,9 @@ class Counterattack(TestTimeDefense):
     # -- the defense ------------------------------------------------------------------------
     def logits(self, classifier: nn.Module, images: torch.Tensor) -> torch.Tensor:
         if images.requires_grad and self.attack_gradient == "unrolled":
-            return classifier(self._unrolled(classifier, images))
+            # double backward: the math attention kernel has one (the fused CPU kernel has not)
+            with sdpa_kernel(SDPBackend.MATH):
+                return classifier(self._unrolled(classifier, images))
         delta = self.counterattack(classifier, images) - images.detach()
         return classifier(images + delta)  # BPDA: d logits / d images at the counterattacked point
 
