@@ -26,7 +26,9 @@ Deviations from the authors' code (code/test_time_counterattack.py, read, not co
 - delta_0 from a per-image seeded generator when scoring (they draw from the global generator);
 - tau is computed from the step-0 forward pass (their `compute_tau` runs a separate copy of
   the visual tower on the same x + delta_0; the values are identical, one pass is saved);
-- only Linf (they also have an L2 branch, unused in their scripts).
+- only Linf (they also have an L2 branch, unused in their scripts);
+- on fine-tuned checkpoints (TeCoA+TTC) they compute tau with a copy of the original CLIP's
+  visual tower; clipx uses the model being defended (tau and counterattack from one model).
 """
 
 from __future__ import annotations
