@@ -709,7 +709,10 @@ def with_components(run_dir: Path, records: list[dict[str, Any]]) -> list[dict[s
     by_label = _read_components(run_dir)
     out = []
     for rec in records:
-        parts = dict(by_label.get(rec.get("label"), {}))
+        # a model behind a test-time defense has its base model's components, plus the defense
+        parts = dict(by_label.get(rec.get("label")) or by_label.get(rec.get("base_label"), {}))
+        if isinstance(rec.get("testtime"), dict):
+            parts["testtime"] = provenance("testtime", rec["testtime"].get("name"))
         parts["protocol"] = provenance("evaluators", rec.get("protocol"))
         parts["dataset"] = provenance("datasets", rec.get("dataset"))
         if isinstance(rec.get("attacks"), list):

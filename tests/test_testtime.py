@@ -18,6 +18,7 @@ from clip_robust_ext.api import (
     get,
 )
 from clip_robust_ext.cli import cli
+from clip_robust_ext.runner import with_components
 
 
 def test_defenses_and_testtime_list_the_counterattack():
@@ -102,6 +103,8 @@ def test_adaptive_evaluation_is_at_least_as_strong_as_the_non_adaptive_one(tmp_p
     assert defended["robust_acc"] <= transfer
     assert defended["robust_acc"] <= through
     assert through < defended["clean_acc"]  # the gradient through TTC is not masked away
+    (tagged,) = with_components(tmp_path, [defended])
+    assert tagged["components"]["testtime"]["plugin"] == "testtime"
     # per sample: robust only where both modes left the prediction right
     stored = json.loads(next((tmp_path / "eval" / "clip+ttc").rglob("*.json")).read_text())[
         "samples"

@@ -489,6 +489,10 @@ def evaluate_model(
     from ..data import sample_indices
 
     protocol = protocol_from_dict(protocol)
+    if protocol.testtime:  # the defended labels and both attack modes need evaluate()'s records
+        raise ClipxUsageError(
+            "test-time defenses are evaluated by evaluate(), not evaluate_model()"
+        )
     start = time.time()
     if indices is None:
         indices = sample_indices(len(dataset), protocol.n_samples, protocol.seed)
