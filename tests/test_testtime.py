@@ -111,3 +111,35 @@ def test_adaptive_evaluation_is_at_least_as_strong_as_the_non_adaptive_one(tmp_p
     ]["attacks"]
     both = [a == "1" and b == "1" for a, b in zip(*stored.values())]
     assert defended["robust_acc"] == pytest.approx(100 * sum(both) / len(both), abs=1e-3)
+
+
+def test_seed_summary_plots_models_that_lack_an_attack_mode(tmp_path):
+    """Undefended rows have no non-adaptive column: the multi-seed plot skips them there."""
+    from clip_robust_ext.evaluation.spread import aggregate, write_spread
+
+    def record(label, seed, per_attack):
+        return {
+            "label": label,
+            "dataset_key": "c10_unseen",
+            "dataset": "c10",
+            "eps": 1 / 255,
+            "eps_str": "1/255",
+            "class_split": {"classes": "unseen", "label_space": "subset"},
+            "run_seed": seed,
+            "n": 8,
+            "clean_acc": 90.0,
+            "robust_acc": min(per_attack.values()),
+            "per_attack": per_attack,
+        }
+
+    records = [
+        rec
+        for seed in (0, 1)
+        for rec in (
+            record("clip", seed, {"pgd (adaptive)": 50.0}),
+            record("clip+ttc", seed, {"pgd (adaptive)": 40.0, "pgd (non-adaptive)": 30.0 + seed}),
+        )
+    ]
+    table = write_spread(tmp_path, aggregate(records))
+    assert (tmp_path / "transfer.png").stat().st_size > 0
+    assert "| clip+ttc | 2 | 90.0 ± 0.0 | 30.5 ± 0.7 | 40.0 ± 0.0 | 30.5 ± 0.7 |" in table
