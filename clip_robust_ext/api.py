@@ -25,6 +25,7 @@ Groups:
   torchattacks_classes, build_autoattack, TextAttackConfig, TextAttackOnPrompts,
   MultimodalAttack, CLIPTextAttacker, CaptionAttackCache, config_from_params
 - defenses and training: Defense, Batch, TrainContext, TrainConfig, clip_contrastive_loss, train
+- test-time defenses: TestTimeDefense, DefendedClassifier
 - evaluation: Protocol, evaluate, load_records, RETRIEVAL_FORMULAS, recall_hits, attack_success
 - run directory and records: RunLock, START_LABEL, finished_models, write_results, result_path, read_json,
   write_result, atomic_write_json, atomic_write_text, seed_everything, versions,
@@ -109,6 +110,8 @@ _LAZY = {
     "TrainConfig": "training.config",
     "clip_contrastive_loss": "training",
     "train": "training",
+    "TestTimeDefense": "evaluation.testtime",
+    "DefendedClassifier": "evaluation.testtime",
     # evaluation
     "Protocol": "evaluation.protocols",
     "evaluate": "evaluation",

@@ -324,10 +324,25 @@ cli.command("attacks")(
         )
     )
 )
-cli.command("defenses")(
+
+
+@cli.command("defenses")
+@json_option
+def defenses(as_json: bool) -> None:
+    """List defenses: training losses and test-time defenses (`clipx testtime`), with parameters."""
+    with stdout_to_stderr(as_json):
+        rows = [{**r, "kind": "training"} for r in _entry_rows("defenses", with_params=True)]
+        rows += [{**r, "kind": "test-time"} for r in _entry_rows("testtime", with_params=True)]
+    if as_json:
+        emit_json(rows)
+    else:
+        print_table(rows, ["name", "kind", "plugin", "description"])
+
+
+cli.command("testtime")(
     _registry_command(
-        "defenses",
-        "List defenses (training losses) and their parameters.",
+        "testtime",
+        "List test-time defenses (protocol key `testtime`) and their parameters.",
         ["name", "plugin", "description"],
         params=True,
     )
@@ -503,6 +518,12 @@ def protocol_options(command: Any) -> Any:
     help="Another argument of the model source (value parsed as TOML).",
 )
 @protocol_options
+@click.option(
+    "--testtime",
+    multiple=True,
+    help="Test-time defense(s) (clipx testtime): the model is also scored behind each, under "
+    "non-adaptive and adaptive attacks (protocol fields testtime, testtime_modes).",
+)
 @click.option(
     "--label", default=None, help="Name of this model in the results (default: from --model)."
 )

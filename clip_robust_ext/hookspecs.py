@@ -45,6 +45,12 @@ def register_defenses(register):
 
 
 @hookspec
+def register_testtime_defenses(register):
+    """register(name, factory, description=...) - factory(**params) -> a TestTimeDefense
+    (acts on each input at inference: logits(classifier, images))."""
+
+
+@hookspec
 def register_evaluators(register):
     """register(name, protocol_factory, description=...) - named evaluation protocols."""
 

@@ -29,7 +29,7 @@ from .plugins import (
 )
 
 MODALITIES = ("image", "text", "multimodal", "retrieval")
-FACTORY_KINDS = ("models", "datasets", "attacks", "defenses", "evaluators")
+FACTORY_KINDS = ("models", "datasets", "attacks", "defenses", "testtime", "evaluators")
 
 # kind -> the hook that fills it
 KINDS = {
@@ -38,6 +38,7 @@ KINDS = {
     "templates": "register_templates",
     "attacks": "register_attacks",
     "defenses": "register_defenses",
+    "testtime": "register_testtime_defenses",
     "evaluators": "register_evaluators",
     "recipes": "register_recipes",
 }
@@ -47,6 +48,7 @@ SINGULAR = {
     "templates": "template set",
     "attacks": "attack",
     "defenses": "defense",
+    "testtime": "test-time defense",
     "evaluators": "evaluation protocol",
     "recipes": "recipe",
 }

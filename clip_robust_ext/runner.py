@@ -729,7 +729,10 @@ def with_components(run_dir: Path, records: list[dict[str, Any]]) -> list[dict[s
     by_label = _read_components(run_dir)
     out = []
     for rec in records:
-        parts = dict(by_label.get(rec.get("label"), {}))
+        # a model behind a test-time defense has its base model's components, plus the defense
+        parts = dict(by_label.get(rec.get("label")) or by_label.get(rec.get("base_label"), {}))
+        if isinstance(rec.get("testtime"), dict):
+            parts["testtime"] = provenance("testtime", rec["testtime"].get("name"))
         parts["protocol"] = provenance("evaluators", rec.get("protocol"))
         parts["dataset"] = provenance("datasets", rec.get("dataset"))
         if isinstance(rec.get("attacks"), list):
@@ -846,6 +849,7 @@ def run_eval(
     attacks: tuple[str, ...] = (),
     eps: tuple[str, ...] = (),
     datasets: tuple[str, ...] = (),
+    testtime: tuple[str, ...] = (),
     n_samples: int | None = None,
     templates: str | None = None,
     seed: int | None = None,
@@ -863,7 +867,7 @@ def run_eval(
     raw_spec, default_label = eval_model_spec(model, arch, pretrained, checkpoint, model_args)
     spec = model_section(raw_spec, reg)
     section, proto = eval_protocol(
-        protocol, attacks, eps, datasets, n_samples, templates, seed, overrides, reg
+        protocol, attacks, eps, datasets, n_samples, templates, seed, overrides, reg, testtime
     )
     from .validation import check_device
 
@@ -903,6 +907,7 @@ def eval_protocol(
     seed: int | None = None,
     overrides: tuple[str, ...] = (),
     reg: Any = None,
+    testtime: tuple[str, ...] = (),
 ) -> tuple[dict[str, Any], Any]:
     """`clipx eval`'s protocol options -> (the validated [evaluate] table, its Protocol); shared by
     the commands that evaluate under a protocol (eval, interpolate, features)."""
@@ -915,6 +920,7 @@ def eval_protocol(
         ("attacks", list(attacks)),
         ("eps", list(eps)),
         ("datasets", list(datasets)),
+        ("testtime", list(testtime)),
     ):
         if value:
             section[key] = value

@@ -37,6 +37,7 @@ from ..registry import get
 from . import distributed as D
 from . import records as R
 from .protocols import Protocol, dataset_key, eps_label, protocol_from_dict, resolve_budget_expr
+from .testtime import DefendedClassifier, build_testtime
 
 
 @dataclass
@@ -49,6 +50,7 @@ class PlannedAttack:
     params: dict[str, Any]
     attack: BuiltAttack
     backend: str
+    mode: str | None = None  # with test-time defenses: "adaptive" | "non-adaptive"
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -58,6 +60,7 @@ class PlannedAttack:
             "eps": self.eps,
             "params": self.params,
             "backend": self.backend,
+            **({"mode": self.mode} if self.mode else {}),
         }
 
 
@@ -221,6 +224,32 @@ def plan_attacks(zs: nn.Module, protocol: Protocol, key: str = "dataset") -> lis
                     _backend_of(built, entry.plugin),
                 )
             )
+    return plan
+
+
+def plan_modes(
+    zs: ZeroShotClassifier,
+    defended: DefendedClassifier | None,
+    protocol: Protocol,
+    key: str = "dataset",
+) -> list[PlannedAttack]:
+    """The attacks of a protocol with test-time defenses, once per mode and labelled with it:
+    "non-adaptive" bound to the undefended classifier, "adaptive" to the pipeline that is scored
+    (for an undefended model that is the classifier itself: only its adaptive attacks run)."""
+    plan: list[PlannedAttack] = []
+    for mode in protocol.testtime_modes:
+        if mode == "non-adaptive" and defended is None:
+            continue
+        target = defended if mode == "adaptive" and defended is not None else zs
+        for p in plan_attacks(target, protocol, key):
+            if p.modality != "image":
+                raise ClipxUsageError(
+                    f"attack '{p.label}' is a {p.modality} attack; test-time defenses are "
+                    "evaluated under image attacks only"
+                )
+            p.label, p.mode = f"{p.label} ({mode})", mode
+            p.key = p.label if p.eps is None else f"{p.label}@{eps_label(p.eps)}"
+            plan.append(p)
     return plan
 
 
@@ -423,6 +452,11 @@ def summarize(
     return out
 
 
+def _testtime_record(spec: dict[str, Any], defense: Any) -> dict[str, Any]:
+    """What a defended record stores about its test-time defense."""
+    return {**spec, "config": defense.config() if hasattr(defense, "config") else {}}
+
+
 class _Checkpoint:
     """Writes this rank's finished batches at most every `every_s` seconds (atomically), with
     the batches earlier runs finished: a second kill during a resumed run loses none of them."""
@@ -455,6 +489,10 @@ def evaluate_model(
     from ..data import sample_indices
 
     protocol = protocol_from_dict(protocol)
+    if protocol.testtime:  # the defended labels and both attack modes need evaluate()'s records
+        raise ClipxUsageError(
+            "test-time defenses are evaluated by evaluate(), not evaluate_model()"
+        )
     start = time.time()
     if indices is None:
         indices = sample_indices(len(dataset), protocol.n_samples, protocol.seed)
@@ -500,7 +538,12 @@ def evaluate(
     if custom is not None:  # protocols that are not per-sample classification (e.g. retrieval)
         return custom(loaded, run_dir, label, resume=resume, progress=progress)
     with accelerated(loaded, protocol.channels_last, protocol.compile) as fast:
-        return _evaluate(fast, protocol, run_dir, label, resume, progress, checkpoint_s)
+        out = _evaluate(fast, protocol, run_dir, label, resume, progress, checkpoint_s)
+        for spec in protocol.testtime:  # the same model behind each test-time defense
+            out += _evaluate(
+                fast, protocol, run_dir, label, resume, progress, checkpoint_s, testtime=spec
+            )
+        return out
 
 
 def _evaluate(
@@ -511,11 +554,18 @@ def _evaluate(
     resume: bool,
     progress: bool,
     checkpoint_s: float,
+    testtime: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
+    from ..cachekeys import component_fingerprint
     from ..data import sample_indices
     from ..utils.versions import versions
 
     rank, world = D.maybe_init()
+    base_label = label
+    defense = None
+    if testtime is not None:
+        label = f"{label}+{testtime['label']}"
+        defense = build_testtime(testtime)
     fingerprint = R.model_fingerprint(loaded.model)
     stamp = versions()
     out: list[dict[str, Any]] = []
@@ -524,6 +574,11 @@ def _evaluate(
         # a named split ("unseen") is keyed on the class names it resolves to, not its name
         split = build_dataset(spec).description if restricts(spec) else None
         inputs = evaluation_key(protocol, spec, fingerprint, split)
+        if testtime is not None:
+            inputs["testtime"] = {
+                **testtime,
+                "code": digest(component_fingerprint("testtime", testtime["name"])),
+            }
         phash = protocol.dataset_hash(spec, {"model": fingerprint, "inputs": digest(inputs)})
         path = R.result_path(run_dir, label, protocol.name, key)
         existing = R.read_json(path) if resume else None
@@ -552,7 +607,13 @@ def _evaluate(
         attacked = list(ds[indices[0]][0].shape[-2:]) if len(indices) else None
         zs = build_classifier(loaded, ds.classnames, protocol.templates_for(spec))
         zs.class_matrix()  # computed once here, reused by every batch and attack
-        plan = plan_attacks(zs, protocol, key)
+        scored: nn.Module = zs
+        if not protocol.testtime:
+            plan = plan_attacks(zs, protocol, key)
+        else:
+            defended = None if defense is None else DefendedClassifier(zs, defense, label)
+            plan = plan_modes(zs, defended, protocol, key)
+            scored = defended or zs
 
         done: dict[str, dict] = {}
         if resume:
@@ -571,7 +632,7 @@ def _evaluate(
             )
         checkpoint = _Checkpoint(R.partial_path(path, rank), phash, checkpoint_s, done)
         batch_results = run_samples(
-            zs,
+            scored,
             ds,
             indices,
             protocol,
@@ -591,6 +652,11 @@ def _evaluate(
                     "protocol": protocol.name,
                     "protocol_hash": phash,
                     "label": label,
+                    **(
+                        {"base_label": base_label, "testtime": _testtime_record(testtime, defense)}
+                        if testtime
+                        else {}
+                    ),
                     "model": {
                         "arch": loaded.arch,
                         "pretrained": loaded.pretrained,

@@ -127,6 +127,10 @@ class Protocol:
     checks: str = "basic"
     checks_n: int = 16
     checks_strict: bool = False
+    # test-time defenses (evaluation/testtime.py): each model is scored as is and once behind
+    # each of these (label `<model>+<defense label>`), its attacks run in `testtime_modes`
+    testtime: list[Any] = field(default_factory=list)
+    testtime_modes: list[str] = field(default_factory=lambda: ["non-adaptive", "adaptive"])
 
     def __post_init__(self) -> None:
         if isinstance(self.eps, (int, float, str)):
@@ -194,6 +198,24 @@ class Protocol:
                 _check_resolution(value, f"protocol '{self.name}': {where}")
         for spec in self.datasets:
             _check_resolution(spec.get("resolution"), f"dataset '{spec['dataset']}': resolution")
+        self._check_testtime()
+
+    def _check_testtime(self) -> None:
+        from .testtime import build_testtime, check_modes, testtime_spec
+
+        if isinstance(self.testtime, (str, dict)):
+            self.testtime = [self.testtime]
+        if not isinstance(self.testtime, (list, tuple)):
+            raise ClipxUsageError(f"protocol '{self.name}': testtime must be a list of defenses")
+        self.testtime = [testtime_spec(t) for t in self.testtime]
+        for spec in self.testtime:  # unknown names and parameters fail here, before anything runs
+            build_testtime(spec)
+        labels = [t["label"] for t in self.testtime]
+        if len(set(labels)) != len(labels):
+            raise ClipxUsageError(
+                f"protocol '{self.name}': test-time defenses {labels} share a label; give each a distinct 'label'"
+            )
+        self.testtime_modes = check_modes(self.testtime_modes, f"protocol '{self.name}'")
 
     # -- building ---------------------------------------------------------------------------
     @classmethod
@@ -264,6 +286,7 @@ class Protocol:
             # only when on, so results computed before these options existed stay reusable
             **{k: True for k in ("channels_last", "compile", "cascade") if getattr(self, k)},
             **({"resolution": size} if (size := self.resolution_for(spec)) is not None else {}),
+            **({"testtime_modes": self.testtime_modes} if self.testtime else {}),
             **(extra or {}),
         }
         return hashlib.sha256(_canonical(content).encode()).hexdigest()[:16]

@@ -178,7 +178,8 @@ def plot_unseen(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path | N
     panels = [(e, m) for e in budgets for m in ["robust", *_attack_names(mine)]]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.5), squeeze=False)
     for ax, (eps, metric) in zip(axes[0], panels):
-        for r in (r for r in mine if r["eps"] == eps):
+        # a metric some models lack (an undefended model has no non-adaptive attack) is skipped
+        for r in (r for r in mine if r["eps"] == eps and metric in r):
             x, y = r["clean"], r[metric]
             ax.errorbar(x["mean"], y["mean"], xerr=x["std"], yerr=y["std"], fmt="o", capsize=3)
             ax.annotate(
