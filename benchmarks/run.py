@@ -30,6 +30,8 @@ SECTIONS = (
     "ddp",
     "memory",
     "options",
+    "early_exit",
+    "cascade",
 )
 QUICK_SECTIONS = ("pgd", "naive", "autoattack", "training")
 
@@ -64,6 +66,8 @@ QUICK = {
             "rounds": 3,
         }
     ],
+    "early_exit": {"n": 48, "eps_list": ("4/255",), "steps": 10, "batch_size": 48},
+    "cascade": {"n": 24},
     "memory": {
         "settings": [("procedural", None, True)],
         "n": 10000,
@@ -123,11 +127,20 @@ FULL["options"] = [
     for m in ("procedural-small", "clipx-small-c10")
     for o in ("channels_last", "compile")
 ]
+FULL["early_exit"] = {  # the must-show: PGD-100 on 500 images
+    "n": 500,
+    "eps_list": ("1/255", "4/255"),
+    "steps": 100,
+    "batch_size": 128,
+    "bounds": {"1/255": 2.0, "4/255": 8.0},
+}
+FULL["cascade"] = {"n": 100}
 BOUNDS = {"pgd": 1.10, "autoattack": 1.05, "training": 1.25, "memory": 0.10}
 
 
 def _section(name: str, cfg: dict[str, Any], loaded) -> list[dict[str, Any]]:
     from . import bench_attacks as A
+    from . import bench_evaluation as E
     from . import bench_memory as M
     from . import bench_training as T
 
@@ -173,6 +186,10 @@ def _section(name: str, cfg: dict[str, Any], loaded) -> list[dict[str, Any]]:
         return [T.ddp_throughput(c["batch_size"], c["steps"], c["skip"], c["rounds"])]
     if name == "options":
         return [A.option_speedup(**x) for x in c]
+    if name == "early_exit":
+        return E.early_exit_rows(**c)
+    if name == "cascade":
+        return [E.cascade_row(**c)]
     if name == "memory":
         rows = []
         for kind, attack, judge in c["settings"]:
