@@ -32,6 +32,7 @@ SECTIONS = (
     "options",
     "early_exit",
     "cascade",
+    "train_options",
 )
 QUICK_SECTIONS = ("pgd", "naive", "autoattack", "training")
 
@@ -68,6 +69,16 @@ QUICK = {
     ],
     "early_exit": {"n": 48, "eps_list": ("4/255",), "steps": 10, "batch_size": 48},
     "cascade": {"n": 24},
+    "train_options": [
+        {
+            "model": "clipx-small-c10",
+            "option": "channels_last",
+            "batch_size": 8,
+            "steps": 4,
+            "skip": 1,
+            "rounds": 1,
+        }
+    ],
     "memory": {
         "settings": [("procedural", None, True)],
         "n": 10000,
@@ -135,6 +146,11 @@ FULL["early_exit"] = {  # the issue's must-show: PGD-100 on 500 images
     "bounds": {"1/255": 2.0, "4/255": 8.0},
 }
 FULL["cascade"] = {"n": 100}
+FULL["train_options"] = [
+    {"model": m, "option": o, "batch_size": 32, "steps": 8, "skip": 3, "rounds": 2}
+    for m in ("procedural-small", "clipx-small-c10")
+    for o in ("channels_last", "compile")
+]
 BOUNDS = {"pgd": 1.10, "autoattack": 1.05, "training": 1.25, "memory": 0.10}
 
 
@@ -190,6 +206,8 @@ def _section(name: str, cfg: dict[str, Any], loaded) -> list[dict[str, Any]]:
         return E.early_exit_rows(**c)
     if name == "cascade":
         return [E.cascade_row(**c)]
+    if name == "train_options":
+        return [T.train_option_speedup(**x) for x in c]
     if name == "memory":
         rows = []
         for kind, attack, judge in c["settings"]:

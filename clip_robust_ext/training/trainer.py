@@ -39,6 +39,7 @@ from ..attacks import attack_mode, build_attack, verify_adversarial
 from ..data.checks import stack_images
 from ..errors import ClipxError, ClipxUsageError
 from ..models import DEFAULT_TEMPLATES, LoadedCLIP, ZeroShotClassifier, save_open_clip_checkpoint
+from ..models.accelerate import accelerated
 from ..utils.io import atomic_write_text
 from ..utils.seeding import seed_everything
 from . import distributed as D
@@ -345,11 +346,12 @@ def train(
         setup = _Setup(
             defense, config, info, device, run_dir, ckpt_path, fingerprint, total, spe, logger
         )
-        run = _Run(loaded, setup, reference, classnames, templates)
-        if state is not None:
-            run.restore(state)
-        run.loop(dataset, eval_fn, progress)
-        run.checkpoint()
+        with accelerated(loaded, config.channels_last, config.compile) as fast:
+            run = _Run(loaded, setup, reference, classnames, templates, fast)
+            if state is not None:
+                run.restore(state)
+            run.loop(dataset, eval_fn, progress)
+            run.checkpoint()
         _finish(loaded, run_dir, info, defense, total)
         return loaded
     finally:
@@ -414,12 +416,15 @@ class _Run:
         reference: ZeroShotClassifier | None,
         classnames: list[str],
         templates: list[str],
+        fast: LoadedCLIP | None = None,
     ):
+        """`fast`: `loaded` with the training speed options (accelerated()); the zero-shot head
+        the defense trains through encodes images with them, evaluation and export do not."""
         config, device, defense = setup.config, setup.device, setup.defense
         self.loaded, self.setup, self.model = loaded, setup, loaded.model
         self.classnames, self.templates = classnames, templates
         self.params = set_trainable(self.model, config.trainable)
-        self.zs = ZeroShotClassifier(loaded, classnames, templates).to(device)
+        self.zs = ZeroShotClassifier(fast or loaded, classnames, templates).to(device)
         self.ctx = TrainContext(
             model=self.zs,
             reference=reference,
