@@ -33,6 +33,7 @@ SECTIONS = (
     "early_exit",
     "cascade",
     "train_options",
+    "vitb32",
 )
 QUICK_SECTIONS = ("pgd", "naive", "autoattack", "training")
 
@@ -69,6 +70,11 @@ QUICK = {
     ],
     "early_exit": {"n": 48, "eps_list": ("4/255",), "steps": 10, "batch_size": 48},
     "cascade": {"n": 24},
+    "vitb32": {
+        "pgd": {"batch_size": 2, "steps": 1, "rounds": 1},
+        "naive": None,
+        "memory": {"n": 4, "batch_size": 4, "steps": 1},
+    },
     "train_options": [
         {
             "model": "clipx-small-c10",
@@ -146,6 +152,11 @@ FULL["early_exit"] = {  # the issue's must-show: PGD-100 on 500 images
     "bounds": {"1/255": 2.0, "4/255": 8.0},
 }
 FULL["cascade"] = {"n": 100}
+FULL["vitb32"] = {
+    "pgd": {"batch_size": 8, "steps": 3, "rounds": 3},
+    "naive": {"n_classes": 100, "n_templates": 1, "batch_size": 8},
+    "memory": {"n": 64, "batch_size": 32, "steps": 2},
+}
 FULL["train_options"] = [
     {"model": m, "option": o, "batch_size": 32, "steps": 8, "skip": 3, "rounds": 2}
     for m in ("procedural-small", "clipx-small-c10")
@@ -206,6 +217,14 @@ def _section(name: str, cfg: dict[str, Any], loaded) -> list[dict[str, Any]]:
         return E.early_exit_rows(**c)
     if name == "cascade":
         return [E.cascade_row(**c)]
+    if name == "vitb32":
+        from . import bench_vitb32 as V
+
+        vit = V.vitb32()
+        rows = [V.pgd_overhead_vitb32(vit, **c["pgd"])]
+        if c["naive"]:
+            rows += V.naive_cell_vitb32(vit, **c["naive"])
+        return rows + [V.memory_row_vitb32(**c["memory"])]
     if name == "train_options":
         return [T.train_option_speedup(**x) for x in c]
     if name == "memory":
