@@ -44,6 +44,8 @@ def _attack_all(attack, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed:
         torch.manual_seed(seed + b)
         out.append(attack(x[b : b + batch_size], y[b : b + batch_size]).images)
         passes += getattr(attack.impl, "passes", attack.params["steps"] * len(out[-1]))
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     return torch.cat(out), passes, cpu, wall, load0, _load()
 
@@ -57,15 +59,16 @@ def early_exit_rows(
     batch_size: int = 128,
     seed: int = 0,
     bounds: dict[str, float] | None = None,
+    device: str | torch.device = "cpu",
 ) -> list[Row]:
     """PGD-`steps` full length (torchattacks.PGD) / with early exit on clipx-small-c10, `n`
     CIFAR-10 test images (the clean-correct ones are attacked, as the engine does)."""
     from clip_robust_ext.utils.eps import parse_eps
 
     bounds = bounds or {}
-    zs = ZeroShotClassifier(small_c10(), CIFAR10, templates=SINGLE_TEMPLATE).eval()
+    zs = ZeroShotClassifier(small_c10(), CIFAR10, templates=SINGLE_TEMPLATE).to(device).eval()
     zs.class_matrix()
-    x_all, y_all = _cifar_sample(n, seed)
+    x_all, y_all = (t.to(device) for t in _cifar_sample(n, seed))
     with torch.no_grad():
         clean = torch.cat(
             [zs(x_all[b : b + 256]).argmax(1) == y_all[b : b + 256] for b in range(0, n, 256)]
