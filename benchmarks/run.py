@@ -158,7 +158,7 @@ FULL["vitb32"] = {
     "memory": {"n": 64, "batch_size": 32, "steps": 2},
 }
 FULL["train_options"] = [
-    {"model": m, "option": o, "batch_size": 32, "steps": 8, "skip": 3, "rounds": 2}
+    {"model": m, "option": o, "batch_size": 32, "steps": 6, "skip": 2, "rounds": 1}
     for m in ("procedural-small", "clipx-small-c10")
     for o in ("channels_last", "compile")
 ]
@@ -352,6 +352,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="output file (default runs/benchmarks/<mode>.json)")
     p.add_argument("--markdown", default=None, help="also write the table to this file")
     p.add_argument("--strict", action="store_true", help="exit 1 when a bound is not met")
+    p.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="SECTION=JSON",
+        help="replace one section's settings (smaller runs on a busy machine); stored in the JSON",
+    )
     args = p.parse_args(argv)
 
     from .common import setup_env
@@ -364,7 +371,15 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - set(SECTIONS))
     if unknown:
         p.error(f"unknown section(s) {unknown}; choose from {SECTIONS}")
-    cfg = QUICK if args.quick else FULL
+    cfg = dict(QUICK if args.quick else FULL)
+    for item in args.config:
+        section, _, value = item.partition("=")
+        if section not in SECTIONS:
+            p.error(f"--config: unknown section {section!r}")
+        try:
+            cfg[section] = json.loads(value)
+        except json.JSONDecodeError as exc:
+            p.error(f"--config {section}: not JSON ({exc})")
     mode = "quick" if args.quick else "full"
     out = Path(args.json or Path("runs") / "benchmarks" / f"{mode}.json")
 
