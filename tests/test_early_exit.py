@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import CIFAR10_CLASSES, assets, cifar10_batch, small_c10
 
-from clip_robust_ext.api import EarlyExitPGD, build_attack, verify_adversarial
+from clip_robust_ext.api import ClipxUsageError, EarlyExitPGD, build_attack, verify_adversarial
 from clip_robust_ext.evaluation import evaluate
 from clip_robust_ext.evaluation.engine import build_classifier
 from clip_robust_ext.evaluation.protocols import Protocol, get_protocol
@@ -66,6 +66,8 @@ def test_protocol_records_the_mode_and_the_presets_state_theirs(tmp_path):
     pgd = get_protocol("pgd")
     off = pgd.with_overrides(early_exit=False)
     assert pgd.dataset_hash(pgd.datasets[0]) != off.dataset_hash(off.datasets[0])
+    with pytest.raises(ClipxUsageError, match="early_exit must be true or false"):
+        Protocol(early_exit="yes")
     aa = get_protocol("fare-aa")  # no attack takes the setting: results stay reusable
     aa_off = aa.with_overrides(early_exit=False)
     assert aa.dataset_hash(aa.datasets[0]) == aa_off.dataset_hash(aa_off.datasets[0])
