@@ -19,6 +19,12 @@ def main() -> None:
     p.add_argument("out")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--find-unused",
+        choices=("auto", "true"),
+        default="auto",
+        help="auto: the Trainer decides after step 1; true: DDP searches every step",
+    )
     args = p.parse_args()
 
     from benchmarks.common import CIFAR10, setup_env, small_c10
@@ -47,9 +53,12 @@ def main() -> None:
 
     config = TrainConfig(max_steps=args.steps, batch_size=args.batch_size, eval_every=1, seed=0)
     run_dir = Path(args.out).with_suffix(".run")  # inside the caller's temporary folder
+    defense = get("defenses", "tecoa").obj()
+    if args.find_unused == "true":
+        defense.find_unused_parameters = True
     train(
         small_c10(),
-        get("defenses", "tecoa").obj(),
+        defense,
         data,
         config,
         run_dir,

@@ -30,6 +30,10 @@ SECTIONS = (
     "ddp",
     "memory",
     "options",
+    "early_exit",
+    "cascade",
+    "train_options",
+    "vitb32",
 )
 QUICK_SECTIONS = ("pgd", "naive", "autoattack", "training")
 
@@ -62,6 +66,23 @@ QUICK = {
             "batch_size": 8,
             "steps": 2,
             "rounds": 3,
+        }
+    ],
+    "early_exit": {"n": 48, "eps_list": ("4/255",), "steps": 10, "batch_size": 48},
+    "cascade": {"n": 24},
+    "vitb32": {
+        "pgd": {"batch_size": 2, "steps": 1, "rounds": 1},
+        "naive": None,
+        "memory": {"n": 4, "batch_size": 4, "steps": 1},
+    },
+    "train_options": [
+        {
+            "model": "clipx-small-c10",
+            "option": "channels_last",
+            "batch_size": 8,
+            "steps": 4,
+            "skip": 1,
+            "rounds": 1,
         }
     ],
     "memory": {
@@ -123,11 +144,30 @@ FULL["options"] = [
     for m in ("procedural-small", "clipx-small-c10")
     for o in ("channels_last", "compile")
 ]
+FULL["early_exit"] = {  # the must-show: PGD-100 on 500 images
+    "n": 500,
+    "eps_list": ("1/255", "4/255"),
+    "steps": 100,
+    "batch_size": 128,
+    "bounds": {"1/255": 2.0, "4/255": 8.0},
+}
+FULL["cascade"] = {"n": 100}
+FULL["vitb32"] = {
+    "pgd": {"batch_size": 8, "steps": 3, "rounds": 3},
+    "naive": {"n_classes": 100, "n_templates": 1, "batch_size": 8},
+    "memory": {"n": 64, "batch_size": 32, "steps": 2},
+}
+FULL["train_options"] = [
+    {"model": m, "option": o, "batch_size": 32, "steps": 6, "skip": 2, "rounds": 1}
+    for m in ("procedural-small", "clipx-small-c10")
+    for o in ("channels_last", "compile")
+]
 BOUNDS = {"pgd": 1.10, "autoattack": 1.05, "training": 1.25, "memory": 0.10}
 
 
 def _section(name: str, cfg: dict[str, Any], loaded) -> list[dict[str, Any]]:
     from . import bench_attacks as A
+    from . import bench_evaluation as E
     from . import bench_memory as M
     from . import bench_training as T
 
@@ -173,6 +213,20 @@ def _section(name: str, cfg: dict[str, Any], loaded) -> list[dict[str, Any]]:
         return [T.ddp_throughput(c["batch_size"], c["steps"], c["skip"], c["rounds"])]
     if name == "options":
         return [A.option_speedup(**x) for x in c]
+    if name == "early_exit":
+        return E.early_exit_rows(**c)
+    if name == "cascade":
+        return [E.cascade_row(**c)]
+    if name == "vitb32":
+        from . import bench_vitb32 as V
+
+        vit = V.vitb32()
+        rows = [V.pgd_overhead_vitb32(vit, **c["pgd"])]
+        if c["naive"]:
+            rows += V.naive_cell_vitb32(vit, **c["naive"])
+        return rows + [V.memory_row_vitb32(**c["memory"])]
+    if name == "train_options":
+        return [T.train_option_speedup(**x) for x in c]
     if name == "memory":
         rows = []
         for kind, attack, judge in c["settings"]:
@@ -298,6 +352,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="output file (default runs/benchmarks/<mode>.json)")
     p.add_argument("--markdown", default=None, help="also write the table to this file")
     p.add_argument("--strict", action="store_true", help="exit 1 when a bound is not met")
+    p.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="SECTION=JSON",
+        help="replace one section's settings (smaller runs on a busy machine); stored in the JSON",
+    )
     args = p.parse_args(argv)
 
     from .common import setup_env
@@ -310,7 +371,15 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - set(SECTIONS))
     if unknown:
         p.error(f"unknown section(s) {unknown}; choose from {SECTIONS}")
-    cfg = QUICK if args.quick else FULL
+    cfg = dict(QUICK if args.quick else FULL)
+    for item in args.config:
+        section, _, value = item.partition("=")
+        if section not in SECTIONS:
+            p.error(f"--config: unknown section {section!r}")
+        try:
+            cfg[section] = json.loads(value)
+        except json.JSONDecodeError as exc:
+            p.error(f"--config {section}: not JSON ({exc})")
     mode = "quick" if args.quick else "full"
     out = Path(args.json or Path("runs") / "benchmarks" / f"{mode}.json")
 

@@ -21,9 +21,8 @@ Groups:
   targets_of, sample_indices, CaptionGallery, class_galleries, karpathy_gallery,
   procedural_galleries
 - attacks: build_attack, attack_mode, verify_adversarial, AttackOutput, RetrievalAttackOutput,
-  factory_for,
-  torchattacks_classes, build_autoattack, TextAttackConfig, TextAttackOnPrompts,
-  MultimodalAttack, CLIPTextAttacker, CaptionAttackCache, config_from_params
+  factory_for, torchattacks_classes, build_autoattack, build_pgd, EarlyExitPGD, TextAttackConfig,
+  TextAttackOnPrompts, MultimodalAttack, CLIPTextAttacker, CaptionAttackCache, config_from_params
 - defenses and training: Defense, Batch, TrainContext, TrainConfig, clip_contrastive_loss, train
 - test-time defenses: TestTimeDefense, DefendedClassifier
 - evaluation: Protocol, evaluate, load_records, RETRIEVAL_FORMULAS, recall_hits, attack_success
@@ -95,6 +94,8 @@ _LAZY = {
     "factory_for": "attacks.torchattacks_adapter",
     "torchattacks_classes": "attacks.torchattacks_adapter",
     "build_autoattack": "attacks.autoattack_adapter",
+    "build_pgd": "attacks.pgd",
+    "EarlyExitPGD": "attacks.pgd",
     "TextAttackConfig": "attacks.text.config",
     "text_attack_parameters": "attacks.text.config",
     "FIDELITY_DEFAULTS": "attacks.text.config",

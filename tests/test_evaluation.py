@@ -393,7 +393,8 @@ def test_cascade_gives_the_same_worst_case_with_fewer_attacked_samples(c10, tmp_
         },
     ]
     calls: list[int] = []
-    plain = _proto(attacks=attacks, eps=["2/255"], datasets=[{**C10, "n": 48}])
+    # early_exit off: the counter below wraps torchattacks.PGD (the full-length path)
+    plain = _proto(attacks=attacks, eps=["2/255"], datasets=[{**C10, "n": 48}], early_exit=False)
     cascade = plain.with_overrides(cascade=True)
     assert plain.dataset_hash(plain.datasets[0]) != cascade.dataset_hash(cascade.datasets[0])
     import torchattacks

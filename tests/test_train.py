@@ -301,3 +301,28 @@ def test_periodic_evaluation_through_the_engine(tmp_path, data):
     evals = [r for r in evals if "eval" in r]
     assert [r["step"] for r in evals] == [2, 4]
     assert {"clean_acc", "robust_acc"} <= set(evals[0]["eval"][0])
+
+
+def test_channels_last_trains_in_that_layout_and_gives_the_eager_losses(tmp_path, data):
+    """TrainConfig.channels_last: the image tower's weights are channels_last during the steps
+    (the option is in effect), the losses are eager's up to kernel round-off, and the weights
+    are back in the contiguous layout afterwards."""
+    layouts: list[bool] = []
+
+    def record(loaded, step):
+        w = loaded.model.visual.conv1.weight
+        layouts.append(w.is_contiguous(memory_format=torch.channels_last) and w.shape[-1] > 1)
+
+    losses = {}
+    for option in (False, True):
+        loaded = tiny_clip()
+        run = tmp_path / str(option)
+        config = TrainConfig(max_steps=3, batch_size=8, lr=1e-3, eval_every=1, channels_last=option)
+        train(loaded, CleanCE(), data, config, run, eval_fn=record, progress=False)
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        losses[option] = [json.loads(x)["loss"] for x in lines if '"loss"' in x]
+        assert loaded.model.visual.conv1.weight.is_contiguous()
+    assert layouts == [False] * 3 + [True] * 3
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4, abs=1e-5)
+    with pytest.raises(ClipxUsageError, match="channels_last"):
+        TrainConfig(channels_last="yes")

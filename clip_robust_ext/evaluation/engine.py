@@ -203,6 +203,8 @@ def plan_attacks(zs: nn.Module, protocol: Protocol, key: str = "dataset") -> lis
                 params.setdefault("norm", protocol.norm)
             if "backend" in takes and protocol.backend:
                 params.setdefault("backend", protocol.backend)
+            if "early_exit" in takes:
+                params.setdefault("early_exit", protocol.early_exit)
             if "seed" in takes:
                 params.setdefault("seed", derive_seed(protocol.seed, key, spec["label"], eps))
             built = build_attack(spec["name"], zs, **params)

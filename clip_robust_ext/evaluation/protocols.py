@@ -111,6 +111,13 @@ class Protocol:
     # survived the earlier ones at the same budget (same robust accuracy, far fewer attack steps;
     # per-attack numbers become cumulative: robust to this attack and every earlier one)
     cascade: bool = False
+    # each sample leaves a PGD attack at its first misclassified iterate and the batch shrinks
+    # (attacks/pgd.py): robust accuracy = "no adversarial example among the k + 1 iterates",
+    # never above the final-iterate number, at a fraction of the steps. Off = torchattacks'
+    # final iterate (the TeCoA-lineage presets). Attacks without the option ignore it (AutoAttack
+    # keeps each point's best iterate anyway). Applies to attacks registered with
+    # protocol_params containing "early_exit".
+    early_exit: bool = True
     # the evaluation code this preset follows (resolution, templates, samples, attacks), stored
     # with every result; docs/FIDELITY.md#protocol-presets
     lineage: str = ""
@@ -183,7 +190,7 @@ class Protocol:
             or self.checks_n < 1
         ):
             raise ClipxUsageError(f"protocol '{self.name}': checks_n must be an integer >= 1")
-        for attr in ("channels_last", "compile", "cascade", "checks_strict"):
+        for attr in ("channels_last", "compile", "cascade", "checks_strict", "early_exit"):
             if not isinstance(getattr(self, attr), bool):
                 raise ClipxUsageError(f"protocol '{self.name}': {attr} must be true or false")
         if self.precision not in PRECISIONS:
@@ -285,11 +292,25 @@ class Protocol:
             "backend": self.backend,
             # only when on, so results computed before these options existed stay reusable
             **{k: True for k in ("channels_last", "compile", "cascade") if getattr(self, k)},
+            **({"early_exit": True} if self.early_exit and self.takes("early_exit") else {}),
             **({"resolution": size} if (size := self.resolution_for(spec)) is not None else {}),
             **({"testtime_modes": self.testtime_modes} if self.testtime else {}),
             **(extra or {}),
         }
         return hashlib.sha256(_canonical(content).encode()).hexdigest()[:16]
+
+    def takes(self, setting: str) -> bool:
+        """Whether an attack of this protocol takes `setting` from it (its protocol_params);
+        an attack not registered (yet) counts as taking it."""
+        from ..registry import get
+
+        for spec in self.attacks:
+            try:
+                if setting in get("attacks", spec["name"]).protocol_params:
+                    return True
+            except ClipxUsageError:
+                return True
+        return False
 
     def summary(self) -> str:
         atk = ", ".join(a["label"] for a in self.attacks) or "clean only"

@@ -30,7 +30,7 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
 NON_SEMANTIC = ("checkpoint_every", "eval_every", "log_every", "num_workers")
 # Fields added after runs existed: left out of the resume fingerprint while at these defaults, so
 # a run started before they existed still resumes.
-ADDED_LATER = {"decay_all_params": False}
+ADDED_LATER = {"decay_all_params": False, "channels_last": False, "compile": False}
 
 
 @dataclass
@@ -51,6 +51,10 @@ class TrainConfig:
     warmup_steps: int = 0
     trainable: str | None = None  # visual | text | both | prompt | last-k:N (None: defense's)
     amp: str = "off"  # off | bf16 | fp16 (autocast on the loss; attacks always run in fp32)
+    # speed options for the image tower during training (models/accelerate.py): other kernels, so
+    # not bitwise eager; measured per tower type by `python -m benchmarks.run --only train_options`
+    channels_last: bool = False
+    compile: bool = False
     grad_clip: float | None = None  # max global grad norm
     clamp_logit_scale: bool = (
         True  # clamp logit_scale to [0, ln 100] after every step (TeCoA lineage)
@@ -111,6 +115,9 @@ class TrainConfig:
             raise ClipxUsageError(
                 f"schedule must be one of {SCHEDULES}, got {self.schedule!r}{closest(str(self.schedule), SCHEDULES)}"
             )
+        for name in ("channels_last", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ClipxUsageError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.decay_all_params, bool):
             raise ClipxUsageError(
                 f"decay_all_params must be true or false, got {self.decay_all_params!r}"

@@ -81,6 +81,15 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     return out / dist.get_world_size()
 
 
+def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
+    """Elementwise max over ranks (identity in one process)."""
+    if not current().enabled:
+        return values
+    out = values.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out
+
+
 def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
     """Concatenate `t` from all ranks along dim 0, gradients flowing back to each rank's part.
 

@@ -10,9 +10,11 @@ averages gradients of computations made inside its forward(); defenses call enco
 encode_text, attacks and the reference model freely, so wrapping the bare CLIP would miss them.
 Wrapping the loss keeps DDP's bucketed all-reduce overlapped with backward and needs nothing from
 defense authors. Attacks inside the loss run with the parameters frozen (attack_mode), so their
-inner backward passes never touch DDP's gradient hooks. find_unused_parameters=True because a
-trainable parameter may legitimately get no gradient (e.g. the text tower under TeCoA, whose
-class matrix is computed without grad).
+inner backward passes never touch DDP's gradient hooks. find_unused_parameters (an extra walk
+of the autograd graph every step) is set from what the defense trains: the first step runs with
+it, and if every trainable parameter got a gradient on every rank DDP is rebuilt without it
+(a defense may fix it with a `find_unused_parameters` attribute, e.g. one whose set of used
+parameters changes between steps).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from ..attacks import attack_mode, build_attack, verify_adversarial
 from ..data.checks import stack_images
 from ..errors import ClipxError, ClipxUsageError
 from ..models import DEFAULT_TEMPLATES, LoadedCLIP, ZeroShotClassifier, save_open_clip_checkpoint
+from ..models.accelerate import accelerated
 from ..models.prompts import adopt_prompt_context
 from ..utils.io import atomic_write_text
 from ..utils.seeding import seed_everything
@@ -345,11 +348,12 @@ def train(
         setup = _Setup(
             defense, config, info, device, run_dir, ckpt_path, fingerprint, total, spe, logger
         )
-        run = _Run(loaded, setup, reference, classnames, templates)
-        if state is not None:
-            run.restore(state)
-        run.loop(dataset, eval_fn, progress)
-        run.checkpoint()
+        with accelerated(loaded, config.channels_last, config.compile) as fast:
+            run = _Run(loaded, setup, reference, classnames, templates, fast)
+            if state is not None:
+                run.restore(state)
+            run.loop(dataset, eval_fn, progress)
+            run.checkpoint()
         _finish(loaded, run_dir, info, defense, total)
         return loaded
     finally:
@@ -414,11 +418,14 @@ class _Run:
         reference: ZeroShotClassifier | None,
         classnames: list[str],
         templates: list[str],
+        fast: LoadedCLIP | None = None,
     ):
+        """`fast`: `loaded` with the training speed options (accelerated()); the zero-shot head
+        the defense trains through encodes images with them, evaluation and export do not."""
         config, device, defense = setup.config, setup.device, setup.defense
         self.loaded, self.setup, self.model = loaded, setup, loaded.model
         self.classnames, self.templates = classnames, templates
-        self.zs = ZeroShotClassifier(loaded, classnames, templates).to(device)
+        self.zs = ZeroShotClassifier(fast or loaded, classnames, templates).to(device)
         self.ctx = TrainContext(
             model=self.zs,
             reference=reference,
@@ -458,11 +465,12 @@ class _Run:
         if len(rngs) == info.world_size:
             set_rng_state_tensors(rngs[info.rank])
         else:  # resumed with another process count: data order stays exact, noise does not
-            print(
-                f"clipx: resuming with {info.world_size} processes (checkpoint: {len(rngs)}); "
-                "attack noise will differ from an uninterrupted run",
-                file=sys.stderr,
-            )
+            if info.is_main:
+                print(
+                    f"clipx: resuming with {info.world_size} processes (checkpoint: {len(rngs)}); "
+                    "attack noise will differ from an uninterrupted run",
+                    file=sys.stderr,
+                )
             seed_everything(self.setup.config.seed + info.rank + 7919 * self.step)
         if info.is_main:
             _truncate_metrics(self.setup.logger.path, self.step)
@@ -499,14 +507,11 @@ class _Run:
         """Steps until `total`, epoch by epoch, from wherever the counters stand."""
         setup, config = self.setup, self.setup.config
         info, device = setup.info, setup.device
+        settle = False
         if info.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            self.runner = DDP(
-                self.module,
-                device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=True,
-            )
+            declared = getattr(setup.defense, "find_unused_parameters", None)
+            settle = declared is None  # decided after the first step
+            self.runner = self._ddp(True if declared is None else bool(declared))
         caption_of = caption_function(dataset, self.classnames, self.templates)
         self.bar = _progress(setup.total, self.step, progress and info.is_main, setup.defense.name)
         self.started = time.perf_counter()
@@ -535,6 +540,9 @@ class _Run:
                 captions = [caption_of(int(i), int(y)) for i, y in zip(index, labels)]
                 batch = Batch(images.to(device), labels.to(device), captions, index)
                 record = self.train_step(batch)
+                if settle:
+                    self._settle_unused_parameters()
+                    settle = False
                 self.advance(record, eval_fn)
                 if self.step >= setup.total:
                     break
@@ -542,6 +550,34 @@ class _Run:
                     self.checkpoint()
             # an epoch boundary reached inside the loop already advanced (epoch, step_in_epoch)
         self.bar.close()
+
+    def _ddp(self, find_unused: bool) -> nn.Module:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        device = self.setup.device
+        return DDP(
+            self.module,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=find_unused,
+        )
+
+    def _settle_unused_parameters(self) -> None:
+        """After the first step (run with the search on): drop DDP's per-step search for unused
+        parameters when every trainable parameter got a gradient on every rank."""
+        unused = [
+            n for n, p in self.module.named_parameters() if p.requires_grad and p.grad is None
+        ]
+        flag = D.all_reduce_max(torch.tensor([float(len(unused))], device=self.setup.device))
+        if float(flag[0]) == 0:
+            self.runner = self._ddp(False)
+        if self.setup.info.is_main:
+            what = (
+                "every trainable parameter gets a gradient: find_unused_parameters=False"
+                if float(flag[0]) == 0
+                else f"{int(flag[0])} trainable parameter(s) got no gradient (e.g. {unused[:2]}): "
+                "find_unused_parameters=True"
+            )
+            print(f"clipx: DDP: {what}", file=sys.stderr)
 
     def train_step(self, batch: Batch) -> dict[str, Any]:
         """One optimiser step on `batch`; returns its metrics record (loss, lr, defense metrics)."""

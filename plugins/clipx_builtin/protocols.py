@@ -61,8 +61,9 @@ def tecoa16(**overrides: Any) -> Protocol:
         templates=["This is a photo of a {}"],
         datasets=_tecoa16(),
         n_samples=None,
-        description="TeCoA/PMG-AFT/TGA-ZSR/SAFT: PGD-100 (step 1/255, 1 restart, CE), Linf 1/255, "
-        "full test sets, 'This is a photo of a {}'",
+        early_exit=False,  # the lineage scores PGD's final iterate
+        description="TeCoA/PMG-AFT/TGA-ZSR/SAFT: PGD-100 (step 1/255, 1 restart, CE, final "
+        "iterate), Linf 1/255, full test sets, 'This is a photo of a {}'",
         lineage=TECOA_LINEAGE,
     ).with_overrides(**overrides)
 
@@ -121,7 +122,8 @@ def pgd(
         eps=["1/255"],
         templates=["This is a photo of a {}"],
         datasets=["cifar10"],
-        description="PGD (configurable steps / alpha), Linf",
+        description="PGD (configurable steps / alpha), Linf; early exit (early_exit = false: "
+        "final iterate)",
     ).with_overrides(**overrides)
 
 
@@ -150,7 +152,8 @@ def mmcoa(**overrides: Any) -> Protocol:
         eps=["1/255"],
         templates=["This is a photo of a {}"],
         datasets=[d for d in _tecoa16() if d != "tinyimagenet"],
-        description="MMCoA: clean, image PGD-100, text attack, multimodal attack (Linf 1/255); "
+        early_exit=False,  # MMCoA's attack_pgd (TeCoA's) scores the final iterate
+        description="MMCoA: clean, image PGD-100 (final iterate), text attack, multimodal attack (Linf 1/255); "
         "text/multimodal attacks come from the clipx_mmcoa plugin",
     ).with_overrides(**overrides)
 
