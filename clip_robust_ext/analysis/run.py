@@ -68,6 +68,8 @@ def features(
     **protocol_options: Any,
 ) -> AnalysisResult:
     """`clipx features MODEL...`: features.json + cosine, separation and projection plots."""
+    import dataclasses
+
     from ..runner import RunLock, check_writable, device_of, log
     from ..utils.io import atomic_write_json
     from ..validation import check_device
@@ -76,6 +78,12 @@ def features(
 
     resolved = resolve_models(models, arch, labels)
     section, protocol = _protocol(protocol_options)
+    # how far the attack moves embeddings is read at its final iterate: early exit would stop
+    # each sample at its first misclassified one (the clean-misclassified at the random start)
+    section, protocol = (
+        {**section, "early_exit": False},
+        dataclasses.replace(protocol, early_exit=False),
+    )
     single_image_attack(protocol)  # before a run dir is made
     check_device(device, "--device")
     folder = Path(run_dir or Path("runs") / ("features-" + "-".join(m.label for m in resolved)))
