@@ -27,6 +27,7 @@ Groups:
 - test-time defenses: TestTimeDefense, DefendedClassifier
 - evaluation: Protocol, evaluate, load_records, RETRIEVAL_FORMULAS, recall_hits, attack_success
 - run directory and records: RunLock, START_LABEL, finished_models, write_results, result_path, read_json,
+  component_fingerprint (a registered component's plugin version and code, for result-store keys),
   write_result, atomic_write_json, atomic_write_text, seed_everything, versions,
   plugin_versions, log
 - configs: load_config (profiles + `--set`), read_toml, deep_merge, merge_profile, parse_set,
@@ -133,6 +134,7 @@ _LAZY = {
     "result_path": "evaluation.records",
     "read_json": "evaluation.records",
     "write_result": "evaluation.records",
+    "component_fingerprint": "cachekeys",
     "atomic_write_json": "utils.io",
     "atomic_write_text": "utils.io",
     "seed_everything": "utils.seeding",

@@ -182,6 +182,7 @@ class RetrievalProtocol(Protocol):
     ) -> list[dict]:
         from clip_robust_ext.api import (
             CLIPTextAttacker,
+            component_fingerprint,
             config_from_params,
             model_fingerprint,
             read_json,
@@ -192,7 +193,15 @@ class RetrievalProtocol(Protocol):
         # the engine's record store and rule: the key covers the settings and the model weights,
         # so another checkpoint under the same label is evaluated, not served the old numbers
         path = result_path(run_dir, label, self.name, "retrieval")
-        key = repr(sorted(self.to_dict().items())) + "|model=" + model_fingerprint(loaded.model)
+        # and the code of the plugins that compute it (this protocol's, every retrieval attack's)
+        code = [component_fingerprint("evaluators", self.name)]
+        code += [component_fingerprint("attacks", m) for m in self.modes if m not in MODES]
+        key = (
+            repr(sorted(self.to_dict().items()))
+            + f"|code={code!r}"
+            + "|model="
+            + model_fingerprint(loaded.model)
+        )
         saved = read_json(path) if resume else None
         if saved is not None and saved.get("protocol_key") == key:
             return saved["records"]
