@@ -79,7 +79,7 @@ def test_bad_testtime_settings_are_usage_errors():
 @pytest.mark.slow
 def test_adaptive_evaluation_is_at_least_as_strong_as_the_non_adaptive_one(tmp_path):
     """Same samples, small real model: the adaptive adversary (worst case over the transfer
-    example and PGD through the defense) is never weaker than the non-adaptive one, the attack
+    example and PGD through the defense) is strictly stronger than the non-adaptive one, the attack
     through the defense does flip defended predictions, and the defended clean accuracy is
     reported next to the undefended one."""
     proto = Protocol(
@@ -100,8 +100,10 @@ def test_adaptive_evaluation_is_at_least_as_strong_as_the_non_adaptive_one(tmp_p
     assert defended["clean_acc"] is not None and plain["clean_acc"] > 0
     through = defended["per_attack"]["pgd (adaptive)"]
     transfer = defended["per_attack"]["pgd (non-adaptive)"]
-    assert defended["robust_acc"] <= transfer
-    assert defended["robust_acc"] <= through
+    # measured (24 images, 2/255): worst case 20.8 < transfer 45.8 and < through-TTC 33.3 - the
+    # adaptive evaluation breaks images the non-adaptive attack leaves (strictly, not by definition)
+    assert defended["robust_acc"] < transfer
+    assert defended["robust_acc"] < through
     assert through < defended["clean_acc"]  # the gradient through TTC is not masked away
     (tagged,) = with_components(tmp_path, [defended])
     assert tagged["components"]["testtime"]["plugin"] == "testtime"
