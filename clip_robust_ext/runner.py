@@ -413,7 +413,7 @@ def _train_one(
     if start_ckpt is not None:
         load_weights(loaded, start_ckpt)
     dataset, classnames, templates = prepared["data"]
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     train(
         loaded,
         prepared["defenses"][label],
@@ -431,6 +431,7 @@ def _train_one(
                 "key": key,
                 "checkpoint": str(final),
                 "seconds": round(time.perf_counter() - started, 2),
+                "cpu_s": round(time.process_time() - cpu_started, 2),
             },
         )
     return final
@@ -553,6 +554,7 @@ def run_seeds(resolved: ResolvedRecipe, run_dir: Path, resume: bool = False) -> 
     (mean ± std over seeds) and transfer.png (clean vs robust on the unseen classes)."""
     from .evaluation.spread import aggregate, write_spread
     from .training import distributed as D
+    from .utils.provenance import stamp_rows, write_run_provenance
 
     main = D.init_distributed().is_main
     if main:
@@ -575,11 +577,12 @@ def run_seeds(resolved: ResolvedRecipe, run_dir: Path, resume: bool = False) -> 
             checkpoints.update({f"seed-{seed}/{k}": v for k, v in one.checkpoints.items()})
         table = ""
         if main and records:
-            rows = aggregate(records)
+            rows = stamp_rows(aggregate(records), records)
             atomic_write_json(run_dir / "results.json", records)
             atomic_write_json(run_dir / "summary.json", rows)
             table = write_spread(run_dir, rows)
             atomic_write_text(run_dir / "results.md", table)
+            write_run_provenance(run_dir, records)
     finally:
         if lock:
             lock.release()
@@ -614,6 +617,7 @@ def _run(resolved: ResolvedRecipe, run_dir: Path, main: bool) -> RunResult:
         checkpoints[doc["pretrain"]["label"]] = str(start_ckpt)
     elif "pretrain" in doc:
         start_ckpt = _trained_earlier(resolved, doc["pretrain"], None, run_dir)
+    _note_start_model(resolved, start_ckpt, device)
     trained: dict[str, Path] = {}
     for method in resolved.methods:
         if "defend" in resolved.stages:
@@ -642,6 +646,23 @@ def _run(resolved: ResolvedRecipe, run_dir: Path, main: bool) -> RunResult:
         if main:
             table = write_results(run_dir, records)
     return RunResult(run_dir, records, table, resolved.to_dict(), checkpoints)
+
+
+def _note_start_model(resolved: ResolvedRecipe, start_ckpt: Path | None, device: Any) -> None:
+    """Stamp every artifact this run writes with its start model's weights sha256, compared
+    with the one the published tables came from (utils/provenance.py, models/shipped.py)."""
+    from .evaluation.cards import weights_sha256
+    from .models.shipped import reference_sha256
+    from .utils import provenance as P
+
+    spec = resolved.doc["model"]
+    loaded = build_model(spec, device, seed=resolved.seed)
+    if start_ckpt is not None:
+        load_weights(loaded, start_ckpt)
+    reference = None if start_ckpt is not None else reference_sha256(spec)
+    origin = "pre-trained by this recipe" if start_ckpt else loaded.info.get("weights_origin")
+    source = str(spec.get("source") or spec.get("arch"))
+    P.set_start_model(P.start_model_info(source, weights_sha256(loaded.model), reference, origin))
 
 
 def finished_models(run_dir: Path, doc: dict[str, Any]) -> list[tuple[str, Path | None]]:
@@ -745,9 +766,11 @@ def write_results(run_dir: Path, records: list[dict[str, Any]]) -> str:
     """results.json (every record, with the plugins behind it), results.md / results.csv
     (tables); returns the markdown."""
     from .evaluation import markdown_table, write_reports
+    from .utils.provenance import write_run_provenance
 
     atomic_write_json(run_dir / "results.json", with_components(run_dir, records))
     write_reports(run_dir, records)
+    write_run_provenance(run_dir, records)
     return markdown_table(records)
 
 

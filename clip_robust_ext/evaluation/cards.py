@@ -246,6 +246,7 @@ def build_card(
     checks: dict[str, Any],
     identity: dict[str, Any],
 ) -> dict[str, Any]:
+    from ..utils.provenance import provenance_stamp
     from ..utils.versions import versions
 
     content = protocol_content(protocol, run_dir, label, records)
@@ -264,6 +265,7 @@ def build_card(
         "cost": cost,
         "checks": checks,
         "versions": versions(),
+        "provenance": provenance_stamp(cost.get("cpu_s"), cost.get("wall_s")),
         "created_at": R.now(),
         "formulas": R.FORMULAS,
     }
@@ -285,6 +287,24 @@ def _fmt(v: Any) -> str:
     return "-" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
 
 
+def _provenance_lines(prov: dict[str, Any] | None) -> list[str]:
+    if not prov:
+        return []
+    commit = (prov.get("commit") or "unknown")[:10] + (" (dirty tree)" if prov.get("dirty") else "")
+    start = prov.get("start_model") or {}
+    same = {True: "the published one", False: "NOT the published one", None: "no published one"}
+    machine = prov.get("machine", {})
+    return [
+        f"- code: commit `{commit}`; machine {machine.get('cpu_model')}, "
+        f"{machine.get('torch_threads')} torch thread(s)",
+        f"- start model: `{start.get('source')}` weights sha256 "
+        f"`{(start.get('weights_sha256') or '-')[:16]}...` "
+        f"({same[start.get('matches_reference')]})"
+        if start
+        else "- start model: not recorded (evaluated outside a recipe)",
+    ]
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     """The card as a human-readable page (the JSON is the record)."""
     m, p, c = card["model"], card["protocol"], card["cost"]
@@ -303,6 +323,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"- cost: {c.get('wall_s')} s wall, {c.get('cpu_s')} s CPU on {c.get('device')}; "
         f"{c.get('forward_per_sample')} forward / {c.get('backward_per_sample')} backward "
         "image-tower passes per sample",
+        *_provenance_lines(card.get("provenance")),
         "",
         "| dataset | n | sample indices sha256 | classes |",
         "|---|---|---|---|",

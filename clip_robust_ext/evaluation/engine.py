@@ -34,6 +34,7 @@ from ..models import LoadedCLIP, ZeroShotClassifier
 from ..models.accelerate import accelerated
 from ..models.checkpoints import check_weights
 from ..registry import get
+from ..utils.provenance import provenance_stamp
 from . import distributed as D
 from . import records as R
 from .protocols import Protocol, dataset_key, eps_label, protocol_from_dict, resolve_budget_expr
@@ -601,7 +602,7 @@ def _evaluate(
                     run_dir, event="skipped", label=label, protocol=protocol.name, dataset=key
                 )
             continue
-        start = time.time()
+        start, cpu_start = time.time(), time.process_time()
         ds = at_resolution(build_dataset(spec), protocol.resolution_for(spec))
         if len(ds) == 0:
             raise ClipxUsageError(f"dataset '{spec['dataset']}' ({key}) is empty: 0 samples")
@@ -646,6 +647,7 @@ def _evaluate(
         )
         samples = flatten(batch_results, plan)
         elapsed = round(time.time() - start, 3)
+        cost = {"cpu_s": time.process_time() - cpu_start, "wall_s": elapsed}
         records = summarize(samples, plan, protocol)
         for rec in records:
             rec.update(
@@ -684,6 +686,7 @@ def _evaluate(
                     "formulas": R.FORMULAS,
                     "versions": stamp,
                     "elapsed_s": elapsed,
+                    "provenance": provenance_stamp(**cost),
                     "computed_at": R.now(),
                     "protocol_params": protocol.to_dict(),
                 }
