@@ -18,7 +18,7 @@ from clip_robust_ext.utils import provenance
 PROCEDURAL_SMALL_SHA256 = "d71c4491ec75caeeabe387829bde330d08aea10de349df44ac08610f24f8ad09"
 # $CLIPX_ASSETS/small_clip/clipx-small-c10.pt, the zs-study's start model
 CLIPX_SMALL_C10_SHA256 = "a024118954f2bfda003c55f899cdbbe0d3936307a6ce75ff29170b893d5082cb"
-REMAKE = "pre-training changed: re-make the record with python -m clip_robust_ext.models.shipped"
+REMAKE = "pre-training changed: re-make the record with python -m clip_robust_ext.training.ship"
 
 
 def test_the_main_job_starts_from_the_recorded_weights():

@@ -9,12 +9,11 @@ the content key matches; a changed recipe or pre-training code changes the key a
 here as before. A record without weights (clipx-small-c10, loaded from $CLIPX_ASSETS) only
 states the fingerprint the tables came from.
 
-Re-make a record after changing the pre-training: python -m clip_robust_ext.models.shipped"""
+Re-make a record after changing the pre-training: python -m clip_robust_ext.training.ship"""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -46,37 +45,3 @@ def reference_sha256(spec: dict[str, Any]) -> str | None:
         return None
     rec = record(source)
     return rec.get("weights_sha256") if rec else None
-
-
-def write_record(name: str, loaded: Any, meta: dict[str, Any], produced: dict[str, Any]) -> Path:
-    """Save `loaded`'s weights as <name>.safetensors and its record (meta + fingerprint)."""
-    from ..evaluation.cards import weights_sha256
-    from .checkpoints import save_open_clip_checkpoint
-
-    WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-    save_open_clip_checkpoint(loaded.model, WEIGHTS_DIR / f"{name}.safetensors")
-    rec = {**meta, "weights_sha256": weights_sha256(loaded.model), "produced": produced}
-    path = WEIGHTS_DIR / f"{name}.json"
-    path.write_text(json.dumps(rec, indent=2, sort_keys=True) + "\n")
-    return path
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Pre-train procedural-small here (ignoring the shipped weights) and ship the result."""
-    from ..training.pretrain import procedural_small
-    from ..utils.provenance import machine, provenance_stamp
-
-    del argv
-    loaded = procedural_small(rebuild=True, use_shipped=False)
-    meta = {k: v for k, v in loaded.info.items() if k in ("cache_key", "zero_shot_test_accuracy")}
-    meta = {"name": "procedural-small", "key": meta.pop("cache_key"), **meta}
-    stamp = provenance_stamp()
-    produced = {"how": "clip_robust_ext.training.pretrain.procedural_small_path", **stamp}
-    produced["machine"] = machine()
-    path = write_record("procedural-small", loaded, meta, produced)
-    print(f"wrote {path} and its weights", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
