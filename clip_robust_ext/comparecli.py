@@ -65,13 +65,24 @@ def compare_command(
 @click.command("samples", context_settings=CONTEXT)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 def samples_command(run_dir: str) -> None:
-    """Write RUN_DIR/samples.npz: the per-sample outcomes of every model, seed and view of a run
-    (runs write it themselves; this is for runs made before it existed)."""
-    from .errors import ClipxUsageError
-    from .evaluation.outcomes import export_run, read_samples
+    """Write RUN_DIR/samples.npz, the per-sample outcomes of every model, seed and view of a run,
+    and for a multi-seed run its summary with 95% intervals (runs do this themselves; this is
+    for runs made before)."""
+    from pathlib import Path
 
-    path = export_run(run_dir)
-    if path is None:
+    from .errors import ClipxUsageError
+    from .evaluation.outcomes import SAMPLES_FILE, export_run, read_samples
+    from .evaluation.spread import write_seed_summary
+
+    results = Path(run_dir) / "results.json"
+    records = json.loads(results.read_text()) if results.is_file() else []
+    if records and all("run_seed" in r for r in records):
+        write_seed_summary(run_dir, records)
+        click.echo(f"{Path(run_dir) / 'results.md'}: rewritten with 95% intervals")
+    elif export_run(run_dir) is None:
+        raise ClipxUsageError(f"{run_dir}: no evaluation results with per-sample flags")
+    path = Path(run_dir) / SAMPLES_FILE
+    if not path.is_file():
         raise ClipxUsageError(f"{run_dir}: no evaluation results with per-sample flags")
     blocks = read_samples(path)
     models = len({b.label for b in blocks})

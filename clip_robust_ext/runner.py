@@ -551,8 +551,7 @@ def run_seeds(resolved: ResolvedRecipe, run_dir: Path, resume: bool = False) -> 
     """One complete run per seed of `[recipe] seeds` (run_dir/seed-<s>/, each resumable on its
     own), then results.json with every per-seed record (`run_seed`), summary.json / results.md
     (mean ± std over seeds) and transfer.png (clean vs robust on the unseen classes)."""
-    from .evaluation.outcomes import export_run
-    from .evaluation.spread import aggregate, write_spread
+    from .evaluation.spread import write_seed_summary
     from .training import distributed as D
 
     main = D.init_distributed().is_main
@@ -576,12 +575,8 @@ def run_seeds(resolved: ResolvedRecipe, run_dir: Path, resume: bool = False) -> 
             checkpoints.update({f"seed-{seed}/{k}": v for k, v in one.checkpoints.items()})
         table = ""
         if main and records:
-            rows = aggregate(records)
             atomic_write_json(run_dir / "results.json", records)
-            atomic_write_json(run_dir / "summary.json", rows)
-            table = write_spread(run_dir, rows)
-            atomic_write_text(run_dir / "results.md", table)
-            export_run(run_dir)  # samples.npz over every seed
+            table = write_seed_summary(run_dir, records)  # + samples.npz over every seed
     finally:
         if lock:
             lock.release()

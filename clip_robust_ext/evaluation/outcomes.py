@@ -154,7 +154,7 @@ def check_block(block: Block, records: list[dict[str, Any]]) -> None:
                 )
 
 
-def _seed_of(folder: Path) -> int | None:
+def run_seed(folder: Path) -> int | None:
     text = (folder / "seed").read_text().strip() if (folder / "seed").is_file() else ""
     if text.lstrip("-").isdigit():
         return int(text)
@@ -166,12 +166,12 @@ def blocks_from_run(run_dir: str | os.PathLike) -> list[Block]:
     """Every block of a run dir: its own eval/ results, or those of its seed-*/ folders."""
     run_dir = Path(run_dir)
     seeds = sorted(
-        (p for p in run_dir.glob("seed-*") if p.is_dir()), key=lambda p: _seed_of(p) or 0
+        (p for p in run_dir.glob("seed-*") if p.is_dir()), key=lambda p: run_seed(p) or 0
     )
     folders = seeds if seeds and not R.eval_dir(run_dir).is_dir() else [run_dir]
     out = []
     for folder in folders:
-        seed = _seed_of(folder)
+        seed = run_seed(folder)
         for path in sorted(R.eval_dir(folder).glob("*/*/*.json")):
             if ".partial." in path.name:
                 continue
@@ -264,5 +264,6 @@ __all__ = [
     "export_run",
     "load_outcomes",
     "read_samples",
+    "run_seed",
     "write_samples",
 ]
