@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ClipxUsageError
 from .outcomes import Block
 from .paired import accuracy_interval, clopper_pearson
 
@@ -37,6 +38,16 @@ def from_values(stat: dict[str, Any], n: int | None) -> tuple[float, float, str]
     return max(0.0, mean - half), min(100.0, mean + half), "normal (seeds + binomial)"
 
 
+def _from_outcomes(
+    blocks: list[Block], metric: str, eps: str | None, resamples: int
+) -> tuple[float, float, str] | None:
+    try:
+        outcomes = np.stack([b.metric(metric, eps) for b in blocks])
+    except ClipxUsageError:  # a metric the outcomes cannot give: the fallback says what it can
+        return None
+    return accuracy_interval(outcomes, resamples)
+
+
 def add_intervals(rows: list[dict[str, Any]], blocks: list[Block], resamples: int = 10_000) -> None:
     """Set stat['ci'] = [lo, hi] and stat['ci_method'] on every metric of every summary row."""
     by_model: dict[tuple[str, str], list[Block]] = {}
@@ -50,10 +61,7 @@ def add_intervals(rows: list[dict[str, Any]], blocks: list[Block], resamples: in
         for name, stat in row.items():
             if not (isinstance(stat, dict) and "values" in stat):
                 continue
-            found = None
-            if usable:
-                outcomes = np.stack([b.metric(name, row.get("eps_str")) for b in mine])
-                found = accuracy_interval(outcomes, resamples)
+            found = _from_outcomes(mine, name, row.get("eps_str"), resamples) if usable else None
             found = found or from_values(stat, row.get("n"))
             if found:
                 stat["ci"] = [round(found[0], 4), round(found[1], 4)]
