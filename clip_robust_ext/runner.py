@@ -552,9 +552,9 @@ def run_seeds(resolved: ResolvedRecipe, run_dir: Path, resume: bool = False) -> 
     """One complete run per seed of `[recipe] seeds` (run_dir/seed-<s>/, each resumable on its
     own), then results.json with every per-seed record (`run_seed`), summary.json / results.md
     (mean ± std over seeds) and transfer.png (clean vs robust on the unseen classes)."""
-    from .evaluation.spread import aggregate, write_spread
+    from .evaluation.spread import write_seed_summary
     from .training import distributed as D
-    from .utils.provenance import stamp_rows, write_run_provenance
+    from .utils.provenance import stamp_summary, write_run_provenance
 
     main = D.init_distributed().is_main
     if main:
@@ -577,11 +577,9 @@ def run_seeds(resolved: ResolvedRecipe, run_dir: Path, resume: bool = False) -> 
             checkpoints.update({f"seed-{seed}/{k}": v for k, v in one.checkpoints.items()})
         table = ""
         if main and records:
-            rows = stamp_rows(aggregate(records), records)
             atomic_write_json(run_dir / "results.json", records)
-            atomic_write_json(run_dir / "summary.json", rows)
-            table = write_spread(run_dir, rows)
-            atomic_write_text(run_dir / "results.md", table)
+            table = write_seed_summary(run_dir, records)  # + samples.npz over every seed
+            stamp_summary(run_dir, records)
             write_run_provenance(run_dir, records)
     finally:
         if lock:
@@ -766,10 +764,12 @@ def write_results(run_dir: Path, records: list[dict[str, Any]]) -> str:
     """results.json (every record, with the plugins behind it), results.md / results.csv
     (tables); returns the markdown."""
     from .evaluation import markdown_table, write_reports
+    from .evaluation.outcomes import export_run
     from .utils.provenance import write_run_provenance
 
     atomic_write_json(run_dir / "results.json", with_components(run_dir, records))
     write_reports(run_dir, records)
+    export_run(run_dir)  # samples.npz: the per-sample outcomes clipx compare reads
     write_run_provenance(run_dir, records)
     return markdown_table(records)
 

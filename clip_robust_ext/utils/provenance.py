@@ -169,6 +169,13 @@ def stamp_rows(rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> lis
     return [{**row, "provenance": computed_with(groups.get(_key(row), []))} for row in rows]
 
 
+def stamp_summary(run_dir: Path, records: list[dict[str, Any]]) -> None:
+    """Rewrite run_dir/summary.json with each row's `provenance` (`stamp_rows`)."""
+    path = run_dir / "summary.json"
+    rows = json.loads(path.read_text())
+    atomic_write_json(path, stamp_rows(rows, records))
+
+
 def run_provenance(
     records: list[dict[str, Any]], training: dict[str, Any] | None = None
 ) -> dict[str, Any]:
