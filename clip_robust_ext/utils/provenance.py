@@ -32,8 +32,9 @@ _SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 @functools.lru_cache(maxsize=1)
 def git_state() -> dict[str, Any]:
-    """Commit and dirty flag of the checkout the package runs from (read once per process: the
-    code a process runs is the code it imported). None for both outside a git checkout."""
+    """Commit and dirty flag of the checkout the package runs from, read once per process when
+    this module is imported (the code a process runs is the code it imported, not a later
+    commit). None for both outside a git checkout."""
 
     def git(*args: str) -> str:
         out = subprocess.run(
@@ -49,6 +50,9 @@ def git_state() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None, "changed_files": None}
     return {"commit": commit, "dirty": bool(changes), "changed_files": len(changes)}
+
+
+git_state()  # at import: a commit made while a long run is under way is not that run's code
 
 
 def cpu_model() -> str:
