@@ -61,7 +61,8 @@ def test_tecoa_raises_pgd_robust_accuracy_on_cifar10(tmp_path):
     )
     assert clean0 > 0.5  # the real model, not a random one
     # paired on the same 300 images: exact McNemar p < 0.01 and a 95% interval above zero, not a
-    # fixed margin on one machine's draw
+    # fixed margin on one machine's draw. Measured (AMD EPYC, one thread): robust 32.0 -> 43.7,
+    # +11.7 [+6.9, +16.4] points, 46 images gained / 11 lost, p = 3e-6
     effect = paired_effect(flags1, flags0)
     print(f"tecoa - start, robust at 1/255 on 300 images: {effect}")
     assert effect["p"] < 0.01 and effect["lo"] > 0, effect
