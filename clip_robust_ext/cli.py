@@ -18,6 +18,7 @@ import click
 
 from . import __version__
 from .errors import ClipxError, ClipxUsageError
+from .utils.terminal import fit_markdown, fit_rows
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -132,11 +133,8 @@ def print_table(rows: list[dict[str, Any]], columns: list[str], empty: str = "(n
         click.echo(empty)
         return
     cells = [[_cell(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    widths[-1] = 0  # the last column (descriptions) is not padded
-    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
-    for row in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    for line in fit_rows(columns, cells):
+        click.echo(line.rstrip())
 
 
 def _cell(value: Any) -> str:
@@ -248,7 +246,7 @@ def recipe_run(
     if as_json:
         emit_json(result.to_dict())
     else:
-        click.echo(result.table, nl=False)
+        click.echo(fit_markdown(result.table), nl=False)
         click.echo(f"\nResults in {result.run_dir}", err=True)
 
 
@@ -546,7 +544,7 @@ def eval_command(as_json: bool, download: bool, **options: Any) -> None:
     if as_json:
         emit_json(result.to_dict())
     else:
-        click.echo(result.table, nl=False)
+        click.echo(fit_markdown(result.table), nl=False)
         click.echo(f"\nResults in {result.run_dir}", err=True)
 
 
