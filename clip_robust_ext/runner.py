@@ -33,6 +33,7 @@ LOCK_NAME = "run.lock"
 
 
 def log(message: str) -> None:
+    """One progress line on stderr, prefixed `clipx:` (stdout stays for results and JSON)."""
     print(f"clipx: {message}", file=sys.stderr, flush=True)
 
 
@@ -214,6 +215,7 @@ class RunLock:
 
 
 def device_of(spec: str):
+    """The torch device for a spec: "auto" (CUDA when available), "cpu", "cuda", "cuda:N"."""
     import torch
 
     if spec == "auto":
@@ -246,6 +248,8 @@ def build_model(spec: dict[str, Any], device: Any = None, seed: int | None = Non
 
 
 def load_weights(loaded, path: Path):
+    """Load the checkpoint at `path` (any supported format) into `loaded`'s model; recorded in
+    its info."""
     from .models import load_into_clip, read_state_dict
 
     load_into_clip(loaded.model, read_state_dict(path), str(path))

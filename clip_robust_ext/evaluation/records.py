@@ -42,6 +42,7 @@ def eval_dir(run_dir: str | os.PathLike) -> Path:
 
 
 def result_path(run_dir: str | os.PathLike, label: str, protocol: str, key: str) -> Path:
+    """Where the record of one (label, protocol, dataset key) lives: eval/<label>/<protocol>/."""
     return eval_dir(run_dir) / safe_name(label) / safe_name(protocol) / f"{key}.json"
 
 
@@ -64,6 +65,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def write_result(path: Path, payload: dict[str, Any]) -> None:
+    """Write one evaluation record atomically (a crash never leaves half a record)."""
     atomic_write_json(path, payload)
 
 

@@ -31,10 +31,12 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Any], None], mode: s
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` via a temporary file and a rename: readers see the old or the new file."""
     return atomic_write(path, lambda fh: fh.write(text), mode="w")
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write `obj` as indented JSON via a temporary file and a rename."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
