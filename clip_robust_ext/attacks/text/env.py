@@ -170,7 +170,7 @@ def import_textattack() -> ModuleType:
     except ImportError as exc:
         raise ClipxError(
             f"TextAttack is not importable ({exc}); install it with `pip install textattack` "
-            "(see README for the pinned set)"
+            "(see docs/install.md for the pinned set)"
         ) from exc
     finally:
         for key, value in saved.items():
