@@ -29,7 +29,7 @@ Groups:
 - run directory and records: RunLock, START_LABEL, finished_models, write_results, result_path, read_json,
   component_fingerprint (a registered component's plugin version and code, for result-store keys),
   write_result, atomic_write_json, atomic_write_text, seed_everything, versions,
-  plugin_versions, log
+  plugin_versions, log, fit_markdown (a markdown table as a terminal of 100 columns shows it)
 - configs: load_config (profiles + `--set`), read_toml, deep_merge, merge_profile, parse_set,
   apply_set, register_shipped
 """
@@ -139,6 +139,7 @@ _LAZY = {
     "atomic_write_text": "utils.io",
     "seed_everything": "utils.seeding",
     "versions": "utils.versions",
+    "fit_markdown": "utils.terminal",
     "plugin_versions": "plugins",
     # configs
     "load_config": "recipes",

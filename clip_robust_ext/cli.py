@@ -568,7 +568,7 @@ def leaderboard_command(
     if as_json:
         emit_json({k: v for k, v in board.items() if k != "cards"} | {"files": files})
     else:
-        click.echo((Path(out) / "leaderboard.md").read_text(), nl=False)
+        click.echo(fit_markdown((Path(out) / "leaderboard.md").read_text()), nl=False)
         click.echo(f"\nLeaderboard in {out}", err=True)
 
 

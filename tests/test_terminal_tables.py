@@ -4,6 +4,7 @@ continuation table or a per-view table, never lost (the files keep the full widt
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -13,6 +14,7 @@ from clip_robust_ext.evaluation.tables import markdown_table
 from clip_robust_ext.utils.terminal import WIDTH, fit_markdown
 
 NUM = re.compile(r"\d+\.\d+")
+CARDS = Path(__file__).resolve().parents[1] / "docs/results/leaderboard/cards"
 
 
 def _records(views: list[str], eps: list[str], attacks: list[str]) -> list[dict]:
@@ -106,3 +108,14 @@ def test_zoo_listing_keeps_every_source():
     for row in zoo_rows():
         assert row["name"] in output
         assert "".join(str(row["source"]).split()) in flat
+
+
+def test_leaderboard_prints_in_100_columns(tmp_path):
+    """The committed cards: the file keeps one 13-column row per model, the terminal splits it."""
+    result = CliRunner().invoke(cli, ["leaderboard", str(CARDS), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(map(len, lines)) <= WIDTH
+    assert max(map(len, (tmp_path / "leaderboard.md").read_text().splitlines())) > WIDTH
+    rows = [line.split() for line in lines if line.split()[:1] == ["1"]]
+    assert len(rows) >= 2 and all(row[1] == "mmcoa" for row in rows)  # keys repeated per part

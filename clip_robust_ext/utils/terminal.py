@@ -14,6 +14,7 @@ from collections.abc import Sequence
 WIDTH = 100
 _GAP = "  "
 _NUMBER = re.compile(r"^[-+]?\d+(\.\d+)?%?(\s*±\s*\d+(\.\d+)?)?([×x])?$")
+_MEASURED = re.compile(r"^[-+]?\d+\.\d+")
 
 
 def fit_markdown(text: str, width: int = WIDTH) -> str:
@@ -29,7 +30,10 @@ def fit_markdown(text: str, width: int = WIDTH) -> str:
             out += _fit_pipe_table(lines[i:j], width)
             i = j
             continue
-        out += textwrap.wrap(lines[i], width, break_on_hyphens=False) or [""]
+        indent = "  " if lines[i].startswith(("- ", "* ")) else ""
+        out += textwrap.wrap(lines[i], width, subsequent_indent=indent, break_on_hyphens=False) or [
+            ""
+        ]
         i += 1
     return "\n".join(out) + ("\n" if text.endswith("\n") else "")
 
@@ -106,10 +110,11 @@ def _views(header: list[str]) -> list[tuple[str, list[int]]]:
 
 
 def _chunked(header: list[str], rows: list[list[str]], width: int) -> list[str]:
-    """Aligned text tables of at most `width` columns: the leading text columns are the row keys,
-    repeated in every continuation table; the other columns fill tables left to right."""
+    """Aligned text tables of at most `width` columns: the leading columns without a measured
+    (decimal) number are the row keys (at most 3: model, rank, seeds, lr...), repeated in every
+    continuation table; the other columns fill tables left to right."""
     keys = 1
-    while keys < min(3, len(header) - 1) and not any(_NUMBER.match(r[keys]) for r in rows):
+    while keys < min(3, len(header) - 1) and not any(_MEASURED.match(r[keys]) for r in rows):
         keys += 1
     widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(header)]
     base = sum(widths[:keys]) + len(_GAP) * (keys - 1)
