@@ -17,31 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from clip_robust_ext.errors import ClipxUsageError
+from clip_robust_ext.evaluation.excerpt import excerpt, pipe_tables
+
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 ARTIFACT_LINE = re.compile(r"^Artifacts?: (.+)$")
 ARTIFACT_ROOTS = ("docs/results/", "benchmarks/results/")
 NUMERIC_CELL = re.compile(r"^[-+]?\d+(\.\d+)?(e[-+]?\d+)?(\s*±\s*\d+(\.\d+)?)?\s*[×x%]?$")
 NUMBER = re.compile(r"\d+(?:\.\d+)?(?:e[-+]?\d+)?")
-
-
-def cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
-
-
-def pipe_tables(text: str) -> list[tuple[int, list[str], list[list[str]]]]:
-    """(index of the line after the table, header, rows) of every pipe table in `text`."""
-    lines, out, i = text.splitlines(), [], 0
-    while i < len(lines):
-        if lines[i].startswith("|") and i + 1 < len(lines) and set(lines[i + 1]) <= set("|-: "):
-            j = i + 2
-            while j < len(lines) and lines[j].startswith("|"):
-                j += 1
-            out.append((j, cells(lines[i]), [cells(x) for x in lines[i + 2 : j]]))
-            i = j
-        else:
-            i += 1
-    return out
 
 
 def numeric(cell: str) -> bool:
@@ -58,7 +42,7 @@ def result_tables(page: Path) -> list[tuple[str, list[str], list[list[str]], lis
     """(where, header, rows, artifact paths) of every table with a numeric cell in `page`."""
     lines = page.read_text().splitlines()
     out = []
-    for end, header, rows in pipe_tables(page.read_text()):
+    for _, end, header, rows in pipe_tables(page.read_text()):
         if not any(measured(c) for row in rows for c in row):
             continue
         after = next((x for x in lines[end:] if x.strip()), "")
@@ -106,7 +90,7 @@ def check_table(header: list[str], rows: list[list[str]], paths: list[str]) -> l
     md = [f for f in files if f.suffix == ".md"]
     if md:
         candidates = [
-            (h, r) for f in md for _, h, r in pipe_tables(f.read_text()) if set(header) <= set(h)
+            (h, r) for f in md for *_, h, r in pipe_tables(f.read_text()) if set(header) <= set(h)
         ]
         if not candidates:
             return [f"no table in {paths} has the columns {header}"]
@@ -149,3 +133,19 @@ def test_a_stale_table_fails():
         col = next(k for k, c in enumerate(rows[0]) if measured(c))
         stale = [[*rows[0][:col], "987.65", *rows[0][col + 1 :]], *rows[1:]]
         assert check_table(header, stale, paths), (paths, stale[0])
+
+
+def test_the_headline_table_is_cut_from_its_artifact_by_code(monkeypatch):
+    """README's table is exactly what `python -m clip_robust_ext.evaluation.excerpt` prints."""
+    monkeypatch.chdir(REPO)  # the artifact line names the path as given: repository-relative
+    columns = ["model", "seeds", "clean", "robust@1/255", "robust@2/255"]
+    table = excerpt("docs/results/zs-study/results.md", "cifar10-jpegs_test_unseen", columns)
+    assert table in (REPO / "README.md").read_text()
+    assert table.count("\n| ") == 1 + 10  # the header and the ten models
+
+
+def test_excerpt_names_what_exists_when_asked_for_what_does_not():
+    with pytest.raises(ClipxUsageError, match="views: cifar10-jpegs_test_seen"):
+        excerpt(REPO / "docs/results/zs-study/results.md", "cifar10-jpegs_test_unknown")
+    with pytest.raises(ClipxUsageError, match="no column \\['robust@8/255'\\]"):
+        excerpt(REPO / "docs/results/zs-study/results.md", columns=["model", "robust@8/255"])
