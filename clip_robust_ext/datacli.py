@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from .utils.terminal import WIDTH
+
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 root_option = click.option(
     "--root",
@@ -86,7 +88,15 @@ def data_list(targets: tuple[str, ...], root: str | None, split: str, as_json: b
             if row["status"] == "present"
             else f"missing  {row['fix']}"
         )
-        click.echo(f"{row['dataset']:<14} {what}")
+        line = f"{row['dataset']:<14} {what}"
+        if len(line) <= WIDTH:
+            click.echo(line)
+            continue
+        # too wide for a terminal: the fix below, one step per line, commands never broken
+        click.echo(f"{row['dataset']:<14} missing")
+        steps = row["fix"].replace(", then: ", "\nthen: ").replace(" (or ", "\n(or ")
+        for step in steps.splitlines():
+            click.echo(f"    {step}")
 
 
 @data.command("download")

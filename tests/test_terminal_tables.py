@@ -119,3 +119,13 @@ def test_leaderboard_prints_in_100_columns(tmp_path):
     assert max(map(len, (tmp_path / "leaderboard.md").read_text().splitlines())) > WIDTH
     rows = [line.split() for line in lines if line.split()[:1] == ["1"]]
     assert len(rows) >= 2 and all(row[1] == "mmcoa" for row in rows)  # keys repeated per part
+
+
+def test_data_list_fits_and_never_breaks_a_command(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a short --root: a path itself is never broken
+    result = CliRunner().invoke(cli, ["data", "list", "tecoa-16", "--root", "data"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(map(len, lines)) <= WIDTH
+    command = "then: clipx data prepare tiny-imagenet tiny-imagenet-200.zip --root data"
+    assert command in [line.strip() for line in lines]  # the whole command on one line
