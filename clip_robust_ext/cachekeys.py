@@ -127,7 +127,7 @@ def code_fingerprint(obj: Any) -> str:
 
 def component_fingerprint(kind: str, name: str) -> dict[str, str]:
     """The plugin that supplies a registered component: its distribution version and code."""
-    from .plugins import plugin_versions, pm
+    from .plugin_manager import plugin_versions, pm
     from .registry import get
 
     entry = get(kind, name)

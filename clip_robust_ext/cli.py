@@ -94,7 +94,7 @@ _builtin_commands: dict[str, click.Command] = {}
 def load_plugin_commands(group: click.Group) -> None:
     """Call each plugin's register_commands once; a failing plugin is reported, not fatal, and
     cannot replace a built-in command."""
-    from .plugins import hook_callers, note_error, trace
+    from .plugin_manager import hook_callers, note_error, trace
 
     if not _builtin_commands:
         _builtin_commands.update(group.commands)
@@ -239,7 +239,7 @@ def recipe_run(
 ) -> None:
     """Run recipe NAME: pretrain / defend / evaluate, then print the results table."""
     from .data.manage import allow_downloads
-    from .runner import run_recipe
+    from .run.stages import run_recipe
 
     with stdout_to_stderr(as_json), allow_downloads(download):
         result = run_recipe(
@@ -402,7 +402,7 @@ cli.command("templates")(
 @json_option
 def plugins_command(as_json: bool) -> None:
     """List plugins (built-ins included): distribution, version, hooks and any load errors."""
-    from .plugins import load_errors, plugin_info
+    from .plugin_manager import load_errors, plugin_info
     from .registry import KINDS, entries, registry_errors
 
     with stdout_to_stderr(as_json):
@@ -539,7 +539,7 @@ def protocol_options(command: Any) -> Any:
 def eval_command(as_json: bool, download: bool, **options: Any) -> None:
     """Evaluate a model or checkpoint under a protocol, without a recipe."""
     from .data.manage import allow_downloads
-    from .runner import run_eval
+    from .run.evaluate import run_eval
 
     with stdout_to_stderr(as_json), allow_downloads(download):
         result = run_eval(**options)

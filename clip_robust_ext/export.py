@@ -62,7 +62,7 @@ def _trained_model(spec: dict[str, Any], model_dir: Path):
 
     from .models import load_clip, load_into_clip, read_state_dict
     from .models.hub import has_schema
-    from .runner import build_model
+    from .run.builders import build_model
     from .training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
     arch = spec.get("arch")

@@ -25,7 +25,7 @@ def resolve_models(
     --arch when given, else into the first argument that is not a file (`clipx interpolate
     clipx-small-c10 runs/tecoa-cifar10/tecoa/final.pt`: the fine-tuned weights, same model)."""
     from ..recipes import Registries, model_section
-    from ..runner import eval_label, eval_model_spec
+    from ..run.evaluate import eval_label, eval_model_spec
 
     if labels and len(labels) != len(args):
         raise ClipxUsageError(f"--label: give one per model ({len(args)}), got {len(labels)}")
@@ -56,7 +56,7 @@ def resolve_models(
 
 def load(model: ModelArg, device: Any) -> Any:
     """The LoadedCLIP of `model` in eval mode (seeded, as `clipx eval` builds it)."""
-    from ..runner import build_model
+    from ..run.builders import build_model
 
     loaded = build_model(model.spec, device, seed=0)
     loaded.model.eval()

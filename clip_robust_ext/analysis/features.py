@@ -189,7 +189,7 @@ def run_features(
 ) -> dict[str, Any]:
     """Embed the protocol's samples clean and attacked for every model; the features.json doc."""
     from ..data import sample_indices
-    from ..evaluation.engine import at_resolution, build_classifier, build_dataset
+    from ..evaluation.engine import at_resolution, build_classifier, open_eval_dataset
     from ..evaluation.protocols import dataset_key, eps_label
     from ..evaluation.records import model_fingerprint
 
@@ -198,7 +198,7 @@ def run_features(
     start = time.time()
     spec, eps, attack = single_image_attack(protocol)
     key = dataset_key(spec)
-    ds = at_resolution(build_dataset(spec), protocol.resolution_for(spec))
+    ds = at_resolution(open_eval_dataset(spec), protocol.resolution_for(spec))
     indices = sample_indices(len(ds), protocol.n_for(spec), protocol.seed)
     if len(indices) < 2:
         raise ClipxUsageError(f"features: need at least 2 samples, {key} gives {len(indices)}")

@@ -18,7 +18,7 @@ class AnalysisResult:
 
 
 def _protocol(options: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-    from ..runner import eval_protocol
+    from ..run.evaluate import eval_protocol
 
     keys = ("protocol", "attacks", "eps", "datasets", "n_samples", "templates", "seed", "overrides")
     return eval_protocol(*(options[k] for k in keys))
@@ -35,9 +35,11 @@ def interpolate(
     **protocol_options: Any,
 ) -> AnalysisResult:
     """`clipx interpolate A B`: interpolation.json + interpolation.png in run_dir."""
-    from ..runner import RunLock, check_writable, device_of, log
+    from ..params.values import check_device
+    from ..run.lock import RunLock, check_writable
+    from ..utils.devices import resolve_device
     from ..utils.io import atomic_write_json
-    from ..validation import check_device
+    from ..utils.log import log
     from .interpolate import JSON_NAME, PLOT_NAME, parse_alphas, run_interpolation
     from .plots import plot_interpolation
 
@@ -49,7 +51,7 @@ def interpolate(
     with RunLock(folder, resume=True, what="interpolation"):
         check_writable(folder)
         log(f"interpolating {models[0].label} -> {models[1].label} at {values} into {folder}")
-        doc = run_interpolation(models, values, section, protocol, folder, device_of(device))
+        doc = run_interpolation(models, values, section, protocol, folder, resolve_device(device))
         files = {
             "json": atomic_write_json(folder / JSON_NAME, doc),
             "plot": plot_interpolation(doc, folder / PLOT_NAME),
@@ -70,9 +72,11 @@ def features(
     """`clipx features MODEL...`: features.json + cosine, separation and projection plots."""
     import dataclasses
 
-    from ..runner import RunLock, check_writable, device_of, log
+    from ..params.values import check_device
+    from ..run.lock import RunLock, check_writable
+    from ..utils.devices import resolve_device
     from ..utils.io import atomic_write_json
-    from ..validation import check_device
+    from ..utils.log import log
     from .features import JSON_NAME, PLOTS, run_features, single_image_attack
     from .plots import plot_cosines, plot_projection, plot_separation
 
@@ -90,7 +94,7 @@ def features(
     with RunLock(folder, resume=True, what="features"):
         check_writable(folder)
         log(f"features of {', '.join(m.label for m in resolved)} into {folder}")
-        doc = run_features(resolved, section, protocol, device_of(device), projection, bins)
+        doc = run_features(resolved, section, protocol, resolve_device(device), projection, bins)
         files = {"json": atomic_write_json(folder / JSON_NAME, doc)}
         for name, draw in (
             ("cosine", plot_cosines),

@@ -34,6 +34,7 @@ from ..models import LoadedCLIP, ZeroShotClassifier
 from ..models.accelerate import accelerated
 from ..models.checkpoints import check_weights
 from ..registry import get
+from ..utils.devices import model_device
 from . import distributed as D
 from . import records as R
 from .protocols import Protocol, dataset_key, eps_label, protocol_from_dict, resolve_budget_expr
@@ -109,13 +110,13 @@ def build_classifier(
         )
     else:
         zs = ZeroShotClassifier(loaded, classnames=classnames, templates=resolved)
-    return zs.to(_device_of(loaded.model)).eval()
+    return zs.to(model_device(loaded.model)).eval()
 
 
 _DATASETS: dict[str, Any] = {}  # a few recently built datasets: recipes evaluate several models
 
 
-def build_dataset(spec: dict[str, Any], cache: bool = True):
+def open_eval_dataset(spec: dict[str, Any], cache: bool = True):
     """A registered dataset from a protocol dataset spec {dataset, split, n, templates, **kwargs}."""
     kwargs = factory_kwargs(spec, ("dataset", "n", "templates", "resolution"))
     # where datasets come from is part of their identity ($CLIPX_ASSETS, $CLIPX_DATA)
@@ -165,12 +166,6 @@ class _Resized(torch.utils.data.Dataset):
 def at_resolution(dataset, size: int | None):
     """`dataset` itself (size None) or a view of it resized to size x size."""
     return dataset if size is None else _Resized(dataset, size)
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
 
 
 def _backend_of(attack: BuiltAttack, plugin: str) -> str:
@@ -574,7 +569,7 @@ def _evaluate(
     for spec in protocol.datasets:
         key = dataset_key(spec)
         # a named split ("unseen") is keyed on the class names it resolves to, not its name
-        split = build_dataset(spec).description if restricts(spec) else None
+        split = open_eval_dataset(spec).description if restricts(spec) else None
         inputs = evaluation_key(protocol, spec, fingerprint, split)
         if testtime is not None:
             inputs["testtime"] = {
@@ -602,7 +597,7 @@ def _evaluate(
                 )
             continue
         start = time.time()
-        ds = at_resolution(build_dataset(spec), protocol.resolution_for(spec))
+        ds = at_resolution(open_eval_dataset(spec), protocol.resolution_for(spec))
         if len(ds) == 0:
             raise ClipxUsageError(f"dataset '{spec['dataset']}' ({key}) is empty: 0 samples")
         indices = sample_indices(len(ds), protocol.n_for(spec), protocol.seed)
