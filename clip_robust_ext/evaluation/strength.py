@@ -203,13 +203,12 @@ class _Collect(logging.Logger):
 
 
 def _probe_inputs(loaded: Any, protocol: Protocol):
-    from ..data import sample_indices
     from ..data.checks import collate_labelled
-    from .engine import at_resolution, build_classifier, open_eval_dataset
+    from .engine import build_classifier, protocol_samples
 
     spec = protocol.datasets[0]
-    ds = at_resolution(open_eval_dataset(spec), protocol.resolution_for(spec))
-    idx = sample_indices(len(ds), protocol.n_for(spec), protocol.seed)[: protocol.checks_n]
+    ds, indices = protocol_samples(protocol, spec)
+    idx = indices[: protocol.checks_n]
     x, y = collate_labelled([ds[i] for i in idx], what="checks")
     zs = build_classifier(loaded, ds.classnames, protocol.templates_for(spec)).eval()
     device = zs.device
