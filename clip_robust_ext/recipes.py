@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover - Python 3.10 with the tomli backport
     import tomli as tomllib
 
 from .errors import ClipxUsageError, closest, unknown_name
+from .evaluation import Protocol, protocol_from_dict
 from .params import budget_text as _budget_text
 from .params import check_kwargs as _factory_kwargs
 from .params import coerce
@@ -458,7 +459,6 @@ def _method(
 def evaluate_section(section: Any, reg: Registries) -> dict[str, Any]:
     """[evaluate]: protocol preset name + overrides of Protocol fields or the preset's own
     parameters; the protocol is built here so bad values fail at `recipe show` time."""
-    from .evaluation import Protocol, protocol_from_dict
 
     section = dict(_table(section, "evaluate"))
     _require(section, "protocol", "evaluate", "an evaluation protocol registry name")
