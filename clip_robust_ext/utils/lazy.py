@@ -10,8 +10,15 @@ Where it is used, and why:
 - clip_robust_ext.attacks.text: TextAttack is imported on first attack only;
 - clip_robust_ext.analysis: matplotlib and torch;
 - built-in plugin packages (clipx_saft, clipx_simplex, clipx_laat) re-export torch-heavy names.
-tests/test_architecture.py reads every table given to `lazy_exports` as imports, so a lazy
-name still counts as an edge of the import graph and must point down the floors."""
+Function-level imports remain only where a start-up command would otherwise load torch:
+- cli, datacli: each command imports what it runs (run.stages, run.evaluate, analysis, export,
+  models.zoo, evaluation.leaderboard, data) in its body;
+- recipes, evaluation.protocols: validating a recipe or a protocol touches data.splits,
+  data.suite, training.config and evaluation.testtime only when a recipe names them;
+- attacks.text.attacker: TextAttack, behind its offline guard (attacks/text/env.py).
+tests/test_architecture.py reads every table given to `lazy_exports`, every
+`importlib.import_module("...")` and every function-level import as an edge of the import
+graph, so a lazy import still counts and must point down the floors."""
 
 from __future__ import annotations
 
