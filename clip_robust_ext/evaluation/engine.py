@@ -688,9 +688,7 @@ def _reused_records(
         return None
     existing = existing or R.read_json(path)  # rank 0 decided; every rank reads the file
     if run.rank == 0:
-        R.log_event(
-            run.run_dir, event="skipped", label=run.label, protocol=run.protocol.name, dataset=key
-        )
+        _note(run, "skipped", key)
     return existing["records"]
 
 
@@ -716,14 +714,7 @@ def _finished_batches(run: _Evaluation, key: str, path: Any, phash: str) -> dict
             if data and data.get("protocol_hash") == phash:
                 done.update(data.get("batches", {}))
     if done and run.rank == 0:
-        R.log_event(
-            run.run_dir,
-            event="resumed",
-            label=run.label,
-            protocol=run.protocol.name,
-            dataset=key,
-            batches_done=len(done),
-        )
+        _note(run, "resumed", key, batches_done=len(done))
     return done
 
 
@@ -785,12 +776,11 @@ def _write_dataset(
     R.write_result(path, result)
     for part in R.partial_paths(path):
         part.unlink(missing_ok=True)
+    _note(run, "computed", key, elapsed_s=elapsed, batches_reused=reused)
+
+
+def _note(run: _Evaluation, event: str, key: str, **extra: Any) -> None:
+    """One line of the run dir's event log about a dataset of this evaluation."""
     R.log_event(
-        run.run_dir,
-        event="computed",
-        label=run.label,
-        protocol=run.protocol.name,
-        dataset=key,
-        elapsed_s=elapsed,
-        batches_reused=reused,
+        run.run_dir, event=event, label=run.label, protocol=run.protocol.name, dataset=key, **extra
     )
