@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ClipxError, ClipxUsageError
+from .validation import check_path_room
 from .recipes import START_LABEL, ResolvedRecipe, resolve
 from .utils.io import atomic_write_json, atomic_write_text
+from .utils.procs import parse_owner, started_after_lock
 
 LOCK_NAME = "run.lock"
 
@@ -115,6 +117,7 @@ class RunLock:
 
     def acquire(self) -> None:
         folder = self.path.parent
+        check_path_room(folder, "run dir")
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -168,23 +171,19 @@ class RunLock:
         return True
 
     def _take_over(self) -> bool:
-        owner = self._read_owner(self.path)
-        if owner is None:
+        raw = self._read_owner(self.path)
+        if raw is None:
             return False  # released meanwhile: create it
-        try:
-            # a lock cut by a crash (or not clipx's) names no host: it was written here
-            pid, host = int(owner.get("pid", -1)), str(owner.get("host") or socket.gethostname())
-            started_at = float(owner.get("started", 0) or 0)
-        except (TypeError, ValueError, OverflowError):
-            pid, host, started_at = -1, socket.gethostname(), 0.0
-        here = host == socket.gethostname()
-        if pid == os.getpid() and here and owner.get("pid_start") == _start_time(pid):
+        owner = parse_owner(raw)  # any field absurd or missing reads as unknown (pid -1)
+        pid, host, here = owner.pid, owner.host, owner.here
+        if pid == os.getpid() and here and owner.pid_start == _start_time(pid):
             raise ClipxUsageError(f"{self.path.parent} is already in use by this process")
-        try:
-            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started_at))
-        except (OverflowError, OSError, ValueError):
-            started = "an unknown time"
-        alive = here and pid > 0 and _pid_alive(pid, owner.get("pid_start"))
+        started = "an unknown time"
+        if owner.started is not None:
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.started))
+        alive = here and pid > 0 and _pid_alive(pid, owner.pid_start)
+        if alive and owner.pid_start is None:  # an old-format lock: a pid reused since?
+            alive = not started_after_lock(owner, _start_time(pid))
         if alive or (not here and not self.resume):
             where = "" if here else f" on {host}"
             raise ClipxUsageError(
@@ -196,7 +195,7 @@ class RunLock:
                 f"{self.path.parent}: an earlier {self.what} (pid {pid}, started {started}) did not "
                 "finish; pass --resume to continue it, or choose another --run-dir"
             )
-        if not self._remove_stale(owner) or not self._create():
+        if not self._remove_stale(raw) or not self._create():
             return False  # another resume took it first: look again
         log(f"resuming the interrupted {self.what} in {self.path.parent}")
         return True
@@ -233,6 +232,8 @@ def build_model(spec: dict[str, Any], device: Any = None, seed: int | None = Non
     if seed is not None:
         seed_everything(seed)
     kwargs = {k: v for k, v in spec.items() if k not in ("source", "checkpoint")}
+    if kwargs.get("device") == "auto":  # a model's own device: validated like --device
+        kwargs["device"] = str(device_of("auto"))
     loaded = get("models", spec["source"]).obj(**kwargs)
     if spec.get("checkpoint"):
         path = Path(spec["checkpoint"]).expanduser()

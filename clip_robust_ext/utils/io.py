@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -21,11 +22,13 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Any], None], mode: s
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and exc.filename is None:  # ENOSPC names no file: name it
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
     return path
 
@@ -41,4 +44,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     import torch
 
-    return atomic_write(path, lambda fh: torch.save(obj, fh))
+    try:
+        return atomic_write(path, lambda fh: torch.save(obj, fh))
+    except RuntimeError as exc:  # torch's zip writer reports a failed write (disk full) this way
+        reason = " ".join(str(exc).split())[:120]
+        raise OSError(errno.EIO, f"torch.save could not write ({reason}); disk full?", str(path)) from exc
