@@ -48,4 +48,17 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
         return atomic_write(path, lambda fh: torch.save(obj, fh))
     except RuntimeError as exc:  # torch's zip writer reports a failed write (disk full) this way
         reason = " ".join(str(exc).split())[:120]
-        raise OSError(errno.EIO, f"torch.save could not write ({reason}); disk full?", str(path)) from exc
+        raise OSError(
+            errno.EIO, f"torch.save could not write ({reason}); disk full?", str(path)
+        ) from exc
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON object file, or {} when missing, unreadable or not an object (a marker cut by a
+    crash reads as empty, never as an exception)."""
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
