@@ -24,7 +24,6 @@ from typing import Any
 
 from .errors import ClipxUsageError, closest
 from .utils.eps import parse_eps, resolve_budget_expr
-from .validation import check_device_params
 
 EPS_LIKE = re.compile(r"(^|_)(eps|epsilon|alpha|step_size)($|_)")
 
@@ -238,7 +237,6 @@ def check_kwargs(
             out[k] = v
         else:
             raise unknown_key(f"{key}.{k}", list(params) + list(reserved))
-    check_device_params(out, key)
     return out
 
 

@@ -390,6 +390,7 @@ def model_section(section: Any, reg: Registries) -> dict[str, Any]:
     checkpoint = section.pop("checkpoint", None)
     factory = reg["models"][source].obj
     out.update(_factory_kwargs(section, factory, "model", ("source", "checkpoint")))
+    check_device_params(out, "model")  # a model's own device: --model-arg, model.device
     if checkpoint is not None:
         out["checkpoint"] = coerce(checkpoint, str, "model.checkpoint")
     return out
@@ -422,6 +423,7 @@ def _dataset(
     check_subset_spec(out, key)
     out.update(_factory_kwargs(section, factory, key, ("dataset", *extra)))
     check_dataset_params(out, key)
+    check_device_params(out, key)
     return out
 
 
@@ -456,6 +458,7 @@ def _method(
     if "extras" in train:
         _table(train["extras"], f"{key}.extras")
     explicit = _factory_kwargs(explicit, factory, key, tuple(cfg_fields) + METHOD_KEYS)
+    check_device_params(explicit, key)
     method = {"name": name, "label": label, "train": train, "params": explicit}
     check_method(method, key)
     return method
