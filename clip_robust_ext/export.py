@@ -19,6 +19,7 @@ from .data.splits import subset_tag
 from .errors import ClipxUsageError
 from .params import is_eps_like
 from .utils.eps import format_eps
+from .utils.io import atomic_write_text
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -47,9 +48,9 @@ def export_hub_folder(model_dir: str | os.PathLike, dest: str | os.PathLike) -> 
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        atomic_write_text(staging / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
         save_open_clip_checkpoint(loaded.model, staging / WEIGHTS_NAME)
-        (staging / "README.md").write_text(card)
+        atomic_write_text(staging / "README.md", card)
         if dest.exists():
             dest.rmdir()
         os.replace(staging, dest)

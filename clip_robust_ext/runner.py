@@ -28,7 +28,7 @@ from typing import Any
 from .errors import ClipxError, ClipxUsageError
 from .recipes import START_LABEL, ResolvedRecipe, resolve
 from .utils.integrity import damage, file_record
-from .utils.io import atomic_write_json, atomic_write_text, read_json_object
+from .utils.io import atomic_write_json, atomic_write_text, named, read_json_object
 from .utils.procs import parse_owner, started_after_lock
 from .validation import check_path_room
 
@@ -139,8 +139,12 @@ class RunLock:
         except OSError as exc:
             folder = self.path.parent
             raise ClipxError(f"run dir {folder} is not writable: {exc.strerror or exc}") from None
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self._mine(), fh)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(self._mine(), fh)
+        except OSError as exc:  # a full disk: the file exists but is empty; remove it
+            self.path.unlink(missing_ok=True)
+            raise named(exc, self.path) from None
         self.held = True
         return True
 

@@ -512,7 +512,7 @@ ROUND3 = [
     Case("device-model-arg-cuda-abc", [*EV, "--model-arg", 'device="cuda:abc"'],
          ("model.device: unknown device 'cuda:abc'",)),
     Case("device-recipe-model-tpu", _rs("model.device='tpu'"), ("model.device: unknown device 'tpu'",)),
-    Case("device-recipe-model-number", _rs("model.device=3"), ("model.device: expected a device name, got 3",)),
+    Case("device-recipe-model-number", _rs("model.device=3"), ("model.device: expected a string, got 3",)),
     Case("device-recipe-model-cuda-99", _rs("model.device='cuda:99'"),
          ("model.device: device 'cuda:99' requested but",)),
     # -- budgets that an fp32 attack would not use as written

@@ -105,11 +105,12 @@ def test_json_to_a_stdout_that_cannot_take_it_fails_loudly(redirect):
 WRITE_UNDER_LIMIT = """
 import resource, signal, sys, torch
 from clip_robust_ext.cli import Failure, user_errors
-from clip_robust_ext.utils.io import atomic_torch_save, atomic_write_json
+from clip_robust_ext.utils.io import append_text, atomic_torch_save, atomic_write_json
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit write() fails (EFBIG), as on a full disk
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
 for write, path, obj in ((atomic_write_json, sys.argv[1], list(range(5000))),
-                         (atomic_torch_save, sys.argv[2], {"w": torch.zeros(5000)})):
+                         (atomic_torch_save, sys.argv[2], {"w": torch.zeros(5000)}),
+                         (append_text, sys.argv[3], "x" * 5000)):
     try:
         with user_errors():
             write(path, obj)
@@ -123,16 +124,18 @@ def test_a_failed_write_names_the_file(tmp_path):
     script = tmp_path / "write.py"
     script.write_text(WRITE_UNDER_LIMIT)
     json_path, pt_path = tmp_path / "eval" / "results.json", tmp_path / "m" / "final.pt"
+    log_path = tmp_path / "metrics.jsonl"
     out = subprocess.run(
-        [sys.executable, str(script), str(json_path), str(pt_path)],
+        [sys.executable, str(script), str(json_path), str(pt_path), str(log_path)],
         capture_output=True,
         text=True,
         timeout=300,
     )
     lines = out.stdout.strip().splitlines()
-    assert len(lines) == 2, out.stdout + out.stderr
+    assert len(lines) == 3, out.stdout + out.stderr
     assert lines[0].startswith("File too large") and lines[0].endswith(f"({json_path})")
     assert "torch.save could not write" in lines[1] and lines[1].endswith(f"({pt_path})")
+    assert lines[2].startswith("File too large") and lines[2].endswith(f"({log_path})")
     assert not json_path.exists() and not pt_path.exists()  # nothing half-written left
 
 

@@ -27,10 +27,30 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Any], None], mode: s
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if isinstance(exc, OSError) and exc.filename is None:  # ENOSPC names no file: name it
-            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        if isinstance(exc, OSError) and exc.filename is None:
+            raise named(exc, path) from exc
         raise
     return path
+
+
+def named(exc: OSError, path: str | os.PathLike) -> OSError:
+    """The same error naming the file: a failed write() (ENOSPC, EFBIG, EIO) names none, and
+    'No space left on device' alone does not say which disk."""
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))
+
+
+def append_text(path: str | os.PathLike, text: str, sync: bool = False) -> None:
+    """Append to a log file (metrics.jsonl, eval_log.jsonl); a failed write names the file."""
+    try:
+        with open(path, "a") as fh:
+            fh.write(text)
+            fh.flush()
+            if sync:
+                os.fsync(fh.fileno())
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise named(exc, path) from exc
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
