@@ -114,17 +114,9 @@ def load_plugin_commands(group: click.Group) -> None:
 
 
 def emit_json(obj: Any) -> None:
-    """The one JSON document; a closed or failing stdout is an error (exit 1), not an exit 0
-    that printed nothing (a script reading the document would take the silence as success)."""
-    text = json.dumps(obj, indent=2, default=str)
-    if sys.stdout is None:
-        raise ClipxError("--json: stdout is closed; nothing was written (redirect it: > out.json)")
-    try:
-        click.echo(text, file=sys.stdout)
-        sys.stdout.flush()
-    except (OSError, ValueError) as exc:  # EPIPE, EBADF, ENOSPC; ValueError: closed file object
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise ClipxError(f"--json: cannot write the JSON document to stdout ({reason})") from None
+    from .utils.io import write_stdout
+
+    write_stdout(json.dumps(obj, indent=2, default=str) + "\n", "--json")
 
 
 @contextlib.contextmanager

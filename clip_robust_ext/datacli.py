@@ -78,7 +78,9 @@ def data_list(targets: tuple[str, ...], root: str | None, split: str, as_json: b
     if as_json:
         import json
 
-        click.echo(json.dumps(rows, indent=2))
+        from .utils.io import write_stdout
+
+        write_stdout(json.dumps(rows, indent=2) + "\n", "--json")
         return
     for row in rows:
         what = (

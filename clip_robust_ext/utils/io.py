@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,21 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Any], None], mode: s
             raise named(exc, path) from exc
         raise
     return path
+
+
+def write_stdout(text: str, what: str) -> None:
+    """The one document a command prints (--json); a closed or failing stdout is an error (exit
+    1), not an exit 0 that printed nothing: a script would take the silence as success."""
+    from ..errors import ClipxError
+
+    if sys.stdout is None:
+        raise ClipxError(f"{what}: stdout is closed; nothing was written (redirect it: > out.json)")
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except (OSError, ValueError) as exc:  # EPIPE, EBADF, ENOSPC; ValueError: a closed file object
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ClipxError(f"{what}: cannot write the document to stdout ({reason})") from None
 
 
 def named(exc: OSError, path: str | os.PathLike) -> OSError:
