@@ -522,6 +522,10 @@ ROUND3 = [
          ("--set defense.eps: number 1e-400 is not zero but is 0.0 as a float",)),
     Case("eps-underflow-set-string", _rs("defense.eps='1e-400'"), ("defense.eps: '1e-400' is too small",)),
     Case("eps-fp32-subnormal", _rs("evaluate.eps=['1e-40']"), ("evaluate.eps.0: '1e-40' is too small",)),
+    Case("eps-expression-underflow", _rs("evaluate.alpha='eps*1e-400'"),
+         ("evaluate.alpha: cannot evaluate 'eps*1e-400': 1e-400 is not representable as a float",)),
+    Case("eps-expression-overflow", _rs("evaluate.alpha='eps/1e400'"),
+         ("evaluate.alpha: cannot evaluate 'eps/1e400': 1e400 is not representable", "would be inf")),
     Case("eps-underflow-attack-alpha", [*PGD, "--set", "attacks=[{{name='pgd', alpha='1e-400'}}]"],
          ("evaluate.attacks.0.alpha: '1e-400' is too small",)),
     # -- names and paths past the file system's limits, refused before any work

@@ -95,7 +95,11 @@ def resolve_budget_expr(value: Any, eps: float) -> Any:
         if isinstance(node, ast.Expression):
             return ev(node.body)
         if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-            return float(node.value)
+            number = float(node.value)
+            text = ast.get_source_segment(value, node) or ""
+            if not math.isfinite(number) or (number == 0 and _float_of(text)[1] is False):
+                raise _NotAFloat(text)  # 1e400 is inf, 1e-400 is 0.0: not the number written
+            return number
         if isinstance(node, ast.Name) and node.id == "eps":
             return eps
         if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
@@ -105,8 +109,19 @@ def resolve_budget_expr(value: Any, eps: float) -> Any:
         raise ValueError
 
     try:
-        return ev(ast.parse(value, mode="eval"))
+        out = ev(ast.parse(value, mode="eval"))
+    except _NotAFloat as exc:
+        raise ClipxUsageError(
+            f"cannot evaluate {value!r}: {exc} is not representable as a float (it would be "
+            f"{float(str(exc))!r})"
+        ) from None
     except (ValueError, SyntaxError, ZeroDivisionError):
         raise ClipxUsageError(
             f"cannot evaluate {value!r}: use numbers, eps, + - * / (e.g. 'eps/4')"
         ) from None
+    check_representable(out, "the budget", value)
+    return out
+
+
+class _NotAFloat(ValueError):
+    """A number in a budget expression that is not the float it reads as (1e400, 1e-400)."""
