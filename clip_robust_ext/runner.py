@@ -414,7 +414,8 @@ def _train_one(
             log(f"{label}: already trained ({final})")
             return final
         log(f"{label}: {final} {broken}; writing it again")
-        done.unlink()
+        if prepared["main"]:
+            done.unlink(missing_ok=True)
     if prepared["main"]:
         _set_aside_if_stale(out, key)
         atomic_write_json(out / "inputs.json", {"key": key})
