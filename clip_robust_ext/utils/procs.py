@@ -43,8 +43,8 @@ def parse_owner(owner: dict[str, Any]) -> LockOwner:
     started = owner.get("started")
     if isinstance(started, bool) or not isinstance(started, (int, float)):
         started = None
-    elif not math.isfinite(started) or not 0 <= started < 2**40:
-        started = None
+    elif not math.isfinite(started) or not 0 < started < 2**40:
+        started = None  # 0 is the old lock reader's "not recorded", not 1970
     pid_start = owner.get("pid_start")
     return LockOwner(
         pid=pid,
