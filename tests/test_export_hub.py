@@ -146,7 +146,7 @@ def test_the_card_of_every_model_of_a_run_matches_its_run_records(tmp_path):
     trained = {m["label"]: m["name"] for m in [resolved["defense"], *resolved["baselines"]]}
     assert trained == {"tecoa": "tecoa", "ft-standard": "ft-standard"}
     results = json.loads((run_dir / "results.json").read_text())
-    for label, defense in trained.items():
+    for label, defense in sorted(trained.items()):  # the baseline first
         out = tmp_path / "hub" / label
         exported = CliRunner().invoke(
             cli, ["export", str(run_dir / label), "--hub-folder", str(out)]
