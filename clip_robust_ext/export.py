@@ -193,7 +193,8 @@ def results_table(records: list[dict[str, Any]]) -> list[str]:
     if not records:
         return ["No evaluation records for this model in the run."]
     attacks = list(dict.fromkeys(a for r in records for a in r.get("per_attack") or {}))
-    head = ["dataset", "split", "view", "n", "eps", "clean acc", "robust acc (worst case)"]
+    head = ["protocol", "dataset", "split", "view", "n", "eps", "clean acc"]
+    head.append("robust acc (worst case)")
     lines = [
         "Accuracy in percent; robust = correct under every attack (per-sample worst case).",
         "",
@@ -202,7 +203,8 @@ def results_table(records: list[dict[str, Any]]) -> list[str]:
     ]
     for r in records:
         eps = r.get("eps_str") or (format_eps(r["eps"]) if r.get("eps") is not None else "-")
-        cells = [r.get("dataset"), r.get("split"), view_of(r), r.get("n"), eps, r.get("clean_acc")]
+        cells = [r.get("protocol"), r.get("dataset"), r.get("split"), view_of(r), r.get("n"), eps]
+        cells.append(r.get("clean_acc"))
         cells.append(r.get("robust_acc", "-"))
         cells += [(r.get("per_attack") or {}).get(a, "-") for a in attacks]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")

@@ -165,6 +165,7 @@ def test_the_card_of_every_model_of_a_run_matches_its_run_records(tmp_path):
         for row, record in zip(rows, records):
             assert row["view"] == record["dataset_params"]["classes"]  # unseen, seen
             assert row["dataset"] == "procedural-shapes" and row["eps"] == "4/255"
+            assert row["protocol"] == record["protocol"] == "pgd"
             assert float(row["clean acc"]) == record["clean_acc"]
             assert float(row["robust acc (worst case)"]) == record["robust_acc"]
             for attack in ("image-pgd", "fgsm"):
