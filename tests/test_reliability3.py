@@ -119,6 +119,7 @@ for write, path, obj in ((atomic_write_json, sys.argv[1], list(range(5000))),
 """
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch: 10-20 s on a loaded 2-core machine
 def test_a_failed_write_names_the_file(tmp_path):
     """A full disk said 'No space left on device' and nothing else; the file is named now."""
     script = tmp_path / "write.py"
@@ -195,6 +196,7 @@ datasets = [{ dataset = "procedural-shapes", split = "test" }]
 """
 
 
+@pytest.mark.slow  # a recipe run, twice
 def test_a_truncated_trained_model_is_written_again_not_reused(tmp_path):
     """Before: done.json said finished, so a final.pt cut short was handed to evaluation."""
     recipe, run = tmp_path / "r.toml", tmp_path / "run"
