@@ -17,7 +17,18 @@ from typing import Any
 
 from .data.splits import subset_tag
 from .errors import ClipxUsageError
+from .models import (
+    load_clip,
+    load_into_clip,
+    read_state_dict,
+    register_model_config,
+    save_open_clip_checkpoint,
+)
+from .models.hub import CONFIG_NAME as HUB_CONFIG
+from .models.hub import has_schema
 from .params import is_eps_like
+from .run.builders import build_model
+from .training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from .utils.eps import format_eps
 from .utils.io import atomic_write_text
 
@@ -42,7 +53,6 @@ def export_hub_folder(model_dir: str | os.PathLike, dest: str | os.PathLike) -> 
         "preprocess_cfg": dict(getattr(loaded.model.visual, "preprocess_cfg", {}) or {}),
     }
     card = model_card(model_dir.name, loaded.arch, doc, run_dir)
-    from .models import save_open_clip_checkpoint
 
     # written next to the destination, then moved in: a crash leaves no half folder behind
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -64,17 +74,10 @@ def _trained_model(spec: dict[str, Any], model_dir: Path):
     start model's weights where the architecture alone is enough."""
     import open_clip
 
-    from .models import load_clip, load_into_clip, read_state_dict
-    from .models.hub import has_schema
-    from .runner import build_model
-    from .training.checkpoint import CHECKPOINT_NAME, load_checkpoint
-
     arch = spec.get("arch")
     if arch is None and (model_dir / CHECKPOINT_NAME).is_file():
         arch = load_checkpoint(model_dir / CHECKPOINT_NAME).get("arch")
     if spec.get("config"):
-        from .models import register_model_config
-
         register_model_config(spec["config"])
     if arch and (arch in open_clip.list_models() or has_schema(arch)):
         loaded = load_clip(arch)
@@ -87,9 +90,6 @@ def _trained_model(spec: dict[str, Any], model_dir: Path):
 
 def _model_cfg(loaded) -> dict[str, Any]:
     import open_clip
-
-    from .models.hub import CONFIG_NAME as HUB_CONFIG
-    from .models.hub import has_schema
 
     if has_schema(loaded.arch):
         folder = Path(loaded.info["folder"])

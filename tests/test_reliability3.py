@@ -25,7 +25,9 @@ from clip_robust_ext.cli import cli
 from clip_robust_ext.errors import ClipxUsageError
 from clip_robust_ext.evaluation.records import model_fingerprint
 from clip_robust_ext.models import load_clip
-from clip_robust_ext.runner import LOCK_NAME, RunLock, build_model
+from clip_robust_ext.run.builders import build_model
+from clip_robust_ext.run.layout import LOCK_NAME
+from clip_robust_ext.run.lock import RunLock
 
 # ----------------------------------------------------------------------------------- locks
 
