@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import ClipxError
+
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[Any], None], mode: str = "wb") -> Path:
     """Write through `writer(fileobj)` into a temp file in the same folder, fsync, then rename."""
@@ -37,8 +39,6 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Any], None], mode: s
 def write_stdout(text: str, what: str) -> None:
     """The one document a command prints (--json); a closed or failing stdout is an error (exit
     1), not an exit 0 that printed nothing: a script would take the silence as success."""
-    from ..errors import ClipxError
-
     if sys.stdout is None:
         raise ClipxError(f"{what}: stdout is closed; nothing was written (redirect it: > out.json)")
     try:
