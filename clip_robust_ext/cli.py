@@ -21,6 +21,7 @@ from .errors import ClipxError, ClipxUsageError
 from .plugin_manager import hook_callers, load_errors, note_error, plugin_info, trace
 from .recipes import list_recipes, resolve
 from .registry import KINDS, entries, registry_errors
+from .utils.io import write_stdout
 from .utils.malloc import tune_malloc
 from .utils.terminal import fit_markdown, fit_rows
 
@@ -118,7 +119,7 @@ def load_plugin_commands(group: click.Group) -> None:
 
 
 def emit_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, default=str))
+    write_stdout(json.dumps(obj, indent=2, default=str) + "\n", "--json")
 
 
 @contextlib.contextmanager

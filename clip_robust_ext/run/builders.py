@@ -15,6 +15,7 @@ from ..errors import ClipxError, ClipxUsageError
 from ..models import load_into_clip, read_state_dict
 from ..registry import get
 from ..training.config import TrainConfig
+from ..utils.devices import resolve_device
 from ..utils.seeding import seed_everything
 
 
@@ -24,6 +25,8 @@ def build_model(spec: dict[str, Any], device: Any = None, seed: int | None = Non
     if seed is not None:
         seed_everything(seed)
     kwargs = {k: v for k, v in spec.items() if k not in ("source", "checkpoint")}
+    if kwargs.get("device") == "auto":  # a model's own device: validated like --device
+        kwargs["device"] = str(resolve_device("auto"))
     loaded = get("models", spec["source"]).obj(**kwargs)
     if spec.get("checkpoint"):
         path = Path(spec["checkpoint"]).expanduser()
