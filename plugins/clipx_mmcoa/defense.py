@@ -122,6 +122,15 @@ class MMCoA(Defense):
         self._tokenizer = tokenizer
         self._captions: CaptionAttackCache | None = None
 
+    def setup(self, ctx: TrainContext) -> None:
+        config = ctx.extras.get("config")
+        if self.leak_attack_gradients and getattr(config, "amp", "off") == "fp16":
+            # the GradScaler would divide the leaked gradients by its scale (about 1/65536)
+            raise ClipxUsageError(
+                "mmcoa: leak_attack_gradients needs amp = 'off' (the reference's fp32) or 'bf16'; "
+                "under 'fp16' the gradient scaler would shrink the leaked gradients ~65536x"
+            )
+
     def _caption_cache(self, ctx: TrainContext) -> CaptionAttackCache:
         if self._captions is None or self._captions.attacker.classifier is not ctx.model:
             attacker = CLIPTextAttacker(
