@@ -101,7 +101,7 @@ class PaperConfig:
         "last"  # | "best-robust-on-test" (the reference: optimistic, test-split episodes)
     )
     select_episodes: int = (
-        20  # episodes per epoch for best-robust-on-test (the reference's --n_val)
+        20  # size of the ONE episode set best-robust-on-test reuses every epoch (--n_val)
     )
     use_linear: bool | None = (
         None  # bias-free projection to the anchor dim; None = only if dims differ
