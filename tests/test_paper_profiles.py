@@ -63,8 +63,11 @@ def _doc_rows() -> list[tuple[str, str, str, Any]]:
 def _resolved(recipe: str, profile: str) -> dict[str, Any]:
     if recipe == "laat-paper":
         from clipx_laat.cli import load_paper_config
+        from clipx_laat.paper import PaperConfig
 
-        return load_paper_config(None, profile)
+        doc = load_paper_config(None, profile)
+        PaperConfig.from_dict(doc)  # the profile is a valid paper-mode configuration
+        return doc
     return tomllib.loads(resolve(recipe, profile).to_toml())
 
 
