@@ -18,6 +18,7 @@ because the default is the method as described:
   leak_attack_gradients  their training PGD calls backward() on the unfrozen model after
                          zero_grad, so the 10 attack steps' zero-shot CE gradients (both towers)
                          are added to every optimiser step; clipx freezes the model while attacking.
+                         Refused under amp = "fp16" (the gradient scaler would shrink the leak).
   substitutes_from       "previous-token": their BERT-Attack's [CLS] offset.
   stopwords              "reference": their case-sensitive list, no stop words as substitutes.
 Their fp32 / constant-lr / weight decay on every parameter / unclamped logit scale are TrainConfig
