@@ -10,7 +10,7 @@ import pytest
 from clip_robust_ext.evaluation.cards import weights_sha256
 from clip_robust_ext.models import shipped
 from clip_robust_ext.recipes import resolve
-from clip_robust_ext.runner import build_model
+from clip_robust_ext.run.builders import build_model
 from clip_robust_ext.training import pretrain
 from clip_robust_ext.utils import provenance
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from clip_robust_ext.evaluation import protocol_from_dict
 from clip_robust_ext.evaluation.cards import weights_sha256
 from clip_robust_ext.models.shipped import reference_sha256
-from clip_robust_ext.runner import build_model, evaluate_loaded, load_weights
+from clip_robust_ext.run.builders import build_model, load_weights
+from clip_robust_ext.run.records import evaluate_loaded
 from clip_robust_ext.utils import provenance as P
 
 
