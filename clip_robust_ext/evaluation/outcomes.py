@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,10 +177,15 @@ def blocks_from_run(run_dir: str | os.PathLike) -> list[Block]:
             if ".partial." in path.name:
                 continue
             data = R.read_json(path)
-            if data and data.get("schema") == R.SCHEMA:
+            if not data or data.get("schema") != R.SCHEMA:
+                continue
+            try:
                 block = block_from_result(data, seed)
-                if block is not None:
-                    out.append(block)
+            except (ClipxUsageError, ValueError) as exc:  # say so; the run's tables stand
+                print(f"clipx: {path}: per-sample outcomes left out: {exc}", file=sys.stderr)
+                continue
+            if block is not None:
+                out.append(block)
     return out
 
 
