@@ -32,6 +32,7 @@ import numpy as np
 from ..errors import ClipxUsageError
 from ..utils.io import atomic_write
 from . import records as R
+from .cards import read_card
 
 SAMPLES_FILE = "samples.npz"
 SAMPLES_SCHEMA = "clipx.samples.v1"
@@ -245,8 +246,6 @@ def load_outcomes(source: str | os.PathLike) -> list[Block]:
     if path.is_file() and path.suffix == ".npz":
         return read_samples(path)
     if path.is_file():
-        from .cards import read_card
-
         card = read_card(path)
         if card is None:
             raise ClipxUsageError(f"{path}: not a samples.npz, result card or run directory")
