@@ -113,3 +113,42 @@ def test_all_against_a_reference_with_holm(runs):
     (row,) = json.loads(result.output)
     assert (row["a"], row["b"]) == ("noisy", "c10")
     assert row["p_holm"] == pytest.approx(row["p"])  # a family of one
+
+
+def _documented_read(path, label, view):
+    """robust@1/255 of one block, read with numpy alone from the documented layout."""
+    with np.load(path) as z:
+        manifest = json.loads(str(z["manifest"]))
+        (i,) = [
+            k for k, b in enumerate(manifest["blocks"]) if (b["label"], b["view"]) == (label, view)
+        ]
+        block = manifest["blocks"][i]
+        flags = np.unpackbits(z[f"b{i}.flags"], axis=1, count=block["n"]).astype(bool)
+        cols = dict(zip(block["columns"], flags))
+    return cols["clean"] & cols["pgd-10@1/255"] & cols["apgd-ce@1/255"]
+
+
+def test_compare_on_the_committed_zero_shot_outcomes():
+    from helpers import REPO
+
+    path = REPO / "docs" / "results" / "zs-study" / "seed-0" / "samples.npz"
+    view = "cifar10-jpegs_test_unseen-all-names"
+    tecoa, clip = _documented_read(path, "tecoa", view), _documented_read(path, "clip", view)
+    a_only, b_only = int((tecoa & ~clip).sum()), int((clip & ~tecoa).sum())
+    result = CliRunner().invoke(
+        cli, ["compare", f"{path}:tecoa", f"{path}:clip", "--view", "unseen-all-names", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert (doc["a_only"], doc["b_only"], doc["n_images"]) == (a_only, b_only, 64)
+    assert doc["acc_b"] == pytest.approx(100 * clip.mean())
+    summary = json.loads((path.parents[1] / "summary.json").read_text())  # the committed table
+    (row,) = [
+        r
+        for r in summary
+        if (r["label"], r["dataset_key"], r["eps_str"]) == ("clip", view, "1/255")
+    ]
+    assert doc["acc_b"] == pytest.approx(row["robust"]["values"][0])  # 29.7: the same start model
+    k, n = min(a_only, b_only), a_only + b_only
+    assert doc["p"] == pytest.approx(min(1, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n))
+    assert doc["verdict"] == "beats" and doc["lo"] > 0  # docs/statistics.md: +15.6, p = 0.002

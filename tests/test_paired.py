@@ -5,12 +5,19 @@ with a known difference (interval coverage, false rejections under a true null).
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from clip_robust_ext.evaluation.paired import (
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.paired_coverage import simulate  # noqa: E402 - the studies' generator
+from clip_robust_ext.evaluation.paired import (  # noqa: E402
     accuracy_interval,
     bootstrap_means,
     compare,
@@ -67,35 +74,11 @@ def test_mcnemar_is_the_exact_binomial_test_of_the_discordant_pairs(
     assert c.diff == pytest.approx(100 * (a_only - b_only) / (n * seeds))
 
 
-def _study(rng, n, seeds, acc_a, acc_b, seed_sd, shared=0.7):
-    """A synthetic study with a known difference acc_a - acc_b: every outcome is
-    1[v < acc + model-and-seed shift], v uniform; with probability `shared` v is the image's own
-    difficulty (the same for both models and every seed), else fresh."""
-    u = rng.random(n)
-    out = []
-    for acc in (acc_a, acc_b):
-        shift = seed_sd * rng.standard_normal(seeds)
-        v = np.where(rng.random((seeds, n)) < shared, u, rng.random((seeds, n)))
-        out.append(v < (acc + shift)[:, None])
-    return out
-
-
-def _simulate(n, seeds, seed_sd, d, studies=1000, resamples=2000):
-    rng = np.random.default_rng(2026)
-    cover = reject = 0
-    for k in range(studies):
-        a, b = _study(rng, n, seeds, 0.5 + d, 0.5, seed_sd)
-        c = compare(a, b, resamples=resamples, seed=k)
-        cover += c.lo <= 100 * d <= c.hi
-        reject += c.p < 0.05
-    return cover / studies, reject / studies
-
-
 def test_simulation_one_seed_coverage_and_false_rejections():
     # measured: coverage 0.950 at d = 3 points; at d = 0 coverage 0.958, false rejections 0.038
-    cover, _ = _simulate(n=1000, seeds=1, seed_sd=0.0, d=0.03)
+    cover, _ = simulate(n=1000, seeds=1, seed_sd=0.0, d=0.03)
     assert 0.93 <= cover <= 0.97
-    cover0, reject0 = _simulate(n=1000, seeds=1, seed_sd=0.0, d=0.0)
+    cover0, reject0 = simulate(n=1000, seeds=1, seed_sd=0.0, d=0.0)
     assert 0.93 <= cover0 <= 0.97
     assert 0.03 <= reject0 <= 0.07
 
@@ -104,7 +87,7 @@ def test_simulation_three_seeds_is_not_anticonservative():
     # with several seeds the image draw is shared by every seed drawn, and the per-(seed, image)
     # noise enters both the seed and the image draw: coverage at or above the nominal level
     # (measured 0.985, rejections 0.80, with a 1-point seed-to-seed sd, 3 seeds x 1000 images)
-    cover, reject = _simulate(n=1000, seeds=3, seed_sd=0.01, d=0.03, studies=400, resamples=1000)
+    cover, reject = simulate(n=1000, seeds=3, seed_sd=0.01, d=0.03, studies=400, resamples=1000)
     assert cover >= 0.93
     assert reject > 0.5  # a 3-point difference on 3 x 1000 pairs is found most of the time
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ import numpy as np
 from ..errors import ClipxUsageError
 from ..utils.io import atomic_write
 from . import records as R
+from .cards import read_card
 
 SAMPLES_FILE = "samples.npz"
 SAMPLES_SCHEMA = "clipx.samples.v1"
@@ -176,10 +178,15 @@ def blocks_from_run(run_dir: str | os.PathLike) -> list[Block]:
             if ".partial." in path.name:
                 continue
             data = R.read_json(path)
-            if data and data.get("schema") == R.SCHEMA:
+            if not data or data.get("schema") != R.SCHEMA:
+                continue
+            try:
                 block = block_from_result(data, seed)
-                if block is not None:
-                    out.append(block)
+            except (ClipxUsageError, ValueError) as exc:  # say so; the run's tables stand
+                print(f"clipx: {path}: per-sample outcomes left out: {exc}", file=sys.stderr)
+                continue
+            if block is not None:
+                out.append(block)
     return out
 
 
@@ -239,8 +246,6 @@ def load_outcomes(source: str | os.PathLike) -> list[Block]:
     if path.is_file() and path.suffix == ".npz":
         return read_samples(path)
     if path.is_file():
-        from .cards import read_card
-
         card = read_card(path)
         if card is None:
             raise ClipxUsageError(f"{path}: not a samples.npz, result card or run directory")

@@ -118,7 +118,16 @@ def compare_models(
     return _paired(ma, mb, view, eps, metric, resamples, seed)
 
 
-def _paired(ma, mb, view, eps, metric, resamples, seed) -> Comparison:
+def _paired(
+    ma: list[Block],
+    mb: list[Block],
+    view: str | None,
+    eps: str | None,
+    metric: str,
+    resamples: int,
+    seed: int,
+) -> Comparison:
+    """Compare model A's blocks with model B's on one view: refuse unless they pair."""
     view = pick_view(ma, view)
     xa = sorted((x for x in ma if x.view == view), key=lambda x: (x.seed is None, x.seed))
     xb = sorted((y for y in mb if y.view == view), key=lambda y: (y.seed is None, y.seed))

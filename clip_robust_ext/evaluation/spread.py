@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..utils.io import atomic_write, atomic_write_json, atomic_write_text
+from .intervals import add_intervals
+from .outcomes import blocks_from_run, write_samples
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -233,9 +235,6 @@ def write_spread(run_dir: str | os.PathLike, rows: list[dict[str, Any]]) -> str:
 def write_seed_summary(run_dir: str | os.PathLike, records: list[dict[str, Any]]) -> str:
     """A multi-seed run's summary.json, summary.md, results.md (with 95% intervals from the
     per-sample outcomes of its seed-*/ folders), transfer.png and samples.npz; the markdown."""
-    from .intervals import add_intervals
-    from .outcomes import blocks_from_run, write_samples
-
     blocks = blocks_from_run(run_dir)
     rows = aggregate(records)
     add_intervals(rows, blocks)

@@ -246,7 +246,8 @@ def run_recipe(
 def run_seeds(resolved: ResolvedRecipe, run_dir: Path, resume: bool = False) -> RunResult:
     """One complete run per seed of `[recipe] seeds` (run_dir/seed-<s>/, each resumable on its
     own), then results.json with every per-seed record (`run_seed`), summary.json / results.md
-    (mean ± std over seeds) and transfer.png (clean vs robust on the unseen classes)."""
+    (mean and 95% interval over seeds and test images), transfer.png (clean vs robust on the
+    unseen classes) and samples.npz."""
 
     main = D.init_distributed().is_main
     if main:
