@@ -232,7 +232,7 @@ def build_model(spec: dict[str, Any], device: Any = None, seed: int | None = Non
 
     if seed is not None:
         seed_everything(seed)
-    kwargs = {k: v for k, v in spec.items() if k not in ("source", "checkpoint")}
+    kwargs = {k: v for k, v in spec.items() if k not in ("source", "checkpoint", "adapter")}
     loaded = get("models", spec["source"]).obj(**kwargs)
     if spec.get("checkpoint"):
         path = Path(spec["checkpoint"]).expanduser()
@@ -240,6 +240,10 @@ def build_model(spec: dict[str, Any], device: Any = None, seed: int | None = Non
             raise ClipxUsageError(f"model.checkpoint: file not found: {path}")
         load_into_clip(loaded.model, read_state_dict(path), str(path))
         loaded.info["checkpoint"] = str(path.resolve())
+    if spec.get("adapter"):
+        from .models.adapters import load_adapter
+
+        load_adapter(loaded, spec["adapter"])
     if device is not None:
         loaded.model.to(device)
     return loaded
@@ -247,9 +251,13 @@ def build_model(spec: dict[str, Any], device: Any = None, seed: int | None = Non
 
 def load_weights(loaded, path: Path):
     from .models import load_into_clip, read_state_dict
+    from .models.adapters import read_scope
 
     load_into_clip(loaded.model, read_state_dict(path), str(path))
     loaded.info["checkpoint"] = str(path)
+    scope = read_scope(Path(path).parent)  # scope, trainable count, base of a trained model
+    if scope is not None:
+        loaded.info["scope"] = scope
     return loaded
 
 
@@ -772,6 +780,7 @@ def eval_model_spec(
     pretrained: str | None = None,
     checkpoint: str | None = None,
     model_args: tuple[str, ...] = (),
+    adapter: str | None = None,
 ) -> tuple[dict[str, Any], str]:
     """--model & co -> a [model] table and a default label."""
     from .errors import unknown_name
@@ -825,6 +834,9 @@ def eval_model_spec(
         label = _file_label(Path(checkpoint))
     elif pretrained and Path(pretrained).expanduser().is_file():
         label = _file_label(Path(pretrained))
+    if adapter is not None:
+        spec["adapter"] = adapter
+        label = f"{label}+{_file_label(Path(str(adapter).split(':', 1)[-1]))}"
     return spec, label
 
 
@@ -846,6 +858,7 @@ def run_eval(
     pretrained: str | None = None,
     checkpoint: str | None = None,
     model_args: tuple[str, ...] = (),
+    adapter: str | None = None,
     attacks: tuple[str, ...] = (),
     eps: tuple[str, ...] = (),
     datasets: tuple[str, ...] = (),
@@ -864,7 +877,9 @@ def run_eval(
     from .recipes import Registries, model_section
 
     reg = Registries()
-    raw_spec, default_label = eval_model_spec(model, arch, pretrained, checkpoint, model_args)
+    raw_spec, default_label = eval_model_spec(
+        model, arch, pretrained, checkpoint, model_args, adapter
+    )
     spec = model_section(raw_spec, reg)
     section, proto = eval_protocol(
         protocol, attacks, eps, datasets, n_samples, templates, seed, overrides, reg, testtime
