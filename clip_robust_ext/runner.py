@@ -559,6 +559,7 @@ def run_seeds(resolved: ResolvedRecipe, run_dir: Path, resume: bool = False) -> 
     """One complete run per seed of `[recipe] seeds` (run_dir/seed-<s>/, each resumable on its
     own), then results.json with every per-seed record (`run_seed`), summary.json / results.md
     (mean ± std over seeds) and transfer.png (clean vs robust on the unseen classes)."""
+    from .evaluation.outcomes import export_run
     from .evaluation.spread import aggregate, write_spread
     from .training import distributed as D
 
@@ -588,6 +589,7 @@ def run_seeds(resolved: ResolvedRecipe, run_dir: Path, resume: bool = False) -> 
             atomic_write_json(run_dir / "summary.json", rows)
             table = write_spread(run_dir, rows)
             atomic_write_text(run_dir / "results.md", table)
+            export_run(run_dir)  # samples.npz over every seed
     finally:
         if lock:
             lock.release()
@@ -753,9 +755,11 @@ def write_results(run_dir: Path, records: list[dict[str, Any]]) -> str:
     """results.json (every record, with the plugins behind it), results.md / results.csv
     (tables); returns the markdown."""
     from .evaluation import markdown_table, write_reports
+    from .evaluation.outcomes import export_run
 
     atomic_write_json(run_dir / "results.json", with_components(run_dir, records))
     write_reports(run_dir, records)
+    export_run(run_dir)  # samples.npz: the per-sample outcomes clipx compare reads
     return markdown_table(records)
 
 
