@@ -334,3 +334,46 @@ def test_recipe_lora_run_exports_adapter_or_merged_and_cards_carry_the_scope(tmp
     assert ran.exit_code == 0, ran.output
     card = json.loads(next((tmp_path / "eval" / "cards").rglob("with-adapter*.json")).read_text())
     assert card["model"]["scope"]["adapter"] == str(adapter)
+
+
+def test_prompt_scope_is_apts_context_and_refused_where_no_context_exists(tmp_path):
+    from clip_robust_ext.registry import get
+
+    apt = get("defenses", "apt").obj()
+    assert TrainConfig(scope="prompt").resolved(apt).trainable == "prompt"
+    with pytest.raises(ClipxUsageError, match="applies to the towers"):
+        TrainConfig(scope="lora").resolved(apt)  # APT trains a prompt, not a tower
+    data = ProceduralShapes("train", n=16, seed=2)
+    with pytest.raises(ClipxUsageError, match="adds no prompt context"):
+        train(tiny_clip(), "tecoa", data, _config("prompt"), tmp_path / "run", progress=False)
+
+
+def test_lora_under_bf16_autocast_keeps_the_base_frozen(tmp_path):
+    base = tiny_clip()
+    loaded = copy.deepcopy(base)
+    data = ProceduralShapes("train", n=16, seed=2)
+    config = _config("lora", amp="bf16", max_steps=2)
+    train(loaded, "tecoa", data, config, tmp_path / "run", progress=False)
+    changed = _changed(base, loaded.model)
+    assert changed and all(LORA_CHANGES.fullmatch(k) for k in changed), sorted(changed)
+
+
+def test_hub_adapter_loads_offline_from_the_hf_cache(lora_run, tmp_path, monkeypatch):
+    import shutil
+
+    _, trained, run_dir = lora_run
+    revision = "89abcdef0123456789abcdef0123456789abcdef"
+    repo = tmp_path / "hf" / "hub" / "models--clipx-test--tiny-lora"
+    snapshot = repo / "snapshots" / revision
+    shutil.copytree(run_dir / "adapter", snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    loaded = load_clip("clipx-tiny", adapter="hf-hub:clipx-test/tiny-lora")
+    assert not _changed(trained, loaded.model)
+    with pytest.raises(ClipxUsageError, match="not in the Hugging Face cache"):
+        load_clip("clipx-tiny", adapter="hf-hub:clipx-test/absent")
