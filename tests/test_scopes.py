@@ -377,3 +377,23 @@ def test_hub_adapter_loads_offline_from_the_hf_cache(lora_run, tmp_path, monkeyp
     assert not _changed(trained, loaded.model)
     with pytest.raises(ClipxUsageError, match="not in the Hugging Face cache"):
         load_clip("clipx-tiny", adapter="hf-hub:clipx-test/absent")
+
+
+@pytest.mark.parametrize(
+    "arch, stem, block",
+    [
+        ("clipx-tiny-rn", "visual.bn1.weight", "visual.layer1.0.conv1.weight"),
+        ("clipx-tiny-convnext", "visual.trunk.stem.0.weight", "visual.trunk.stages.0.blocks.0."),
+    ],
+)
+def test_first_blocks_on_resnet_and_convnext_towers(tmp_path, arch, stem, block):
+    torch.manual_seed(0)
+    base = load_clip(arch)
+    loaded = copy.deepcopy(base)
+    data = ProceduralShapes("train", n=16, seed=2)
+    train(loaded, "tecoa", data, _config("first-blocks", max_steps=2), tmp_path, progress=False)
+    changed = _changed(base, loaded.model)  # parameters and buffers (BatchNorm statistics)
+    assert any(k.startswith(stem) for k in changed) and any(k.startswith(block) for k in changed)
+    later = ("visual.layer2.", "visual.layer4.", "visual.attnpool.", "visual.trunk.stages.1.")
+    assert not [k for k in changed if k.startswith(later)], sorted(changed)
+    assert not [k for k in changed if not k.startswith("visual.")]

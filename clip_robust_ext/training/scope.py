@@ -38,6 +38,7 @@ class Scope:
     lora: dict[str, Any] | None = None  # peft settings of a LoRA run
     trainable_names: list[str] = field(default_factory=list)
     trainable_count: int = 0
+    hooks: list[Any] = field(default_factory=list)  # frozen BatchNorm kept in eval mode
 
     @property
     def kind(self) -> str:
@@ -114,17 +115,31 @@ def select(model: nn.Module, scope: Scope) -> list[nn.Parameter]:
                 params.append(p)
     scope.trainable_names = [n for n, p in model.named_parameters() if p.requires_grad]
     scope.trainable_count = sum(p.numel() for p in params)
-    _freeze_batchnorm(model)
+    if scope.kind != "full":
+        scope.hooks = _freeze_batchnorm(model)
     return params
 
 
-def _freeze_batchnorm(model: nn.Module) -> None:
-    """BatchNorm layers whose parameters are frozen stop updating their running statistics in
-    train mode (momentum 0), so a frozen ResNet stage stays the base's."""
-    for module in model.modules():
-        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
-            if not any(p.requires_grad for p in module.parameters(recurse=False)):
-                module.momentum = 0.0
+def _eval_mode(module: nn.Module, args: Any) -> None:
+    module.training = False
+
+
+def _freeze_batchnorm(model: nn.Module) -> list[Any]:
+    """BatchNorm layers whose parameters are frozen run in eval mode during training (running
+    statistics used, never updated), so a frozen ResNet stage stays exactly the base's."""
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    return [
+        m.register_forward_pre_hook(_eval_mode)
+        for m in model.modules()
+        if isinstance(m, norms) and not any(p.requires_grad for p in m.parameters(recurse=False))
+    ]
+
+
+def release(scope: Scope) -> None:
+    """Remove the training-time hooks (the trained model behaves as a plain one)."""
+    for handle in scope.hooks:
+        handle.remove()
+    scope.hooks = []
 
 
 def finish(loaded: LoadedCLIP, scope: Scope, run_dir: Path, write: bool) -> None:

@@ -372,6 +372,7 @@ def train(
         if run is not None and run.bar is not None:  # an error must not land on the bar's line
             run.bar.close()
         logger.close()
+        S.release(scope)
         for name, p in model.named_parameters():
             p.requires_grad_(flags.get(name, True))
         model.eval()
