@@ -19,7 +19,7 @@ from clip_robust_ext.data import ProceduralShapes
 from clip_robust_ext.errors import ClipxUsageError
 from clip_robust_ext.models import ZeroShotClassifier, load_clip, read_state_dict
 from clip_robust_ext.models.checkpoints import model_fingerprint
-from clip_robust_ext.training import TrainConfig, train
+from clip_robust_ext.training import TrainConfig, export_open_clip, train
 from clip_robust_ext.training.checkpoint import load_checkpoint
 from clip_robust_ext.training.scope import prepare, select
 from clip_robust_ext.utils.seeding import seed_everything
@@ -90,7 +90,7 @@ def _changed(base, model) -> set[str]:
     return {k for k in before if not torch.equal(before[k], after[k])}
 
 
-def test_lora_training_changes_only_the_adapted_weights(lora_run):
+def test_lora_training_changes_only_the_adapted_weights(lora_run, tmp_path):
     base, trained, run_dir = lora_run
     changed = _changed(base, trained.model)
     assert changed and all(LORA_CHANGES.fullmatch(k) for k in changed), sorted(changed)
@@ -110,6 +110,8 @@ def test_lora_training_changes_only_the_adapted_weights(lora_run):
     ).stat().st_size / 10
     scope = json.loads((run_dir / "scope.json").read_text())
     assert scope["trainable_params"] == config["trainable_params"]
+    with pytest.raises(ClipxUsageError, match="final.pt"):  # peft names: not an open_clip file
+        export_open_clip(run_dir, tmp_path / "x.pt")
 
 
 def test_first_blocks_training_changes_only_the_first_block(tmp_path):

@@ -74,7 +74,9 @@ def main(run: Path, costs: Path) -> None:
         labels = ["clip"] + [f"{m}-{s}" for m in METHODS for s in SCOPES]
         for label in labels:
             cells = [accuracy_cell(blocks, label, view, m) for m in METRICS]
-            diffs = ["-", "-"] if label == "clip" else [diff_cell(run, label, view, m) for m in METRICS]
+            diffs = (
+                ["-", "-"] if label == "clip" else [diff_cell(run, label, view, m) for m in METRICS]
+            )
             method, _, scope = label.partition("-")
             print(f"| {method} | {scope or 'start model'} | " + " | ".join(cells + diffs) + " |")
 
