@@ -13,6 +13,7 @@ tenant of a shared machine held the core.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import statistics
 import subprocess
@@ -41,6 +42,7 @@ def worker(method: str, scope: str, steps: int, out: Path) -> None:
     from clip_robust_ext.training import TrainConfig, train
 
     setup_env()
+    importlib.import_module("peft")  # LoRA imports it on first use: not part of training's peak
     images, labels = cifar_batch(64)
     keep = labels < 5  # the seen classes, as in the recipe
     dataset = torch.utils.data.TensorDataset(images[keep], labels[keep])
@@ -84,11 +86,11 @@ def _defense(method: str):
     return get("defenses", method).obj(eps="1/255", alpha="1/255", steps=2)
 
 
-def measure(repeats: int, steps: int) -> list[dict]:
+def measure(repeats: int, steps: int, scopes: tuple[str, ...] = SCOPES) -> list[dict]:
     records = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):
-            arms = [(m, s) for m in METHODS for s in SCOPES]
+            arms = [(m, s) for m in METHODS for s in scopes]
             for method, scope in arms if r % 2 == 0 else arms[::-1]:
                 out = Path(tmp) / f"{method}-{scope}-{r}.json"
                 cmd = [sys.executable, "-m", "benchmarks.bench_scopes", "--worker", method, scope]
@@ -119,11 +121,17 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("runs/benchmarks/scopes.json"))
+    p.add_argument("--remeasure", default="", help="scopes to measure again into --out")
     args = p.parse_args()
     if args.worker:
         worker(*args.worker, args.steps, args.record)
         return
-    records = measure(args.repeats, args.steps)
+    if args.remeasure:  # replace these scopes' records in an existing --out
+        again = tuple(args.remeasure.split(","))
+        kept = [r for r in json.loads(args.out.read_text())["records"] if r["scope"] not in again]
+        records = kept + measure(args.repeats, args.steps, again)
+    else:
+        records = measure(args.repeats, args.steps)
     doc = {"steps": args.steps, "records": records, "summary": summarise(records)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")

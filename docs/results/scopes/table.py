@@ -48,8 +48,18 @@ def diff_cell(run: Path, label: str, view: str, metric: str) -> str:
     return f"{c.diff:+.1f} [{c.lo:+.1f}, {c.hi:+.1f}] p={c.p:.2g}"
 
 
+def complete(blocks: list) -> list:
+    """Only the seeds for which every model was evaluated on every view (a run stopped midway
+    leaves a partial seed)."""
+    labels = ["clip"] + [f"{m}-{s}" for m in METHODS for s in SCOPES]
+    have = {(b.label, b.view.rsplit("_", 1)[-1], b.seed) for b in blocks}
+    seeds = {b.seed for b in blocks}
+    keep = {s for s in seeds if all((lb, v, s) in have for lb in labels for v in VIEWS)}
+    return [b for b in blocks if b.seed in keep]
+
+
 def main(run: Path, costs: Path) -> None:
-    blocks = load_outcomes(run)
+    blocks = complete(load_outcomes(run))
     summary = json.loads(costs.read_text())["summary"]
     seeds = sorted({b.seed for b in blocks})
     print(f"Seeds {seeds}; {EPS}; accuracy in % [95% interval]; Δ = paired difference from full.\n")
