@@ -18,6 +18,12 @@ import click
 
 from . import __version__
 from .errors import ClipxError, ClipxUsageError
+from .plugin_manager import hook_callers, load_errors, note_error, plugin_info, trace
+from .recipes import list_recipes, resolve
+from .registry import KINDS, entries, registry_errors
+from .utils.io import write_stdout
+from .utils.malloc import tune_malloc
+from .utils.terminal import fit_markdown, fit_rows
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -94,7 +100,6 @@ _builtin_commands: dict[str, click.Command] = {}
 def load_plugin_commands(group: click.Group) -> None:
     """Call each plugin's register_commands once; a failing plugin is reported, not fatal, and
     cannot replace a built-in command."""
-    from .plugins import hook_callers, note_error, trace
 
     if not _builtin_commands:
         _builtin_commands.update(group.commands)
@@ -114,7 +119,7 @@ def load_plugin_commands(group: click.Group) -> None:
 
 
 def emit_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, default=str))
+    write_stdout(json.dumps(obj, indent=2, default=str) + "\n", "--json")
 
 
 @contextlib.contextmanager
@@ -132,11 +137,8 @@ def print_table(rows: list[dict[str, Any]], columns: list[str], empty: str = "(n
         click.echo(empty)
         return
     cells = [[_cell(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    widths[-1] = 0  # the last column (descriptions) is not padded
-    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
-    for row in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    for line in fit_rows(columns, cells):
+        click.echo(line.rstrip())
 
 
 def _cell(value: Any) -> str:
@@ -188,7 +190,6 @@ def recipe() -> None:
 @json_option
 def recipe_list(as_json: bool) -> None:
     """List the registered recipes and their profiles."""
-    from .recipes import list_recipes
 
     rows = list_recipes()
     if as_json:
@@ -204,7 +205,6 @@ def recipe_list(as_json: bool) -> None:
 @json_option
 def recipe_show(name: str, profile: str | None, overrides: tuple[str, ...], as_json: bool) -> None:
     """Print the resolved recipe NAME (a registered name or a .toml path) as TOML or JSON."""
-    from .recipes import resolve
 
     with stdout_to_stderr(as_json):
         resolved = resolve(name, profile, overrides)
@@ -239,7 +239,7 @@ def recipe_run(
 ) -> None:
     """Run recipe NAME: pretrain / defend / evaluate, then print the results table."""
     from .data.manage import allow_downloads
-    from .runner import run_recipe
+    from .run.stages import run_recipe
 
     with stdout_to_stderr(as_json), allow_downloads(download):
         result = run_recipe(
@@ -248,7 +248,7 @@ def recipe_run(
     if as_json:
         emit_json(result.to_dict())
     else:
-        click.echo(result.table, nl=False)
+        click.echo(fit_markdown(result.table), nl=False)
         click.echo(f"\nResults in {result.run_dir}", err=True)
 
 
@@ -256,7 +256,6 @@ def recipe_run(
 
 
 def _entry_rows(kind: str, with_params: bool = False) -> list[dict[str, Any]]:
-    from .registry import entries
 
     rows = []
     for name, entry in entries(kind).items():
@@ -408,8 +407,6 @@ cli.command("templates")(
 @json_option
 def plugins_command(as_json: bool) -> None:
     """List plugins (built-ins included): distribution, version, hooks and any load errors."""
-    from .plugins import load_errors, plugin_info
-    from .registry import KINDS, entries, registry_errors
 
     with stdout_to_stderr(as_json):
         for kind in KINDS:  # building the registries surfaces failing hooks and name clashes
@@ -551,14 +548,14 @@ def protocol_options(command: Any) -> Any:
 def eval_command(as_json: bool, download: bool, **options: Any) -> None:
     """Evaluate a model or checkpoint under a protocol, without a recipe."""
     from .data.manage import allow_downloads
-    from .runner import run_eval
+    from .run.evaluate import run_eval
 
     with stdout_to_stderr(as_json), allow_downloads(download):
         result = run_eval(**options)
     if as_json:
         emit_json(result.to_dict())
     else:
-        click.echo(result.table, nl=False)
+        click.echo(fit_markdown(result.table), nl=False)
         click.echo(f"\nResults in {result.run_dir}", err=True)
 
 
@@ -582,7 +579,7 @@ def leaderboard_command(
     if as_json:
         emit_json({k: v for k, v in board.items() if k != "cards"} | {"files": files})
     else:
-        click.echo((Path(out) / "leaderboard.md").read_text(), nl=False)
+        click.echo(fit_markdown((Path(out) / "leaderboard.md").read_text()), nl=False)
         click.echo(f"\nLeaderboard in {out}", err=True)
 
 
@@ -710,7 +707,6 @@ def features_command(as_json: bool, **options: Any) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: no traceback for user errors, whatever raises them."""
-    from .utils.malloc import tune_malloc
 
     tune_malloc()  # CPU attack loops: no page faults for re-allocated activations (utils/malloc.py)
     try:

@@ -3,9 +3,16 @@ present. Loading this module is cheap (click only); commands import torch when t
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import click
+
+from .errors import ClipxError, ClipxUsageError, closest
+from .evaluation import protocol_from_dict
+from .registry import names
+from .utils.io import write_stdout
+from .utils.terminal import WIDTH
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 root_option = click.option(
@@ -20,8 +27,6 @@ split_option = click.option("--split", default="test", show_default=True, help="
 def suite_datasets(targets: tuple[str, ...]) -> list[str]:
     """Dataset names of the given dataset or protocol names (all suite datasets if none)."""
     from .data import suite_names
-    from .errors import ClipxUsageError, closest
-    from .registry import names
 
     suite = suite_names()
     if not targets:
@@ -31,8 +36,6 @@ def suite_datasets(targets: tuple[str, ...]) -> list[str]:
         if target in suite:
             found = [target]
         elif target in names("evaluators"):
-            from .evaluation import protocol_from_dict
-
             specs = protocol_from_dict({"protocol": target}).datasets
             found = [s["dataset"] for s in specs if s["dataset"] in suite]
             if not found:
@@ -52,7 +55,6 @@ def status(name: str, root: Any, split: str) -> dict[str, Any]:
     """Whether the loader finds `name` (built without download: what `clipx eval` would see)."""
     from .data import data_root, load_suite_dataset
     from .data.manage import fix_command
-    from .errors import ClipxError
 
     row: dict[str, Any] = {"dataset": name, "split": split}
     try:
@@ -76,9 +78,7 @@ def data_list(targets: tuple[str, ...], root: str | None, split: str, as_json: b
     """Which suite datasets (of a protocol, e.g. tecoa-16) are present, and how to get the rest."""
     rows = [status(name, root, split) for name in suite_datasets(targets)]
     if as_json:
-        import json
-
-        click.echo(json.dumps(rows, indent=2))
+        write_stdout(json.dumps(rows, indent=2) + "\n", "--json")
         return
     for row in rows:
         what = (
@@ -86,7 +86,15 @@ def data_list(targets: tuple[str, ...], root: str | None, split: str, as_json: b
             if row["status"] == "present"
             else f"missing  {row['fix']}"
         )
-        click.echo(f"{row['dataset']:<14} {what}")
+        line = f"{row['dataset']:<14} {what}"
+        if len(line) <= WIDTH:
+            click.echo(line)
+            continue
+        # too wide for a terminal: the fix below, one step per line, commands never broken
+        click.echo(f"{row['dataset']:<14} missing")
+        steps = row["fix"].replace(", then: ", "\nthen: ").replace(" (or ", "\n(or ")
+        for step in steps.splitlines():
+            click.echo(f"    {step}")
 
 
 @data.command("download")
@@ -112,8 +120,6 @@ def data_download(targets: tuple[str, ...], root: str | None, split: str) -> Non
         ds = load_suite_dataset(name, root, split=split, download=True)
         click.echo(f"{name}: present, {len(ds)} images")
     if failed:
-        from .errors import ClipxError
-
         raise ClipxError(f"not downloadable, fetch by hand: {', '.join(failed)} (see above)")
 
 

@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover - Python 3.10 with the tomli backport
     import tomli as tomllib
 
 from .errors import ClipxUsageError, closest, unknown_name
+from .evaluation import Protocol, protocol_from_dict
 from .params import budget_text as _budget_text
 from .params import check_kwargs as _factory_kwargs
 from .params import coerce
@@ -35,22 +36,24 @@ from .params import is_eps_like as _is_eps_like
 from .params import signature_of as _signature
 from .params import types_from_defaults as _types_from_defaults
 from .params import unknown_key as _unknown_key
-from .registry import entries
-from .validation import (
+from .params.values import (
     check_dataset_params,
     check_device,
+    check_device_params,
     check_iterations,
     check_label,
-    check_method,
+    check_name_length,
     check_seed,
     check_template,
 )
+from .registry import entries
+from .run.layout import START_LABEL
 
 STAGES = ("pretrain", "defend", "evaluate")
+UNDERFLOW = "is not zero but is 0.0 as a float; write 0, or a value >= 1.2e-38"
 SECTIONS = ("recipe", "model", "data", "pretrain", "defense", "baselines", "evaluate", "profiles")
 RECIPE_KEYS = ("name", "description", "seed", "seeds", "stages", "device", "profile")
 METHOD_KEYS = ("name", "label", "train", "params")  # + TrainConfig fields + factory parameters
-START_LABEL = "clip"
 RESERVED_LABELS = (START_LABEL, "eval")  # the start model's label; the evaluation folder
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -139,12 +142,25 @@ def nesting_depth(obj: Any) -> int:
     return deepest
 
 
+class _Underflow(ValueError):
+    """A TOML number that is not zero as written but is 0.0 as a float (1e-400)."""
+
+
+def _toml_float(text: str) -> float:
+    value = float(text)
+    if value == 0 and any(c in "123456789" for c in text.lower().split("e")[0]):
+        raise _Underflow(text)
+    return value
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     """A TOML file; nesting deeper than MAX_NESTING is refused whatever the interpreter's
     recursion limit (a test suite or torch.compile may have raised it)."""
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            data = tomllib.load(fh, parse_float=_toml_float)
+    except _Underflow as exc:
+        raise ClipxUsageError(f"{path}: number {exc} {UNDERFLOW}") from None
     except RecursionError:
         data = None
     except tomllib.TOMLDecodeError as exc:
@@ -250,7 +266,9 @@ def parse_set(item: str) -> tuple[list[str], Any]:
             f"--set {item!r}: bad key {key!r}; write a dotted key like defense.lr"
         )
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
+        value = tomllib.loads(f"v = {raw}", parse_float=_toml_float)["v"]
+    except _Underflow as exc:
+        raise ClipxUsageError(f"--set {key.strip()}: number {exc} {UNDERFLOW}") from None
     except tomllib.TOMLDecodeError:
         value = raw
     except RecursionError:
@@ -373,6 +391,7 @@ def model_section(section: Any, reg: Registries) -> dict[str, Any]:
     adapter = section.pop("adapter", None)  # an adapter folder (models/adapters.py) on top
     factory = reg["models"][source].obj
     out.update(_factory_kwargs(section, factory, "model", ("source", "checkpoint", "adapter")))
+    check_device_params(out, "model")  # a model's own device: --model-arg, model.device
     if checkpoint is not None:
         out["checkpoint"] = coerce(checkpoint, str, "model.checkpoint")
     if adapter is not None:
@@ -407,7 +426,21 @@ def _dataset(
     check_subset_spec(out, key)
     out.update(_factory_kwargs(section, factory, key, ("dataset", *extra)))
     check_dataset_params(out, key)
+    check_device_params(out, key)
     return out
+
+
+def _check_method(method: dict[str, Any], key: str) -> None:
+    """What `recipe run` checks before training, done at validation: the training options as a
+    TrainConfig and iteration counts >= 0. (The defense itself is built by `recipe run` before
+    any work; not here, since a profile may name files only its own machine has.)"""
+    check_iterations(method["params"], key, minimum=0)
+    if "seed" in method["train"]:
+        check_seed(method["train"]["seed"], f"{key}.seed")
+    try:
+        _train_config_type().from_dict(dict(method["train"]))
+    except ClipxUsageError as exc:
+        raise ClipxUsageError(f"{key}: {exc}") from None
 
 
 def _method(
@@ -441,15 +474,15 @@ def _method(
     if "extras" in train:
         _table(train["extras"], f"{key}.extras")
     explicit = _factory_kwargs(explicit, factory, key, tuple(cfg_fields) + METHOD_KEYS)
+    check_device_params(explicit, key)
     method = {"name": name, "label": label, "train": train, "params": explicit}
-    check_method(method, key)
+    _check_method(method, key)
     return method
 
 
 def evaluate_section(section: Any, reg: Registries) -> dict[str, Any]:
     """[evaluate]: protocol preset name + overrides of Protocol fields or the preset's own
     parameters; the protocol is built here so bad values fail at `recipe show` time."""
-    from .evaluation import Protocol, protocol_from_dict
 
     section = dict(_table(section, "evaluate"))
     _require(section, "protocol", "evaluate", "an evaluation protocol registry name")
@@ -531,6 +564,7 @@ def _eval_attacks(value: Any, reg: _Registries) -> list[Any]:
             elif k in accepted:
                 coerce(v, accepted[k], f"{key}.{k}")  # checked, kept as written
         check_iterations(given, key)
+        check_device_params(given, key)
         spec["params"] = given
         out.append(spec)
     return out
@@ -551,6 +585,7 @@ def validate(doc: dict[str, Any], reg: _Registries | None = None) -> dict[str, A
         raise ClipxUsageError(
             f"recipe.name: {name!r} must be a simple name (letters, digits, - _ .)"
         )
+    check_name_length(name, "recipe.name")  # the default run dir is runs/<name>
     seed = check_seed(coerce(head.get("seed", 0), int, "recipe.seed"), "recipe.seed")
     device = check_device(coerce(head.get("device", "auto"), str, "recipe.device"), "recipe.device")
     out: dict[str, Any] = {

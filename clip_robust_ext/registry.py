@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import ClipxUsageError, closest, unknown_name
 from .params import checked, is_checked
-from .plugins import (
+from .plugin_manager import (
     distribution_of,
     hook_callers,
     is_builtin,
@@ -280,6 +280,7 @@ def get(kind: str, name: str) -> Entry:
 
 
 def names(kind: str) -> list[str]:
+    """Registered names of one registry `kind` (loads the plugins first)."""
     return list(entries(kind))
 
 

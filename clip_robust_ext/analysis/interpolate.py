@@ -12,6 +12,8 @@ from typing import Any
 import torch
 
 from ..errors import ClipxUsageError
+from ..evaluation import evaluate
+from ..evaluation.records import model_fingerprint
 from .common import ModelArg, load, provenance
 
 JSON_NAME = "interpolation.json"
@@ -59,15 +61,17 @@ def check_same_architecture(
 def blend_state(
     a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], alpha: float
 ) -> dict[str, torch.Tensor]:
-    """(1 - alpha) a + alpha b per floating tensor (torch.lerp: exactly a at 0, exactly b at 1);
-    tensors equal on both sides (buffers such as the -inf attention mask) are taken as they are."""
+    """(1 - alpha) a + alpha b per floating tensor (torch.lerp: exactly a at 0, exactly b at 1),
+    BatchNorm running statistics included (WiSE-FT); tensors equal on both sides (buffers such as
+    the -inf attention mask) are taken as they are. Integer and boolean buffers (BatchNorm's
+    num_batches_tracked) have no weighted mean: they come from the nearer end (A below 0.5)."""
     out = {}
     for key, ta in a.items():
         tb = b[key]
         if torch.equal(ta, tb):
             out[key] = ta.clone()
         elif not ta.is_floating_point():
-            raise ClipxUsageError(f"cannot interpolate '{key}': {ta.dtype} values differ")
+            out[key] = (ta if alpha < 0.5 else tb).clone()
         else:
             out[key] = torch.lerp(ta, tb.to(ta.dtype), alpha)
     return out
@@ -87,8 +91,6 @@ def run_interpolation(
 ) -> dict[str, Any]:
     """Evaluate every blend (results under run_dir/eval, reused when the weights and protocol
     match); returns the document written to interpolation.json."""
-    from ..evaluation import evaluate
-    from ..evaluation.records import model_fingerprint
 
     start = time.time()
     if getattr(protocol, "evaluate_with", None) is not None:
@@ -103,7 +105,8 @@ def run_interpolation(
     ends = {"a": (a, loaded_a), "b": (b, loaded_b)}
     doc: dict[str, Any] = {
         "kind": "interpolation",
-        "formula": "theta(alpha) = (1 - alpha) * theta_A + alpha * theta_B (every weight)",
+        "formula": "theta(alpha) = (1 - alpha) * theta_A + alpha * theta_B (every floating "
+        "weight and running statistic; integer buffers from A for alpha < 0.5, else from B)",
         **{
             side: {
                 "label": m.label,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ import torch
 from ..errors import ClipxUsageError
 from .folders import image_to_tensor
 from .imageio import open_rgb
+from .procedural import COLOURS, SHAPES, ProceduralShapes
+from .sampling import targets_of
 
 SHAPE_CAPTIONS = (
     "a photo of a {colour} {shape}.",
@@ -34,6 +37,24 @@ CLASS_CAPTIONS = (
     "a blurry photo of a {}.",
     "a close-up photo of a {}.",
 )
+
+
+# Co-Attack's and SGA's caption cleaning (their dataset `pre_caption`): these characters are
+# deleted, '-' and '/' become spaces, runs of two or more whitespace characters become one space
+_DELETED = str.maketrans("", "", ",.'!?\"()*#:;~")
+_SPACED = str.maketrans({"-": " ", "/": " "})
+_WHITESPACE_RUN = re.compile(r"\s{2,}")
+REFERENCE_MAX_WORDS = 30
+
+
+def pre_caption(caption: str, max_words: int = REFERENCE_MAX_WORDS) -> str:
+    """A caption as Co-Attack's and SGA's loaders feed it to every model and attack: lower-cased,
+    punctuation deleted, '-' and '/' spaced, '<person>' -> 'person', whitespace runs collapsed,
+    trailing newlines and surrounding spaces stripped, cut to `max_words` space-separated words.
+    With their case-sensitive stop words this decides what is attackable ("A" -> "a")."""
+    text = caption.lower().translate(_DELETED).translate(_SPACED).replace("<person>", "person")
+    text = _WHITESPACE_RUN.sub(" ", text).rstrip("\n").strip(" ")
+    return " ".join(text.split(" ")[:max_words])
 
 
 @dataclass
@@ -56,6 +77,14 @@ class CaptionGallery:
         return torch.tensor([i for i, caps in enumerate(self.captions) for _ in caps])
 
 
+def cleaned_gallery(
+    gallery: CaptionGallery, max_words: int = REFERENCE_MAX_WORDS
+) -> CaptionGallery:
+    """The gallery with `pre_caption` applied to every caption (the images are shared)."""
+    caps = [[pre_caption(c, max_words) for c in own] for own in gallery.captions]
+    return CaptionGallery(gallery.images, caps, name=gallery.name)
+
+
 def procedural_galleries(
     n_galleries: int = 2,
     gallery_size: int = 20,
@@ -64,7 +93,6 @@ def procedural_galleries(
     n_captions: int = 5,
 ) -> list[CaptionGallery]:
     """Galleries whose images have distinct (colour, shape) pairs, so each caption names one image."""
-    from .procedural import COLOURS, SHAPES, ProceduralShapes
 
     ds = ProceduralShapes(split=split, n=20_000, seed=seed)
     pairs = [(c, s) for s in range(len(SHAPES)) for c in COLOURS]
@@ -95,7 +123,6 @@ def class_galleries(
     dataset, n_galleries: int = 10, seed: int = 0, n_captions: int = 5
 ) -> list[CaptionGallery]:
     """One image per class per gallery, captioned by templates (e.g. the CIFAR-10 JPEGs)."""
-    from .sampling import targets_of
 
     targets = targets_of(dataset)
     g = torch.Generator().manual_seed(seed)

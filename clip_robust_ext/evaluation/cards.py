@@ -22,9 +22,12 @@ from typing import Any
 
 import torch
 
-from ..utils.io import atomic_write_json
+from ..utils.io import atomic_write_json, atomic_write_text
+from ..utils.versions import versions
+from . import distributed as D
 from . import records as R
 from .protocols import Protocol, dataset_key
+from .strength import enforce, run_checks
 
 CARD_SCHEMA = "clipx.card.v1"
 
@@ -248,7 +251,6 @@ def build_card(
     checks: dict[str, Any],
     identity: dict[str, Any],
 ) -> dict[str, Any]:
-    from ..utils.versions import versions
 
     content = protocol_content(protocol, run_dir, label, records)
     return {
@@ -279,7 +281,7 @@ def build_card(
 def write_card(card: dict[str, Any], run_dir: str | os.PathLike) -> Path:
     path, md = card_paths(run_dir, card["label"], card["protocol"]["name"])
     atomic_write_json(path, card)
-    md.write_text(card_markdown(card))
+    atomic_write_text(md, card_markdown(card))
     return path
 
 
@@ -363,7 +365,6 @@ def evaluate_with_card(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run `run()` (the evaluation) under a CostMeter, then the strength checks, then write the
     card. A strict protocol raises after the card is written, so the failure is on record."""
-    from .strength import enforce, run_checks
 
     with CostMeter(loaded.model) as meter:
         records = run()
@@ -389,7 +390,6 @@ def evaluate_with_card(
         and old["model"]["weights_sha256"] == card["model"]["weights_sha256"]
     ):
         card["cost"] = {**old["cost"], "reused_from": old["created_at"]}  # nothing ran this time
-    from . import distributed as D
 
     if D.world()[0] == 0:
         write_card(card, run_dir)

@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader
 
 from ..attacks import attack_mode, build_attack, verify_adversarial
 from ..attacks.base import BuiltAttack
-from ..cachekeys import changed, digest, evaluation_key
+from ..cachekeys import changed, component_fingerprint, digest, evaluation_key
+from ..data import sample_indices
 from ..data.checks import collate_labelled
 from ..data.splits import factory_kwargs, restrict, restricts
 from ..errors import AdversarialCheckError, ClipxError, ClipxUsageError
@@ -34,6 +35,8 @@ from ..models import LoadedCLIP, ZeroShotClassifier
 from ..models.accelerate import accelerated
 from ..models.checkpoints import check_weights
 from ..registry import get
+from ..utils.devices import model_device
+from ..utils.versions import versions
 from . import distributed as D
 from . import records as R
 from .protocols import Protocol, dataset_key, eps_label, protocol_from_dict, resolve_budget_expr
@@ -109,13 +112,13 @@ def build_classifier(
         )
     else:
         zs = ZeroShotClassifier(loaded, classnames=classnames, templates=resolved)
-    return zs.to(_device_of(loaded.model)).eval()
+    return zs.to(model_device(loaded.model)).eval()
 
 
 _DATASETS: dict[str, Any] = {}  # a few recently built datasets: recipes evaluate several models
 
 
-def build_dataset(spec: dict[str, Any], cache: bool = True):
+def open_eval_dataset(spec: dict[str, Any], cache: bool = True):
     """A registered dataset from a protocol dataset spec {dataset, split, n, templates, **kwargs}."""
     kwargs = factory_kwargs(spec, ("dataset", "n", "templates", "resolution"))
     # where datasets come from is part of their identity ($CLIPX_ASSETS, $CLIPX_DATA)
@@ -165,12 +168,6 @@ class _Resized(torch.utils.data.Dataset):
 def at_resolution(dataset, size: int | None):
     """`dataset` itself (size None) or a view of it resized to size x size."""
     return dataset if size is None else _Resized(dataset, size)
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
 
 
 def _backend_of(attack: BuiltAttack, plugin: str) -> str:
@@ -267,6 +264,40 @@ def check_model(model: nn.Module, protocol: Protocol, what: str) -> None:
             )
 
 
+def protocol_samples(protocol: Protocol, spec: dict[str, Any]) -> tuple[Any, list[int]]:
+    """A protocol dataset at its attack resolution, and the indices the protocol evaluates."""
+    ds = at_resolution(open_eval_dataset(spec), protocol.resolution_for(spec))
+    return ds, sample_indices(len(ds), protocol.n_for(spec), protocol.seed)
+
+
+def attack_batch(
+    zs: nn.Module,
+    p: PlannedAttack,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    protocol: Protocol,
+    key: str,
+    batch_id: int,
+) -> Any:
+    """One planned attack on one batch, the engine's way: seeded per (protocol seed, dataset,
+    attack, batch), eval mode checked before and after, the result checked (images a text attack
+    left unchanged; an image attack's within its eps ball, in [0, 1], fp32). Its AttackOutput."""
+    torch.manual_seed(derive_seed(protocol.seed, key, p.key, batch_id))
+    with attack_mode(zs):
+        check_model(zs, protocol, p.label)
+        res = p.attack(x, y)
+        check_model(zs, protocol, p.label)  # an attack must not switch the model to train
+    adv = res.images
+    if p.modality == "text":
+        if adv.shape != x.shape or not torch.equal(adv, x):
+            raise AdversarialCheckError(f"{p.label}: a text attack changed the images")
+    else:
+        if protocol.precision == "fp32" and adv.dtype != torch.float32:
+            raise AdversarialCheckError(f"{p.label}: returned {adv.dtype} images, expected fp32")
+        verify_adversarial(x, adv, p.eps, protocol.norm, p.label)
+    return res
+
+
 def run_batch(
     zs: ZeroShotClassifier,
     x: torch.Tensor,
@@ -287,21 +318,8 @@ def run_batch(
         idx = attacked.nonzero().flatten()
         x_in, y_in = x[idx].contiguous(), y[idx].contiguous()
         if idx.numel():
-            torch.manual_seed(derive_seed(protocol.seed, key, p.key, batch_id))
-            with attack_mode(zs):
-                check_model(zs, protocol, p.label)
-                res = p.attack(x_in, y_in)
-                check_model(zs, protocol, p.label)  # an attack must not switch the model to train
+            res = attack_batch(zs, p, x_in, y_in, protocol, key, batch_id)
             adv = res.images
-            if p.modality == "text":
-                if adv.shape != x_in.shape or not torch.equal(adv, x_in):
-                    raise AdversarialCheckError(f"{p.label}: a text attack changed the images")
-            else:
-                if protocol.precision == "fp32" and adv.dtype != torch.float32:
-                    raise AdversarialCheckError(
-                        f"{p.label}: returned {adv.dtype} images, expected fp32"
-                    )
-                verify_adversarial(x_in, adv, p.eps, protocol.norm, p.label)
             if p.modality in ("text", "multimodal") and res.info:
                 out.setdefault("info", {})[p.key] = text_attack_info(res.info)
             scorer = res.model if res.model is not None else zs
@@ -491,8 +509,6 @@ def evaluate_model(
 ) -> list[dict[str, Any]]:
     """No files: clean/robust accuracy (percent) per eps of `zs` on `dataset` (trainer's periodic
     evaluation). `indices` default: protocol.n_samples drawn with protocol.seed."""
-    from ..data import sample_indices
-
     protocol = protocol_from_dict(protocol)
     if protocol.testtime:  # the defended labels and both attack modes need evaluate()'s records
         raise ClipxUsageError(
@@ -551,6 +567,26 @@ def evaluate(
         return out
 
 
+@dataclass
+class _Evaluation:
+    """What every dataset of one evaluation (one model, maybe behind a test-time defense) shares."""
+
+    loaded: LoadedCLIP
+    protocol: Protocol
+    run_dir: Any
+    label: str
+    base_label: str
+    resume: bool
+    progress: bool
+    checkpoint_s: float
+    testtime: dict[str, Any] | None
+    defense: Any
+    fingerprint: str
+    stamp: dict[str, Any]
+    rank: int
+    world: int
+
+
 def _evaluate(
     loaded: LoadedCLIP,
     protocol: Protocol,
@@ -561,161 +597,193 @@ def _evaluate(
     checkpoint_s: float,
     testtime: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    from ..cachekeys import component_fingerprint
-    from ..data import sample_indices
-    from ..utils.versions import versions
-
     rank, world = D.maybe_init()
-    base_label = label
-    defense = None
+    full_label, defense = label, None
     if testtime is not None:
-        label = f"{label}+{testtime['label']}"
+        full_label = f"{label}+{testtime['label']}"
         defense = build_testtime(testtime)
     fingerprint = R.model_fingerprint(loaded.model)
-    stamp = versions()
+    run = _Evaluation(
+        loaded, protocol, run_dir, full_label, label, resume, progress, checkpoint_s,
+        testtime, defense, fingerprint, versions(), rank, world,
+    )  # fmt: skip
     out: list[dict[str, Any]] = []
     for spec in protocol.datasets:
-        key = dataset_key(spec)
-        # a named split ("unseen") is keyed on the class names it resolves to, not its name
-        split = build_dataset(spec).description if restricts(spec) else None
-        inputs = evaluation_key(protocol, spec, fingerprint, split)
-        if testtime is not None:
-            inputs["testtime"] = {
-                **testtime,
-                "code": digest(component_fingerprint("testtime", testtime["name"])),
-            }
-        phash = protocol.dataset_hash(spec, {"model": fingerprint, "inputs": digest(inputs)})
-        path = R.result_path(run_dir, label, protocol.name, key)
-        existing = R.read_json(path) if resume else None
-        reuse = bool(
-            existing
-            and existing.get("schema") == R.SCHEMA
-            and existing.get("protocol_hash") == phash
-        )
-        if existing and not reuse and rank == 0:
-            why = ", ".join(changed(existing.get("key"), inputs)[:6])
-            _log(f"{label}: {key}: recomputing, its inputs changed ({why})")
-        reuse = D.broadcast(reuse)
-        if reuse:
-            existing = existing or R.read_json(path)  # rank 0 decided; every rank reads the file
-            out.extend(existing["records"])
-            if rank == 0:
-                R.log_event(
-                    run_dir, event="skipped", label=label, protocol=protocol.name, dataset=key
-                )
-            continue
-        start = time.time()
-        ds = at_resolution(build_dataset(spec), protocol.resolution_for(spec))
-        if len(ds) == 0:
-            raise ClipxUsageError(f"dataset '{spec['dataset']}' ({key}) is empty: 0 samples")
-        indices = sample_indices(len(ds), protocol.n_for(spec), protocol.seed)
-        attacked = list(ds[indices[0]][0].shape[-2:]) if len(indices) else None
-        zs = build_classifier(loaded, ds.classnames, protocol.templates_for(spec))
-        zs.class_matrix()  # computed once here, reused by every batch and attack
-        scored: nn.Module = zs
-        if not protocol.testtime:
-            plan = plan_attacks(zs, protocol, key)
-        else:
-            defended = None if defense is None else DefendedClassifier(zs, defense, label)
-            plan = plan_modes(zs, defended, protocol, key)
-            scored = defended or zs
-
-        done: dict[str, dict] = {}
-        if resume:
-            for part in R.partial_paths(path):
-                data = R.read_json(part)
-                if data and data.get("protocol_hash") == phash:
-                    done.update(data.get("batches", {}))
-        if done and rank == 0:
-            R.log_event(
-                run_dir,
-                event="resumed",
-                label=label,
-                protocol=protocol.name,
-                dataset=key,
-                batches_done=len(done),
-            )
-        checkpoint = _Checkpoint(R.partial_path(path, rank), phash, checkpoint_s, done)
-        batch_results = run_samples(
-            scored,
-            ds,
-            indices,
-            protocol,
-            plan,
-            key=key,
-            done=done,
-            on_batch=checkpoint,
-            progress=progress,
-        )
-        samples = flatten(batch_results, plan)
-        elapsed = round(time.time() - start, 3)
-        records = summarize(samples, plan, protocol)
-        for rec in records:
-            rec.update(
-                {
-                    "schema": R.SCHEMA,
-                    "protocol": protocol.name,
-                    "protocol_hash": phash,
-                    "label": label,
-                    **(
-                        {"base_label": base_label, "testtime": _testtime_record(testtime, defense)}
-                        if testtime
-                        else {}
-                    ),
-                    "model": {
-                        "arch": loaded.arch,
-                        "pretrained": loaded.pretrained,
-                        "fingerprint": fingerprint,
-                    },
-                    "dataset": spec["dataset"],
-                    "split": spec.get("split", "test"),
-                    "dataset_key": key,
-                    "dataset_params": {
-                        k: v
-                        for k, v in spec.items()
-                        if k not in ("dataset", "split", "n", "templates", "resolution")
-                    },
-                    "n_classes": len(ds.classnames),
-                    "class_split": getattr(ds, "description", None),
-                    "seed": protocol.seed,
-                    "templates": protocol.templates_for(spec),
-                    "attack_resolution": attacked,  # (H, W) the attack and eps apply at
-                    "lineage": protocol.lineage,
-                    "precision": protocol.precision,
-                    "batch_size": protocol.batch_size,
-                    "world_size": world,
-                    "formulas": R.FORMULAS,
-                    "versions": stamp,
-                    "elapsed_s": elapsed,
-                    "computed_at": R.now(),
-                    "protocol_params": protocol.to_dict(),
-                }
-            )
-        if rank == 0:
-            R.write_result(
-                path,
-                {
-                    "schema": R.SCHEMA,
-                    "protocol_hash": phash,
-                    "key": inputs,
-                    "label": label,
-                    "protocol": protocol.name,
-                    "dataset_key": key,
-                    "records": records,
-                    "samples": {"indices": list(indices), **samples},
-                },
-            )
-            for part in R.partial_paths(path):
-                part.unlink(missing_ok=True)
-            R.log_event(
-                run_dir,
-                event="computed",
-                label=label,
-                protocol=protocol.name,
-                dataset=key,
-                elapsed_s=elapsed,
-                batches_reused=len(done),
-            )
-        D.barrier()
-        out.extend(records)
+        out.extend(_evaluate_dataset(run, spec))
     return out
+
+
+def _evaluate_dataset(run: _Evaluation, spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """One dataset's records: reused from its result file, or computed (resuming the batches a
+    crashed run finished) and written."""
+    protocol, key = run.protocol, dataset_key(spec)
+    inputs, phash, path = _dataset_identity(run, spec, key)
+    reused = _reused_records(run, key, inputs, phash, path)
+    if reused is not None:
+        return reused
+    start = time.time()
+    ds, indices = protocol_samples(protocol, spec)
+    if len(ds) == 0:
+        raise ClipxUsageError(f"dataset '{spec['dataset']}' ({key}) is empty: 0 samples")
+    attacked = list(ds[indices[0]][0].shape[-2:]) if len(indices) else None
+    scored, plan = _scored_plan(run, ds, spec, key)
+    done = _finished_batches(run, key, path, phash)
+    checkpoint = _Checkpoint(R.partial_path(path, run.rank), phash, run.checkpoint_s, done)
+    batch_results = run_samples(
+        scored,
+        ds,
+        indices,
+        protocol,
+        plan,
+        key=key,
+        done=done,
+        on_batch=checkpoint,
+        progress=run.progress,
+    )
+    samples = flatten(batch_results, plan)
+    elapsed = round(time.time() - start, 3)
+    records = summarize(samples, plan, protocol)
+    for rec in records:
+        rec.update(_record_fields(run, spec, key, phash, ds, attacked, elapsed))
+    if run.rank == 0:
+        result = {
+            "schema": R.SCHEMA,
+            "protocol_hash": phash,
+            "key": inputs,
+            "label": run.label,
+            "protocol": protocol.name,
+            "dataset_key": key,
+            "records": records,
+            "samples": {"indices": list(indices), **samples},
+        }
+        _write_dataset(run, path, key, result, elapsed, len(done))
+    D.barrier()
+    return records
+
+
+def _dataset_identity(run: _Evaluation, spec: dict[str, Any], key: str) -> tuple[dict, str, Any]:
+    """(the inputs a result depends on, their hash, the result file)."""
+    # a named split ("unseen") is keyed on the class names it resolves to, not its name
+    split = open_eval_dataset(spec).description if restricts(spec) else None
+    inputs = evaluation_key(run.protocol, spec, run.fingerprint, split)
+    if run.testtime is not None:
+        inputs["testtime"] = {
+            **run.testtime,
+            "code": digest(component_fingerprint("testtime", run.testtime["name"])),
+        }
+    phash = run.protocol.dataset_hash(spec, {"model": run.fingerprint, "inputs": digest(inputs)})
+    return inputs, phash, R.result_path(run.run_dir, run.label, run.protocol.name, key)
+
+
+def _reused_records(
+    run: _Evaluation, key: str, inputs: dict, phash: str, path: Any
+) -> list[dict[str, Any]] | None:
+    """The records of a result file computed from the same inputs (rank 0 decides), or None."""
+    existing = R.read_json(path) if run.resume else None
+    reuse = bool(
+        existing and existing.get("schema") == R.SCHEMA and existing.get("protocol_hash") == phash
+    )
+    if existing and not reuse and run.rank == 0:
+        why = ", ".join(changed(existing.get("key"), inputs)[:6])
+        _log(f"{run.label}: {key}: recomputing, its inputs changed ({why})")
+    reuse = D.broadcast(reuse)
+    if not reuse:
+        return None
+    existing = existing or R.read_json(path)  # rank 0 decided; every rank reads the file
+    if run.rank == 0:
+        _note(run, "skipped", key)
+    return existing["records"]
+
+
+def _scored_plan(
+    run: _Evaluation, ds: Any, spec: dict[str, Any], key: str
+) -> tuple[nn.Module, Any]:
+    """The classifier the samples are scored on (behind the test-time defense, if any) and the
+    attack plan."""
+    zs = build_classifier(run.loaded, ds.classnames, run.protocol.templates_for(spec))
+    zs.class_matrix()  # computed once here, reused by every batch and attack
+    if not run.protocol.testtime:
+        return zs, plan_attacks(zs, run.protocol, key)
+    defended = None if run.defense is None else DefendedClassifier(zs, run.defense, run.label)
+    return defended or zs, plan_modes(zs, defended, run.protocol, key)
+
+
+def _finished_batches(run: _Evaluation, key: str, path: Any, phash: str) -> dict[str, dict]:
+    """Batches an interrupted run of the same inputs finished (its partial files)."""
+    done: dict[str, dict] = {}
+    if run.resume:
+        for part in R.partial_paths(path):
+            data = R.read_json(part)
+            if data and data.get("protocol_hash") == phash:
+                done.update(data.get("batches", {}))
+    if done and run.rank == 0:
+        _note(run, "resumed", key, batches_done=len(done))
+    return done
+
+
+def _record_fields(
+    run: _Evaluation,
+    spec: dict[str, Any],
+    key: str,
+    phash: str,
+    ds: Any,
+    attacked: list[int] | None,
+    elapsed: float,
+) -> dict[str, Any]:
+    """What each record of a dataset carries besides its accuracies."""
+    protocol, testtime = run.protocol, run.testtime
+    return {
+        "schema": R.SCHEMA,
+        "protocol": protocol.name,
+        "protocol_hash": phash,
+        "label": run.label,
+        **(
+            {"base_label": run.base_label, "testtime": _testtime_record(testtime, run.defense)}
+            if testtime
+            else {}
+        ),
+        "model": {
+            "arch": run.loaded.arch,
+            "pretrained": run.loaded.pretrained,
+            "fingerprint": run.fingerprint,
+        },
+        "dataset": spec["dataset"],
+        "split": spec.get("split", "test"),
+        "dataset_key": key,
+        "dataset_params": {
+            k: v
+            for k, v in spec.items()
+            if k not in ("dataset", "split", "n", "templates", "resolution")
+        },
+        "n_classes": len(ds.classnames),
+        "class_split": getattr(ds, "description", None),
+        "seed": protocol.seed,
+        "templates": protocol.templates_for(spec),
+        "attack_resolution": attacked,  # (H, W) the attack and eps apply at
+        "lineage": protocol.lineage,
+        "precision": protocol.precision,
+        "batch_size": protocol.batch_size,
+        "world_size": run.world,
+        "formulas": R.FORMULAS,
+        "versions": run.stamp,
+        "elapsed_s": elapsed,
+        "computed_at": R.now(),
+        "protocol_params": protocol.to_dict(),
+    }
+
+
+def _write_dataset(
+    run: _Evaluation, path: Any, key: str, result: dict[str, Any], elapsed: float, reused: int
+) -> None:
+    """Rank 0: the dataset's result file; its partial files go, the event log notes it."""
+    R.write_result(path, result)
+    for part in R.partial_paths(path):
+        part.unlink(missing_ok=True)
+    _note(run, "computed", key, elapsed_s=elapsed, batches_reused=reused)
+
+
+def _note(run: _Evaluation, event: str, key: str, **extra: Any) -> None:
+    """One line of the run dir's event log about a dataset of this evaluation."""
+    R.log_event(
+        run.run_dir, event=event, label=run.label, protocol=run.protocol.name, dataset=key, **extra
+    )

@@ -11,10 +11,12 @@ import copy
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ClipxUsageError, closest
+from ..registry import get, names
 from ..utils.eps import format_eps, parse_eps
 from ..utils.eps import resolve_budget_expr as resolve_budget_expr  # re-exported (engine)
 
@@ -62,13 +64,17 @@ def _dataset_spec(item: Any) -> dict[str, Any]:
 
 
 def dataset_key(spec: dict[str, Any]) -> str:
-    """File-name-safe identity of a dataset spec: name, split, and a hash of other factory args."""
+    """File-name-safe identity of a dataset spec: name, split, and a hash of other factory args,
+    the folder or file it reads included (two image folders evaluated under one dataset name are
+    two results, not one replacing the other)."""
     from ..data.splits import subset_tag
 
     kwargs = {
-        k: v
+        k: _where(v) if k in ("root", "path") else v
         for k, v in spec.items()
-        if k not in _DATASET_KEYS_RESERVED and k not in ("root", "path", "download")
+        if k not in _DATASET_KEYS_RESERVED
+        and k != "download"
+        and not (k in ("root", "path") and v is None)
     }
     key = f"{spec['dataset']}_{spec.get('split', 'test')}"
     if subset_tag(spec):  # seen / unseen classes, held-out part: readable in file names and tables
@@ -80,6 +86,10 @@ def dataset_key(spec: dict[str, Any]) -> str:
     if kwargs:
         key += "_" + hashlib.sha256(_canonical(kwargs).encode()).hexdigest()[:8]
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in key)
+
+
+def _where(path: Any) -> Any:
+    return os.path.realpath(os.path.expanduser(path)) if isinstance(path, str) else path
 
 
 def _canonical(obj: Any) -> str:
@@ -302,7 +312,6 @@ class Protocol:
     def takes(self, setting: str) -> bool:
         """Whether an attack of this protocol takes `setting` from it (its protocol_params);
         an attack not registered (yet) counts as taking it."""
-        from ..registry import get
 
         for spec in self.attacks:
             try:
@@ -329,14 +338,12 @@ def _check_resolution(value: Any, where: str) -> None:
 
 # -- registry access ----------------------------------------------------------------------------
 def protocol_names() -> list[str]:
-    from ..registry import names
 
     return names("evaluators")
 
 
 def get_protocol(name: str, **overrides: Any) -> Protocol:
     """A registered preset with overrides applied (unknown settings are usage errors)."""
-    from ..registry import get
 
     entry = get("evaluators", name)
     proto = entry.obj(**overrides)

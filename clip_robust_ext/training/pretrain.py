@@ -29,6 +29,8 @@ from ..errors import ClipxUsageError
 from ..models import LoadedCLIP, ZeroShotClassifier, load_clip, save_open_clip_checkpoint
 from ..models.clip import CONFIG_DIR
 from ..params import checked, keyword_parameters
+from ..registry import get
+from ..utils.integrity import damage, file_record
 from ..utils.io import atomic_write_json
 from .config import TrainConfig
 from .trainer import train
@@ -107,7 +109,6 @@ def pretrain_small_clip(
     `templates` filled with the class name. class_aware: same-class captions are positives (needed
     when a batch holds many images of one class). AdamW betas (0.9, 0.98), eps 1e-6, cosine with
     warm-up, both towers, logit scale learned and clamped to ln 100 (as clipx-small-c10)."""
-    from ..registry import get
 
     if dataset is None:
         dataset = ProceduralShapes("train", n=5000, seed=seed)
@@ -193,11 +194,16 @@ def _finished(folder: Path, key: str) -> bool:
     if not (meta.is_file() and weights.is_file()):
         return False
     try:
-        recorded = json.loads(meta.read_text()).get("key")
+        marker = json.loads(meta.read_text())
+        recorded = marker.get("key")
     except (OSError, ValueError, AttributeError):
-        recorded = None
+        marker, recorded = {}, None
     if recorded != key:
         print(f"clipx: {meta} is unreadable or for another key; rebuilding", file=sys.stderr)
+        return False
+    broken = damage(weights, marker.get("weights"))
+    if broken:
+        print(f"clipx: {weights} {broken}; rebuilding", file=sys.stderr)
         return False
     return True
 
@@ -269,6 +275,7 @@ def procedural_small_path(rebuild: bool = False, progress: bool = True, **overri
                 {  # written last: its presence marks a complete model
                     "name": "procedural-small",
                     "key": key,
+                    "weights": file_record(weights),  # checked before every reuse
                     "spec": spec,
                     "arch_config": _arch_config(spec["arch"]),
                     "zero_shot_test_accuracy": accuracy,

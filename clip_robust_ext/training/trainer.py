@@ -38,10 +38,12 @@ from torch.utils.data import DataLoader, Dataset
 from ..attacks import attack_mode, build_attack, verify_adversarial
 from ..data.checks import stack_images
 from ..errors import ClipxError, ClipxUsageError
+from ..evaluation import evaluate
 from ..models import DEFAULT_TEMPLATES, LoadedCLIP, ZeroShotClassifier, save_open_clip_checkpoint
 from ..models.accelerate import accelerated
 from ..models.prompts import adopt_prompt_context
-from ..utils.io import atomic_write_text
+from ..registry import get
+from ..utils.io import append_text, atomic_write_text
 from ..utils.seeding import seed_everything
 from . import distributed as D
 from . import scope as S
@@ -140,8 +142,6 @@ def caption_function(
 
 def _as_defense(defense: Defense | str) -> Defense:
     if isinstance(defense, str):
-        from ..registry import get
-
         return get("defenses", defense).obj()
     if not hasattr(defense, "loss"):
         raise ClipxUsageError(
@@ -260,8 +260,7 @@ class _Logger:
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(record, default=str) + "\n")
+        append_text(self.path, json.dumps(record, default=str) + "\n")
         if self.tb is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key != "step":
@@ -673,7 +672,6 @@ def evaluation_callback(protocol: Any, run_dir: str | Path, label: str = "step")
     eval_every steps (records under run_dir, label '<label>-<step>'); logs a compact summary."""
 
     def run(loaded: LoadedCLIP, step: int) -> list[dict[str, Any]]:
-        from ..evaluation import evaluate
 
         records = evaluate(loaded, protocol, run_dir, label=f"{label}-{step}", progress=False)
         keys = ("dataset", "attack", "eps", "n", "clean_acc", "robust_acc")
