@@ -231,16 +231,18 @@ def test_a_third_party_defense_trains_with_lora_against_the_base_reference(
 
 
 def test_scope_keys_are_validated_at_recipe_show():
-    from clip_robust_ext.validation import check_method
-
-    for bad, msg in (
-        ({"scope": "lorra"}, "scope must be one of"),
-        ({"scope": "lora", "lora_rank": 0}, "lora_rank"),
-        ({"scope": "first-blocks", "trainable": "last-k:1"}, "applies to the towers"),
-        ({"scope": "lora", "lora_targets": "("}, "lora_targets"),
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["recipe", "show", "scopes"])
+    assert shown.exit_code == 0 and 'scope = "lora"' in shown.output, shown.output
+    for sets, msg in (
+        (["defense.scope=lorra"], "scope must be one of"),
+        (["defense.lora_rank=0"], "lora_rank"),
+        (["defense.scope=lora", "defense.trainable=last-k:1"], "applies to the towers"),
+        (["defense.lora_targets=("], "lora_targets"),
     ):
-        with pytest.raises(ClipxUsageError, match=msg):
-            check_method({"name": "tecoa", "params": {}, "train": bad}, "defense")
+        args = [x for item in sets for x in ("--set", item)]
+        ran = runner.invoke(cli, ["recipe", "show", "scopes", *args])
+        assert ran.exit_code == 2 and msg in ran.output, (sets, ran.output)
 
 
 RECIPE = """
