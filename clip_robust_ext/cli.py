@@ -382,11 +382,17 @@ def models_command(zoo: bool, as_json: bool) -> None:
     type=click.Path(file_okay=False),
     help="Folder to write: open_clip config + safetensors + model card (local-dir:/hf-hub: ready).",
 )
-def export_command(model_dir: str, hub_folder: str) -> None:
+@click.option(
+    "--merge-adapter",
+    is_flag=True,
+    help="A LoRA / first-blocks model: write full weights with the adapter folded in (default: "
+    "the adapter folder alone, which loads onto its base with --adapter).",
+)
+def export_command(model_dir: str, hub_folder: str, merge_adapter: bool) -> None:
     """Export a trained model (RUN_DIR/LABEL) as an open_clip hub folder with a model card."""
     from .export import export_hub_folder
 
-    click.echo(f"wrote {export_hub_folder(model_dir, hub_folder)}")
+    click.echo(f"wrote {export_hub_folder(model_dir, hub_folder, merge_adapter)}")
 
 
 cli.command("protocols")(
@@ -513,6 +519,12 @@ def protocol_options(command: Any) -> Any:
     multiple=True,
     metavar="KEY=VALUE",
     help="Another argument of the model source (value parsed as TOML).",
+)
+@click.option(
+    "--adapter",
+    default=None,
+    help="A LoRA / first-blocks adapter folder (path, local-dir:PATH or hf-hub:ORG/NAME) put on "
+    "the model; refused unless the model is the adapter's base.",
 )
 @protocol_options
 @click.option(

@@ -136,6 +136,8 @@ def model_identity(
         "checkpoint_sha256": _file_sha256(path) if path else None,
         "weights_sha256": full,
         "parameters": sum(p.numel() for p in loaded.model.parameters()),
+        # how it was trained: scope, trainable parameters, base fingerprint (training/scope.py)
+        "scope": (getattr(loaded, "info", None) or {}).get("scope"),
         "certified": bool(spec.get("certified", False)),
     }
 
@@ -311,6 +313,16 @@ def _provenance_lines(prov: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _scope_line(scope: dict[str, Any] | None) -> list[str]:
+    if not scope:
+        return []
+    return [
+        f"- scope `{scope.get('scope')}` on {', '.join(scope.get('towers') or []) or '-'}: "
+        f"{scope.get('trainable_params') or '-'} trainable parameters, base weights "
+        f"fingerprint `{scope.get('base_fingerprint') or '-'}`"
+    ]
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     """The card as a human-readable page (the JSON is the record)."""
     m, p, c = card["model"], card["protocol"], card["cost"]
@@ -320,6 +332,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         "",
         f"- model: label `{m['label']}`, arch `{m.get('arch')}`, source `{json.dumps(m.get('source'))}`",
         f"- checkpoint sha256: `{m.get('checkpoint_sha256') or '-'}`; weights sha256 `{m['weights_sha256'][:16]}...`",
+        *_scope_line(m.get("scope")),
         f"- protocol `{p['name']}`, hash `{p['hash']}`; eps {p['content']['eps']} ({p['content']['norm']}), "
         f"seed {p['content']['seed']}",
         "- attacks: "
