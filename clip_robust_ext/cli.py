@@ -463,7 +463,12 @@ _PROTOCOL_OPTIONS = (
         "--dataset", "datasets", multiple=True, help="Dataset(s) instead of the protocol's."
     ),
     click.option(
-        "--n", "n_samples", type=click.IntRange(min=1), default=None, help="Samples per dataset."
+        "--n-samples",
+        "--n",
+        "n_samples",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Samples per dataset (under torchrun write --n-samples: torchrun reads --n as its own).",
     ),
     click.option("--templates", default=None, help="Template set (clipx templates)."),
     click.option("--seed", type=int, default=None, help="Sampling / attack seed."),
@@ -534,20 +539,47 @@ def protocol_options(command: Any) -> Any:
     help="Where results go (default: runs/eval-<label>); may hold earlier datasets.",
 )
 @click.option("--device", default="auto", help="auto, cpu, cuda, cuda:N.")
+@click.option(
+    "--shard",
+    default=None,
+    metavar="I/N",
+    help="Evaluate only shard I of N (0 <= I < N; array jobs), resumable; then clipx eval-merge.",
+)
 @download_option
 @json_option
 def eval_command(as_json: bool, download: bool, **options: Any) -> None:
-    """Evaluate a model or checkpoint under a protocol, without a recipe."""
+    """Evaluate a model or checkpoint under a protocol, without a recipe. Runs as one process or
+    under torchrun, srun or accelerate launch (docs/distributed.md)."""
     from .data.manage import allow_downloads
+    from .evaluation.distributed import finish, world
     from .runner import run_eval
 
     with stdout_to_stderr(as_json), allow_downloads(download):
         result = run_eval(**options)
+    if world()[0] == 0:
+        _print_result(result, as_json, "Shard in" if options["shard"] else "Results in")
+    finish()
+
+
+def _print_result(result: Any, as_json: bool, where: str) -> None:
     if as_json:
         emit_json(result.to_dict())
     else:
         click.echo(result.table, nl=False)
-        click.echo(f"\nResults in {result.run_dir}", err=True)
+        click.echo(f"\n{where} {result.run_dir}", err=True)
+
+
+@cli.command("eval-merge")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@json_option
+def eval_merge_command(run_dir: str, as_json: bool) -> None:
+    """Merge the shards of `clipx eval --shard I/N` in RUN_DIR into its results; refuses missing,
+    unfinished or overlapping shards. The merged per-sample results equal one process's."""
+    from .runner import eval_merge
+
+    with stdout_to_stderr(as_json):
+        result = eval_merge(run_dir)
+    _print_result(result, as_json, "Merged into")
 
 
 @cli.command("leaderboard")

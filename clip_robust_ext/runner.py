@@ -857,6 +857,7 @@ def run_eval(
     label: str | None = None,
     run_dir: str | Path | None = None,
     device: str = "auto",
+    shard: str | None = None,
 ) -> RunResult:
     """Evaluate one model under a protocol (`clipx eval`). Earlier results in run_dir (other
     datasets, other models) are kept and appear in the tables; finished datasets are reused."""
@@ -874,17 +875,57 @@ def run_eval(
     label = eval_label(label, default_label)
     check_device(device, "--device")
     run_dir = Path(run_dir) if run_dir else Path("runs") / f"eval-{label}"
-    with RunLock(run_dir, resume=True, what="evaluation"):
-        check_writable(run_dir)
+    request = {"label": label, "model": spec, "evaluate": section}
+    from .evaluation import distributed as D
+    from .evaluation.shards import parse_shard, shard_dir
+
+    part = parse_shard(shard) if shard else None
+    where = shard_dir(run_dir, *part) if part else run_dir
+    D.maybe_init()  # torchrun, srun, accelerate: rank 0 holds the lock and writes
+    with D.held_by_main(RunLock(where, resume=True, what="evaluation")):
+        D.on_main(lambda: check_writable(where))
         loaded = build_model(spec, device_of(device), seed=0)
+        if part:
+            return eval_shard(loaded, proto, run_dir, label, part, request)
         from .registry import provenance
 
-        note_components(run_dir, {label: {"model": provenance("models", spec["source"])}})
-        log(f"{label}: evaluating under protocol '{proto.name}' into {run_dir}")
+        components = {label: {"model": provenance("models", spec["source"])}}
+        D.on_main(lambda: note_components(run_dir, components))
+        D.on_main(lambda: log(f"{label}: evaluating under protocol '{proto.name}' into {run_dir}"))
         records = evaluate_loaded(loaded, proto, run_dir, label, spec=spec)
-        everything = load_records(run_dir)
-        table = write_results(run_dir, everything)
-    request = {"label": label, "model": spec, "evaluate": section}
+        table = D.on_main(lambda: write_results(run_dir, load_records(run_dir)))
+    return RunResult(run_dir, records, table, request, kind="request")
+
+
+def eval_shard(loaded, proto, run_dir: Path, label: str, part, request) -> RunResult:
+    """One array-job shard of `clipx eval` (evaluation/shards.py); merged by eval_merge."""
+    from .evaluation import distributed as D
+    from .evaluation.shards import evaluate_shard
+    from .registry import provenance
+
+    model = provenance("models", request["model"]["source"])
+    request = {**request, "protocol_name": proto.name, "components": {label: {"model": model}}}
+    D.on_main(lambda: log(f"{label}: shard {part[0]}/{part[1]} of protocol '{proto.name}'"))
+    manifest = evaluate_shard(loaded, proto, run_dir, label, part, request)
+    done = len(manifest["assigned"])
+    table = (
+        f"shard {part[0]}/{part[1]}: {done} batches evaluated; when every shard has finished: "
+        f"clipx eval-merge {run_dir}\n"
+    )
+    return RunResult(run_dir, [], table, request, kind="request")
+
+
+def eval_merge(run_dir: str | Path) -> RunResult:
+    """`clipx eval-merge`: the shards of run_dir as one evaluation's results (and tables)."""
+    from .evaluation import load_records
+    from .evaluation.merge import merge_shards
+
+    run_dir = Path(run_dir)
+    with RunLock(run_dir, resume=True, what="merge"):
+        check_writable(run_dir)
+        records, request = merge_shards(run_dir)
+        note_components(run_dir, request.get("components", {}))
+        table = write_results(run_dir, load_records(run_dir))
     return RunResult(run_dir, records, table, request, kind="request")
 
 

@@ -349,15 +349,18 @@ def run_samples(
     done: dict[str, dict] | None = None,
     on_batch: Callable[[dict[str, dict]], None] | None = None,
     progress: bool = False,
+    only: Sequence[int] | None = None,
 ) -> dict[str, dict]:
-    """Per-batch results for all batches ({str(batch id): result}), gathered across ranks."""
+    """Per-batch results for all batches ({str(batch id): result}), gathered across ranks;
+    `only`: just these batch ids (an array-job shard's), each still seeded by its global id."""
     rank, world = D.world()
     batches = [
         list(indices[i : i + protocol.batch_size])
         for i in range(0, len(indices), protocol.batch_size)
     ]
-    done = dict(done or {})
-    mine = [b for b in D.shard(list(range(len(batches))), rank, world) if str(b) not in done]
+    wanted = list(range(len(batches))) if only is None else sorted(only)
+    done = {b: r for b, r in (done or {}).items() if int(b) in wanted}
+    mine = [b for b in D.shard(wanted, rank, world) if str(b) not in done]
     local: dict[str, dict] = {}
     device = zs.device
     if mine:
@@ -387,7 +390,7 @@ def run_samples(
     merged = dict(done)
     for part in D.all_gather(local):
         merged.update(part)
-    missing = [b for b in range(len(batches)) if str(b) not in merged]
+    missing = [b for b in wanted if str(b) not in merged]
     if missing:
         raise ClipxError(f"{key}: batches {missing[:5]} were not evaluated")
     return merged
@@ -527,25 +530,64 @@ def evaluate(
     resume: bool = True,
     progress: bool = True,
     checkpoint_s: float = 30.0,
+    shard: Any = None,
 ) -> list[dict[str, Any]]:
     """Evaluate `loaded` under `protocol`; one JSON result per dataset under run_dir/eval.
 
     Datasets whose result file matches the protocol settings and model weights are skipped (and
     their records returned); interrupted datasets continue from their finished batches. Under
-    torchrun (WORLD_SIZE > 1) batches are sharded across ranks and rank 0 writes the files.
+    torchrun, srun or accelerate (several processes) batches are sharded across ranks and rank 0
+    writes the files. `shard` (evaluation/shards.py): only that array-job shard's batches, written
+    as parts for `clipx eval-merge` (returns no records).
     Returns one record per (dataset, eps); see records.FORMULAS for the definitions."""
     protocol = protocol_from_dict(protocol)
     check_weights(loaded.model.named_parameters(), f"model '{label}'")
     custom = getattr(protocol, "evaluate_with", None)
+    if custom is not None and shard is not None:
+        raise ClipxUsageError(
+            f"--shard: protocol '{protocol.name}' is not per-sample classification and is not "
+            "sharded; run it without --shard"
+        )
     if custom is not None:  # protocols that are not per-sample classification (e.g. retrieval)
         return custom(loaded, run_dir, label, resume=resume, progress=progress)
     with accelerated(loaded, protocol.channels_last, protocol.compile) as fast:
-        out = _evaluate(fast, protocol, run_dir, label, resume, progress, checkpoint_s)
-        for spec in protocol.testtime:  # the same model behind each test-time defense
+        out: list[dict[str, Any]] = []
+        for spec in [None, *protocol.testtime]:  # the same model behind each test-time defense
             out += _evaluate(
-                fast, protocol, run_dir, label, resume, progress, checkpoint_s, testtime=spec
+                fast, protocol, run_dir, label, resume, progress, checkpoint_s, spec, shard
             )
         return out
+
+
+@dataclass
+class _Run:
+    """One model (optionally behind one test-time defense) evaluated under a protocol."""
+
+    loaded: LoadedCLIP
+    protocol: Protocol
+    run_dir: Any
+    label: str
+    base_label: str
+    testtime: dict[str, Any] | None
+    defense: Any
+    fingerprint: str
+    resume: bool
+    progress: bool
+    checkpoint_s: float
+    rank: int
+    world: int
+    shard: Any = None  # evaluation/shards.py: only this shard's batches, written as a part
+
+
+@dataclass
+class _Job:
+    """One dataset of a _Run: what its result is keyed on and where it goes."""
+
+    spec: dict[str, Any]
+    key: str
+    inputs: dict[str, Any]
+    phash: str
+    path: Any
 
 
 def _evaluate(
@@ -557,162 +599,214 @@ def _evaluate(
     progress: bool,
     checkpoint_s: float,
     testtime: dict[str, Any] | None = None,
+    shard: Any = None,
 ) -> list[dict[str, Any]]:
-    from ..cachekeys import component_fingerprint
-    from ..data import sample_indices
-    from ..utils.versions import versions
-
     rank, world = D.maybe_init()
-    base_label = label
-    defense = None
-    if testtime is not None:
-        label = f"{label}+{testtime['label']}"
-        defense = build_testtime(testtime)
-    fingerprint = R.model_fingerprint(loaded.model)
-    stamp = versions()
+    run = _Run(
+        loaded,
+        protocol,
+        run_dir,
+        f"{label}+{testtime['label']}" if testtime is not None else label,
+        label,
+        testtime,
+        None if testtime is None else build_testtime(testtime),
+        R.model_fingerprint(loaded.model),
+        resume,
+        progress,
+        checkpoint_s,
+        rank,
+        world,
+        shard,
+    )
     out: list[dict[str, Any]] = []
     for spec in protocol.datasets:
-        key = dataset_key(spec)
-        # a named split ("unseen") is keyed on the class names it resolves to, not its name
-        split = build_dataset(spec).description if restricts(spec) else None
-        inputs = evaluation_key(protocol, spec, fingerprint, split)
-        if testtime is not None:
-            inputs["testtime"] = {
-                **testtime,
-                "code": digest(component_fingerprint("testtime", testtime["name"])),
-            }
-        phash = protocol.dataset_hash(spec, {"model": fingerprint, "inputs": digest(inputs)})
-        path = R.result_path(run_dir, label, protocol.name, key)
-        existing = R.read_json(path) if resume else None
-        reuse = bool(
-            existing
-            and existing.get("schema") == R.SCHEMA
-            and existing.get("protocol_hash") == phash
-        )
-        if existing and not reuse and rank == 0:
-            why = ", ".join(changed(existing.get("key"), inputs)[:6])
-            _log(f"{label}: {key}: recomputing, its inputs changed ({why})")
-        reuse = D.broadcast(reuse)
-        if reuse:
-            existing = existing or R.read_json(path)  # rank 0 decided; every rank reads the file
-            out.extend(existing["records"])
-            if rank == 0:
-                R.log_event(
-                    run_dir, event="skipped", label=label, protocol=protocol.name, dataset=key
-                )
-            continue
-        start = time.time()
-        ds = at_resolution(build_dataset(spec), protocol.resolution_for(spec))
-        if len(ds) == 0:
-            raise ClipxUsageError(f"dataset '{spec['dataset']}' ({key}) is empty: 0 samples")
-        indices = sample_indices(len(ds), protocol.n_for(spec), protocol.seed)
-        attacked = list(ds[indices[0]][0].shape[-2:]) if len(indices) else None
-        zs = build_classifier(loaded, ds.classnames, protocol.templates_for(spec))
-        zs.class_matrix()  # computed once here, reused by every batch and attack
-        scored: nn.Module = zs
-        if not protocol.testtime:
-            plan = plan_attacks(zs, protocol, key)
-        else:
-            defended = None if defense is None else DefendedClassifier(zs, defense, label)
-            plan = plan_modes(zs, defended, protocol, key)
-            scored = defended or zs
-
-        done: dict[str, dict] = {}
-        if resume:
-            for part in R.partial_paths(path):
-                data = R.read_json(part)
-                if data and data.get("protocol_hash") == phash:
-                    done.update(data.get("batches", {}))
-        if done and rank == 0:
-            R.log_event(
-                run_dir,
-                event="resumed",
-                label=label,
-                protocol=protocol.name,
-                dataset=key,
-                batches_done=len(done),
-            )
-        checkpoint = _Checkpoint(R.partial_path(path, rank), phash, checkpoint_s, done)
-        batch_results = run_samples(
-            scored,
-            ds,
-            indices,
-            protocol,
-            plan,
-            key=key,
-            done=done,
-            on_batch=checkpoint,
-            progress=progress,
-        )
-        samples = flatten(batch_results, plan)
-        elapsed = round(time.time() - start, 3)
-        records = summarize(samples, plan, protocol)
-        for rec in records:
-            rec.update(
-                {
-                    "schema": R.SCHEMA,
-                    "protocol": protocol.name,
-                    "protocol_hash": phash,
-                    "label": label,
-                    **(
-                        {"base_label": base_label, "testtime": _testtime_record(testtime, defense)}
-                        if testtime
-                        else {}
-                    ),
-                    "model": {
-                        "arch": loaded.arch,
-                        "pretrained": loaded.pretrained,
-                        "fingerprint": fingerprint,
-                    },
-                    "dataset": spec["dataset"],
-                    "split": spec.get("split", "test"),
-                    "dataset_key": key,
-                    "dataset_params": {
-                        k: v
-                        for k, v in spec.items()
-                        if k not in ("dataset", "split", "n", "templates", "resolution")
-                    },
-                    "n_classes": len(ds.classnames),
-                    "class_split": getattr(ds, "description", None),
-                    "seed": protocol.seed,
-                    "templates": protocol.templates_for(spec),
-                    "attack_resolution": attacked,  # (H, W) the attack and eps apply at
-                    "lineage": protocol.lineage,
-                    "precision": protocol.precision,
-                    "batch_size": protocol.batch_size,
-                    "world_size": world,
-                    "formulas": R.FORMULAS,
-                    "versions": stamp,
-                    "elapsed_s": elapsed,
-                    "computed_at": R.now(),
-                    "protocol_params": protocol.to_dict(),
-                }
-            )
-        if rank == 0:
-            R.write_result(
-                path,
-                {
-                    "schema": R.SCHEMA,
-                    "protocol_hash": phash,
-                    "key": inputs,
-                    "label": label,
-                    "protocol": protocol.name,
-                    "dataset_key": key,
-                    "records": records,
-                    "samples": {"indices": list(indices), **samples},
-                },
-            )
-            for part in R.partial_paths(path):
-                part.unlink(missing_ok=True)
-            R.log_event(
-                run_dir,
-                event="computed",
-                label=label,
-                protocol=protocol.name,
-                dataset=key,
-                elapsed_s=elapsed,
-                batches_reused=len(done),
-            )
-        D.barrier()
-        out.extend(records)
+        out.extend(_evaluate_dataset(run, _job_of(run, spec)))
     return out
+
+
+def _job_of(run: _Run, spec: dict[str, Any]) -> _Job:
+    from ..cachekeys import component_fingerprint
+
+    key = dataset_key(spec)
+    # a named split ("unseen") is keyed on the class names it resolves to, not its name
+    split = build_dataset(spec).description if restricts(spec) else None
+    inputs = evaluation_key(run.protocol, spec, run.fingerprint, split)
+    if run.testtime is not None:
+        code = digest(component_fingerprint("testtime", run.testtime["name"]))
+        inputs["testtime"] = {**run.testtime, "code": code}
+    phash = run.protocol.dataset_hash(spec, {"model": run.fingerprint, "inputs": digest(inputs)})
+    path = R.result_path(run.run_dir, run.label, run.protocol.name, key)
+    return _Job(spec, key, inputs, phash, path)
+
+
+def _reused(run: _Run, job: _Job) -> dict[str, Any] | None:
+    """The finished result file of `job` when its inputs are unchanged (rank 0 decides)."""
+    existing = R.read_json(job.path) if run.resume else None
+    reuse = bool(
+        existing
+        and existing.get("schema") == (run.shard.SCHEMA if run.shard else R.SCHEMA)
+        and existing.get("protocol_hash") == job.phash
+        and (run.shard is None or run.shard.same_batches(existing, run.label, job.key))
+    )
+    if existing and not reuse and run.rank == 0:
+        why = ", ".join(changed(existing.get("key"), job.inputs)[:6])
+        _log(f"{run.label}: {job.key}: recomputing, its inputs changed ({why})")
+    if not D.broadcast(reuse):
+        return None
+    existing = existing or R.read_json(job.path)  # rank 0 decided; every rank reads the file
+    if run.rank == 0:
+        R.log_event(
+            run.run_dir,
+            event="skipped",
+            label=run.label,
+            protocol=run.protocol.name,
+            dataset=job.key,
+        )
+    return existing
+
+
+def _done_batches(run: _Run, job: _Job) -> dict[str, dict]:
+    """Batches an interrupted run of `job` finished (its partial files)."""
+    done: dict[str, dict] = {}
+    if run.resume:
+        for part in R.partial_paths(job.path):
+            data = R.read_json(part)
+            if data and data.get("protocol_hash") == job.phash:
+                done.update(data.get("batches", {}))
+    if done and run.rank == 0:
+        R.log_event(
+            run.run_dir,
+            event="resumed",
+            label=run.label,
+            protocol=run.protocol.name,
+            dataset=job.key,
+            batches_done=len(done),
+        )
+    return done
+
+
+def _evaluate_dataset(run: _Run, job: _Job) -> list[dict[str, Any]]:
+    from ..data import sample_indices
+
+    protocol, spec, key = run.protocol, job.spec, job.key
+    existing = _reused(run, job)
+    if existing is not None:
+        return [] if run.shard else existing["records"]
+    start = time.time()
+    ds = at_resolution(build_dataset(spec), protocol.resolution_for(spec))
+    if len(ds) == 0:
+        raise ClipxUsageError(f"dataset '{spec['dataset']}' ({key}) is empty: 0 samples")
+    indices = sample_indices(len(ds), protocol.n_for(spec), protocol.seed)
+    only = None if run.shard is None else run.shard.assigned(run.label, key)
+    if only is not None and not only:
+        return []  # another shard's dataset
+    zs = build_classifier(run.loaded, ds.classnames, protocol.templates_for(spec))
+    zs.class_matrix()  # computed once here, reused by every batch and attack
+    scored: nn.Module = zs
+    if not protocol.testtime:
+        plan = plan_attacks(zs, protocol, key)
+    else:
+        defended = None if run.defense is None else DefendedClassifier(zs, run.defense, run.label)
+        plan = plan_modes(zs, defended, protocol, key)
+        scored = defended or zs
+    done = _done_batches(run, job)
+    checkpoint = _Checkpoint(R.partial_path(job.path, run.rank), job.phash, run.checkpoint_s, done)
+    batch_results = run_samples(
+        scored,
+        ds,
+        indices,
+        protocol,
+        plan,
+        key=key,
+        done=done,
+        on_batch=checkpoint,
+        progress=run.progress,
+        only=only,
+    )
+    fields = _record_fields(run, job, ds, [*ds[indices[0]][0].shape[-2:]] if indices else None)
+    fields["elapsed_s"] = round(time.time() - start, 3)
+    if run.shard is not None:
+        run.shard.write_part(run, job, indices, plan, batch_results, fields)
+        D.barrier()
+        return []
+    samples = flatten(batch_results, plan)
+    records = [{**rec, **fields} for rec in summarize(samples, plan, protocol)]
+    if run.rank == 0:
+        write_finished(run.run_dir, job, records, {"indices": list(indices), **samples})
+        R.log_event(
+            run.run_dir,
+            event="computed",
+            label=run.label,
+            protocol=protocol.name,
+            dataset=key,
+            elapsed_s=fields["elapsed_s"],
+            batches_reused=len(done),
+        )
+    D.barrier()
+    return records
+
+
+def write_finished(
+    run_dir: Any, job: Any, records: list[dict[str, Any]], samples: dict[str, Any]
+) -> None:
+    """The finished result file of one dataset (records + per-sample flags); drops partials."""
+    R.write_result(
+        job.path,
+        {
+            "schema": R.SCHEMA,
+            "protocol_hash": job.phash,
+            "key": job.inputs,
+            "label": records[0]["label"],
+            "protocol": records[0]["protocol"],
+            "dataset_key": job.key,
+            "records": records,
+            "samples": samples,
+        },
+    )
+    for part in R.partial_paths(job.path):
+        part.unlink(missing_ok=True)
+
+
+def _record_fields(run: _Run, job: _Job, ds: Any, attacked: list[int] | None) -> dict[str, Any]:
+    """Everything a record says besides its accuracies: what was evaluated, how, with what."""
+    from ..utils.versions import versions
+
+    protocol, spec = run.protocol, job.spec
+    testtime = run.testtime
+    return {
+        "schema": R.SCHEMA,
+        "protocol": protocol.name,
+        "protocol_hash": job.phash,
+        "label": run.label,
+        **(
+            {"base_label": run.base_label, "testtime": _testtime_record(testtime, run.defense)}
+            if testtime
+            else {}
+        ),
+        "model": {
+            "arch": run.loaded.arch,
+            "pretrained": run.loaded.pretrained,
+            "fingerprint": run.fingerprint,
+        },
+        "dataset": spec["dataset"],
+        "split": spec.get("split", "test"),
+        "dataset_key": job.key,
+        "dataset_params": {
+            k: v
+            for k, v in spec.items()
+            if k not in ("dataset", "split", "n", "templates", "resolution")
+        },
+        "n_classes": len(ds.classnames),
+        "class_split": getattr(ds, "description", None),
+        "seed": protocol.seed,
+        "templates": protocol.templates_for(spec),
+        "attack_resolution": attacked,  # (H, W) the attack and eps apply at
+        "lineage": protocol.lineage,
+        "precision": protocol.precision,
+        "batch_size": protocol.batch_size,
+        "world_size": run.world,
+        "formulas": R.FORMULAS,
+        "versions": versions(),
+        "computed_at": R.now(),
+        "protocol_params": protocol.to_dict(),
+    }
