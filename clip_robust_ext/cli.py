@@ -390,9 +390,37 @@ def export_command(model_dir: str, hub_folder: str) -> None:
     click.echo(f"wrote {export_hub_folder(model_dir, hub_folder)}")
 
 
-cli.command("protocols")(
-    _registry_command("evaluators", "List evaluation protocols.", ["name", "plugin", "description"])
+_list_protocols = _registry_command(
+    "evaluators", "List evaluation protocols.", ["name", "plugin", "description"]
 )
+
+
+@cli.group("protocols", invoke_without_command=True, context_settings=CONTEXT)
+@json_option
+@click.pass_context
+def protocols_group(ctx: click.Context, as_json: bool) -> None:
+    """List evaluation protocols; `clipx protocols show NAME` prints one in full."""
+    if ctx.invoked_subcommand is None:
+        _list_protocols(as_json=as_json)
+
+
+@protocols_group.command("show")
+@click.argument("name")
+@json_option
+def protocols_show(name: str, as_json: bool) -> None:
+    """Print protocol NAME resolved: every field, each attack with its parameters and defaults."""
+    from .evaluation.presets import show_protocol
+    from .recipes import dump_toml
+
+    with stdout_to_stderr(as_json):
+        doc = show_protocol(name)
+    if as_json:
+        emit_json(doc)
+    else:
+        click.echo(f"# protocol {name} (plugin: {doc['plugin']})")
+        click.echo(dump_toml(doc), nl=False)
+
+
 cli.command("templates")(
     _registry_command("templates", "List prompt template sets.", ["name", "plugin", "description"])
 )

@@ -909,7 +909,7 @@ def eval_shard(loaded, proto, run_dir: Path, label: str, part, request) -> RunRe
     manifest = evaluate_shard(loaded, proto, run_dir, label, part, request)
     done = len(manifest["assigned"])
     table = (
-        f"shard {part[0]}/{part[1]}: {done} batches evaluated; when every shard has finished: "
+        f"shard {part[0]}/{part[1]}: {done} batches done; when every shard has finished: "
         f"clipx eval-merge {run_dir}\n"
     )
     return RunResult(run_dir, [], table, request, kind="request")
