@@ -476,6 +476,31 @@ def plugins_command(as_json: bool) -> None:
             click.echo(f"error in plugin '{r['name']}': {error}", err=True)
 
 
+@cli.group("plugin", context_settings=CONTEXT)
+def plugin_group() -> None:
+    """Write a new plugin (`clipx plugins` lists the installed ones)."""
+
+
+@plugin_group.command("new")
+@click.argument("name")
+@click.option(
+    "--dir",
+    "parent",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder to create the plugin's folder (clipx-NAME) in.",
+)
+def plugin_new(name: str, parent: str) -> None:
+    """Write a working plugin skeleton NAME: pyproject with the clipx entry point, one attack,
+    its tests. Then: cd clipx-NAME && pip install -e . && python -m pytest tests."""
+    from .scaffold import new_plugin
+
+    root = new_plugin(name, parent)
+    click.echo(f"wrote {root}")
+    click.echo(f"next: cd {root} && pip install -e . && python -m pytest tests", err=True)
+
+
 # ------------------------------------------------------------------------------------- eval
 
 
