@@ -8,16 +8,19 @@ import re
 import subprocess
 import sys
 import types
+from importlib import metadata
 
 import pytest
 import torch
 from click.testing import CliRunner
 from helpers import REPO, assets
+from torchattacks.attack import Attack
 
 from clip_robust_ext import ClipxUsageError, hookimpl
-from clip_robust_ext.api import ZeroShotClassifier, build_attack, load_clip
+from clip_robust_ext.api import Protocol, ZeroShotClassifier, build_attack, factory_for, load_clip
 from clip_robust_ext.cli import cli
 from clip_robust_ext.evaluation import protocol_from_dict
+from clip_robust_ext.evaluation.engine import plan_attacks
 from clip_robust_ext.evaluation.protocol_fields import BEGIN, END, block
 from clip_robust_ext.registry import KINDS, entries, get
 from clip_robust_ext.scaffold import new_plugin
@@ -174,3 +177,35 @@ def test_plugin_new_skeleton_installs_and_passes_its_own_tests(tmp_path):
     )  # fmt: skip
     mine = [r for r in json.loads(listed.stdout) if r["name"] == "lab-attacks-margin"]
     assert mine and mine[0]["plugin"] == "lab-attacks"
+
+
+class _MarginStep(Attack):
+    """A plugin's own attack class on the torchattacks base (one signed step on the CE loss)."""
+
+    def __init__(self, model, eps: float = 4 / 255):
+        super().__init__("MarginStep", model)
+        self.eps, self.supported_mode = eps, ["default"]
+
+    def forward(self, images, labels):
+        x = images.clone().detach().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(self.get_logits(x), labels)
+        grad = torch.autograd.grad(loss, x)[0]
+        return (images + self.eps * grad.sign()).clamp(0, 1).detach()
+
+
+def test_backend_names_the_plugin_whose_code_runs(register_plugin):
+    class Lab:
+        @hookimpl
+        def register_attacks(self, register):
+            register("lab-step", factory_for(_MarginStep), modality="image")
+
+    register_plugin(Lab(), "lab")
+    torch.manual_seed(0)
+    zs = ZeroShotClassifier(load_clip("clipx-tiny"), classnames=["a", "b"], templates=["{}"])
+    proto = Protocol(attacks=["lab-step", "fgsm"], eps=["4/255"])
+    backends = {p.name: p.backend for p in plan_attacks(zs, proto)}
+    version = metadata.version("torchattacks")
+    assert backends == {
+        "lab-step": f"plugin lab on torchattacks {version}",  # the plugin's code, not torchattacks'
+        "fgsm": f"torchattacks {version}",
+    }

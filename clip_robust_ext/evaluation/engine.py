@@ -174,14 +174,23 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def _backend_of(attack: BuiltAttack, plugin: str) -> str:
+    """Whose code computes the attack: its own `backend` string, torchattacks for torchattacks'
+    classes, else the plugin (with its distribution and version), "on torchattacks" when a
+    plugin's class runs through the torchattacks adapter."""
     backend = getattr(attack.impl, "backend", None)
     if isinstance(backend, str):
         return backend
+    from ..plugins import distribution_of
+
+    dist, version = distribution_of(plugin)
+    own = f"plugin {plugin}" + (f" ({dist} {version})" if version else "")
     if type(attack.impl).__module__.endswith("torchattacks_adapter"):
         from importlib import metadata
 
-        return f"torchattacks {metadata.version('torchattacks')}"
-    return f"plugin {plugin}"
+        base = f"torchattacks {metadata.version('torchattacks')}"
+        inner = type(getattr(attack.impl, "attack", None)).__module__
+        return base if inner.split(".")[0] == "torchattacks" else f"{own} on {base}"
+    return own
 
 
 def plan_attacks(zs: nn.Module, protocol: Protocol, key: str = "dataset") -> list[PlannedAttack]:
