@@ -259,7 +259,7 @@ def _entry_rows(kind: str, with_params: bool = False) -> list[dict[str, Any]]:
     from .registry import entries
 
     rows = []
-    for name, entry in entries(kind).items():
+    for name, entry in entries(kind).listing():
         row: dict[str, Any] = {"name": name}
         if entry.modality:
             row["modality"] = entry.modality
@@ -292,9 +292,32 @@ def _params_of(obj: Any) -> dict[str, Any]:
     return out
 
 
+strict_option = click.option(
+    "--strict",
+    is_flag=True,
+    help="Exit with code 1 when a plugin failed or two plugins register the same name.",
+)
+
+
+def fail_if_strict(strict: bool, kinds: tuple[str, ...] | None = None) -> None:
+    """Under --strict, plugin problems (failed hooks, name clashes) of `kinds` end with exit 1."""
+    from .plugins import load_errors
+    from .registry import registry_errors
+
+    problems = [
+        f"plugin '{e['plugin']}': {e['error']}"
+        for e in registry_errors
+        if kinds is None or e["kind"] in kinds
+    ]
+    problems += [f"plugin '{e.name}': {e.error}" for e in load_errors] if kinds is None else []
+    if strict and problems:
+        raise Failure(f"--strict: {len(problems)} plugin problem(s): {'; '.join(problems)}", 1)
+
+
 def _registry_command(kind: str, help_text: str, columns: list[str], params: bool = False):
     @json_option
-    def command(as_json: bool, **filters: Any) -> None:
+    @strict_option
+    def command(as_json: bool, strict: bool = False, **filters: Any) -> None:
         with stdout_to_stderr(as_json):
             rows = _entry_rows(kind, with_params=params)
         modality = filters.get("modality")
@@ -304,6 +327,7 @@ def _registry_command(kind: str, help_text: str, columns: list[str], params: boo
             emit_json(rows)
         else:
             print_table(rows, columns)
+        fail_if_strict(strict, (kind,))
 
     command.__doc__ = help_text
     return command
@@ -328,7 +352,8 @@ cli.command("attacks")(
 
 @cli.command("defenses")
 @json_option
-def defenses(as_json: bool) -> None:
+@strict_option
+def defenses(as_json: bool, strict: bool) -> None:
     """List defenses: training losses and test-time defenses (`clipx testtime`), with parameters."""
     with stdout_to_stderr(as_json):
         rows = [{**r, "kind": "training"} for r in _entry_rows("defenses", with_params=True)]
@@ -337,6 +362,7 @@ def defenses(as_json: bool) -> None:
         emit_json(rows)
     else:
         print_table(rows, ["name", "kind", "plugin", "description"])
+    fail_if_strict(strict, ("defenses", "testtime"))
 
 
 cli.command("testtime")(
@@ -428,7 +454,8 @@ cli.command("templates")(
 
 @cli.command("plugins")
 @json_option
-def plugins_command(as_json: bool) -> None:
+@strict_option
+def plugins_command(as_json: bool, strict: bool) -> None:
     """List plugins (built-ins included): distribution, version, hooks and any load errors."""
     from .plugins import load_errors, plugin_info
     from .registry import KINDS, entries, registry_errors
@@ -469,11 +496,12 @@ def plugins_command(as_json: bool) -> None:
                 "registry_errors": list(registry_errors),
             }
         )
-        return
-    print_table(rows, ["name", "distribution", "version", "hooks"])
-    for r in rows:
-        for error in r["errors"]:
-            click.echo(f"error in plugin '{r['name']}': {error}", err=True)
+    else:
+        print_table(rows, ["name", "distribution", "version", "hooks"])
+        for r in rows:
+            for error in r["errors"]:
+                click.echo(f"error in plugin '{r['name']}': {error}", err=True)
+    fail_if_strict(strict)
 
 
 @cli.group("plugin", context_settings=CONTEXT)

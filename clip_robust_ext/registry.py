@@ -135,12 +135,16 @@ class Registry(Mapping[str, Entry]):
             self.plain[entry.name] = entry
         elif held.plugin == entry.plugin:
             note_error(self.kind, entry.plugin, f"{what} '{entry.name}' registered twice; skipped")
-        elif is_builtin(held.plugin):
+        elif is_builtin(held.plugin) or is_builtin(entry.plugin):
+            # the built-in keeps the name whichever registered first (a plugin registered at
+            # runtime before the entry points loaded comes first); the other is plugin:name
+            builtin, other = (held, entry) if is_builtin(held.plugin) else (entry, held)
+            self.plain[entry.name] = builtin
             note_error(
                 self.kind,
-                entry.plugin,
-                f"{what} '{entry.name}' already registered by '{held.plugin}' (built in); "
-                f"this one is '{entry.qualified}'",
+                other.plugin,
+                f"{what} '{entry.name}' already registered by '{builtin.plugin}' (built in); "
+                f"this one is '{other.qualified}'",
             )
         else:  # two third-party plugins: neither may take the name silently
             del self.plain[entry.name]
@@ -180,6 +184,15 @@ class Registry(Mapping[str, Entry]):
                 )
             raise unknown_name(what, name, list(self.qualified))
         raise unknown_name(what, name, list(self))
+
+    def shadowed(self) -> list[Entry]:
+        """Entries whose plain name a built-in holds: reachable only as `plugin:name`."""
+        return [e for e in self.qualified.values() if self.plain.get(e.name) not in (None, e)]
+
+    def listing(self) -> list[tuple[str, Entry]]:
+        """(name to write, entry) for every entry: plain names, then qualified forms where a
+        name clashes (ambiguous or shadowed by a built-in)."""
+        return list(self.items()) + [(e.qualified, e) for e in self.shadowed()]
 
     def __getitem__(self, name: str) -> Entry:
         return self.resolve(name)

@@ -209,3 +209,26 @@ def test_backend_names_the_plugin_whose_code_runs(register_plugin):
         "lab-step": f"plugin lab on torchattacks {version}",  # the plugin's code, not torchattacks'
         "fgsm": f"torchattacks {version}",
     }
+
+
+def test_clipx_attacks_lists_clashing_names_qualified_and_strict_fails(register_plugin):
+    class Lab:
+        @hookimpl
+        def register_attacks(self, register):
+            register("pgd", factory_for(_MarginStep), modality="image", description="lab's pgd")
+            register("lab-step", factory_for(_MarginStep), modality="image")
+
+    register_plugin(Lab(), "lab")
+    listed = CliRunner().invoke(cli, ["attacks", "--json"])
+    assert listed.exit_code == 0, listed.output  # without --strict a clash is reported only
+    rows = {r["name"]: r for r in json.loads(listed.stdout)}
+    assert rows["pgd"]["plugin"] == "builtin"
+    assert rows["lab:pgd"]["plugin"] == "lab" and rows["lab:pgd"]["description"] == "lab's pgd"
+    assert "lab-step" in rows and "lab:lab-step" not in rows  # unshared names stay plain
+    table = CliRunner().invoke(cli, ["attacks"])
+    assert re.search(r"^lab:pgd\s+image\s+lab\s+lab's pgd$", table.stdout, flags=re.M)
+    strict = CliRunner().invoke(cli, ["attacks", "--strict"])
+    assert strict.exit_code == 1 and "--strict: 1 plugin problem" in strict.stderr
+    assert "this one is 'lab:pgd'" in strict.stderr
+    assert CliRunner().invoke(cli, ["plugins", "--strict", "--json"]).exit_code == 1
+    assert CliRunner().invoke(cli, ["datasets", "--strict"]).exit_code == 0  # no clash there
