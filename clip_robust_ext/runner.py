@@ -571,7 +571,8 @@ def run_seeds(resolved: ResolvedRecipe, run_dir: Path, resume: bool = False) -> 
             one = run_recipe(
                 resolved.for_seed(seed), run_dir=run_dir / f"seed-{seed}", resume=resume
             )
-            records += [{**rec, "run_seed": seed} for rec in one.records]
+            seeded = with_components(run_dir / f"seed-{seed}", one.records)
+            records += [{**rec, "run_seed": seed} for rec in seeded]
             checkpoints.update({f"seed-{seed}/{k}": v for k, v in one.checkpoints.items()})
         table = ""
         if main and records:
@@ -687,7 +688,7 @@ def evaluate_loaded(
     return records
 
 
-COMPONENTS_NAME = "components.json"
+COMPONENTS_NAME = "components.json"  # evaluation/provenance.py reads it
 
 
 def recipe_components(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -714,31 +715,18 @@ def note_components(run_dir: Path, by_label: dict[str, dict[str, Any]]) -> None:
 
 
 def _read_components(run_dir: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((Path(run_dir) / COMPONENTS_NAME).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    from .evaluation.provenance import read_components
+
+    return read_components(run_dir)
 
 
 def with_components(run_dir: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each record with `components`: every component behind it (model source, defenses,
     protocol, dataset, attacks) with the plugin and distribution that supplied it."""
-    from .registry import provenance
+    from .evaluation.provenance import record_components
 
     by_label = _read_components(run_dir)
-    out = []
-    for rec in records:
-        # a model behind a test-time defense has its base model's components, plus the defense
-        parts = dict(by_label.get(rec.get("label")) or by_label.get(rec.get("base_label"), {}))
-        if isinstance(rec.get("testtime"), dict):
-            parts["testtime"] = provenance("testtime", rec["testtime"].get("name"))
-        parts["protocol"] = provenance("evaluators", rec.get("protocol"))
-        parts["dataset"] = provenance("datasets", rec.get("dataset"))
-        if isinstance(rec.get("attacks"), list):
-            parts["attacks"] = [provenance("attacks", a.get("name")) for a in rec["attacks"]]
-        out.append({**rec, "components": {k: v for k, v in parts.items() if v}})
-    return out
+    return [{**rec, "components": record_components(by_label, rec)} for rec in records]
 
 
 def write_results(run_dir: Path, records: list[dict[str, Any]]) -> str:

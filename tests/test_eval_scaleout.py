@@ -88,6 +88,17 @@ def test_every_option_but_n_survives_torchruns_parser(command, capsys):
     assert refused == ["--n"]  # argparse prefix matching: --nnodes, --nproc-per-node, ...
 
 
+@pytest.mark.parametrize("command", ["eval", "interpolate", "features"])
+def test_every_option_survives_accelerate_launchs_parser(command):
+    launch = pytest.importorskip("accelerate.commands.launch")
+    options = [o for p in cli.commands[command].params for o in p.opts if o.startswith("--")]
+    for option in options:
+        args = launch.launch_command_parser().parse_args(
+            ["--multi_gpu", "--num_processes", "2", "-m", "clip_robust_ext", command, option, "1"]
+        )
+        assert args.training_script_args == [command, option, "1"], option
+
+
 def test_shard_spelling_and_blocks():
     assert parse_shard("2/4") == (2, 4) and parse_shard(" 0 / 1 ") == (0, 1)
     for bad in ("4/4", "1/0", "-1/3", "a/b", "3"):
@@ -153,6 +164,22 @@ def test_torchrun_cli_eval_equals_one_process(one_process, tmp_path):
     assert _samples(run_dir) == one_process
     assert len(list((run_dir / "cards").glob("*.json"))) == 1
     assert not (run_dir / "run.lock").exists() and not list(run_dir.rglob("*.partial.*"))
+
+
+@pytest.mark.slow
+def test_accelerate_launch_cli_eval_equals_one_process(one_process, tmp_path):
+    pytest.importorskip("accelerate")
+    run_dir = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+         "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         "-m", "clip_robust_ext", "eval", *EVAL, "--run-dir", str(run_dir)],
+        env=_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _samples(run_dir) == one_process
+    doc = json.loads(result_path(run_dir, "clipx-small-c10", "pgd", KEYS[0]).read_text())
+    assert doc["records"][0]["world_size"] == 2
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from importlib import metadata
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import REPO, assets
+from helpers import REPO, assets, tiny_clip
 from torchattacks.attack import Attack
 
 from clip_robust_ext import ClipxUsageError, hookimpl
@@ -23,6 +23,7 @@ from clip_robust_ext.evaluation import protocol_from_dict
 from clip_robust_ext.evaluation.engine import plan_attacks
 from clip_robust_ext.evaluation.protocol_fields import BEGIN, END, block
 from clip_robust_ext.registry import KINDS, entries, get
+from clip_robust_ext.runner import evaluate_loaded
 from clip_robust_ext.scaffold import new_plugin
 
 PAGE = REPO / "docs" / "PLUGINS.md"
@@ -232,3 +233,40 @@ def test_clipx_attacks_lists_clashing_names_qualified_and_strict_fails(register_
     assert "this one is 'lab:pgd'" in strict.stderr
     assert CliRunner().invoke(cli, ["plugins", "--strict", "--json"]).exit_code == 1
     assert CliRunner().invoke(cli, ["datasets", "--strict"]).exit_code == 0  # no clash there
+
+
+def test_cards_and_leaderboard_rows_name_the_plugins_behind_a_result(register_plugin, tmp_path):
+    class Lab:
+        @hookimpl
+        def register_attacks(self, register):
+            register("lab-step", factory_for(_MarginStep), modality="image")
+
+    register_plugin(Lab(), "lab")
+    protocol = Protocol(
+        name="prov-test",
+        attacks=["lab-step"],
+        eps=["2/255"],
+        datasets=[{"dataset": "procedural-shapes", "split": "test"}],
+        n_samples=4,
+        templates="shapes",
+        checks="off",
+    )
+    evaluate_loaded(tiny_clip(0), protocol, tmp_path / "run", "a")
+    (card,) = [json.loads(p.read_text()) for p in (tmp_path / "run" / "cards").glob("*.json")]
+    parts = card["components"]
+    assert parts["attacks"] == [
+        {"name": "lab-step", "plugin": "lab", "distribution": "(registered at runtime)"}
+    ]
+    assert "protocol" not in parts  # built in Python here, not a registered preset
+    assert parts["datasets"][0]["name"] == "procedural-shapes"
+    assert parts["datasets"][0]["distribution"].startswith("clip-robust-ext ")
+    out = tmp_path / "board"
+    board = CliRunner().invoke(cli, ["leaderboard", str(tmp_path / "run"), "--out", str(out)])
+    assert board.exit_code == 0, board.output
+    (row,) = json.loads((out / "leaderboard.json").read_text())["rows"]
+    assert row["components"] == parts
+    assert (
+        row["plugins"]
+        == f"clip-robust-ext {metadata.version('clip-robust-ext')}, (registered at runtime)"
+    )
+    assert "plugins" in (out / "leaderboard.csv").read_text().splitlines()[0]

@@ -25,6 +25,7 @@ import torch
 from ..utils.io import atomic_write_json
 from . import records as R
 from .protocols import Protocol, dataset_key
+from .provenance import merged_components, read_components, record_components
 
 CARD_SCHEMA = "clipx.card.v1"
 
@@ -261,12 +262,19 @@ def build_card(
             "description": protocol.description,
         },
         "results": results_of(records),
+        "components": card_components(run_dir, records),
         "cost": cost,
         "checks": checks,
         "versions": versions(),
         "created_at": R.now(),
         "formulas": R.FORMULAS,
     }
+
+
+def card_components(run_dir: str | os.PathLike, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every component behind the card's records, with its plugin and distribution version."""
+    by_label = read_components(run_dir)
+    return merged_components([record_components(by_label, r) for r in records])
 
 
 def write_card(card: dict[str, Any], run_dir: str | os.PathLike) -> Path:

@@ -23,6 +23,7 @@ from typing import Any
 from ..errors import ClipxUsageError
 from ..utils.io import atomic_write, atomic_write_json, atomic_write_text
 from .cards import read_card
+from .provenance import plugin_summary
 
 
 def find_cards(paths: list[str | os.PathLike]) -> list[tuple[Path, dict[str, Any]]]:
@@ -94,6 +95,8 @@ def rank(cards: list[tuple[Path, dict[str, Any]]]) -> tuple[list[str], list[dict
             "bwd/sample": c["cost"].get("backward_per_sample"),
             "wall_s": c["cost"].get("wall_s"),
             "weights": c["model"]["weights_sha256"][:12],
+            "plugins": plugin_summary(c.get("components") or {}) or "-",
+            "components": c.get("components") or {},
             "card": str(path),
         }
         rows.append(row)
@@ -115,7 +118,7 @@ def rank(cards: list[tuple[Path, dict[str, Any]]]) -> tuple[list[str], list[dict
     columns = ["rank", "model", "kind", "clean", *[f"robust@{e}" for e in budgets]]
     columns += ["robust_mean"] if len(budgets) > 1 else []
     columns += [f"{a}@{top}" for a in attacks]
-    columns += ["checks", "fwd/sample", "bwd/sample", "wall_s", "weights", "card"]
+    columns += ["checks", "fwd/sample", "bwd/sample", "wall_s", "weights", "plugins", "card"]
     return columns, rows
 
 

@@ -47,6 +47,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "seeds": [r.get("run_seed") for r in recs],
             "n_seeds": len(recs),
             "n": recs[0].get("n"),
+            "components": recs[0].get("components", {}),
         }
         metrics = {"clean": [r["clean_acc"] for r in recs]}
         if eps is not None:
