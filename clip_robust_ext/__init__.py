@@ -6,22 +6,17 @@ TextAttack; torch and open_clip load on first use of a name that needs them."""
 
 from __future__ import annotations
 
+from . import api
 from .errors import AdversarialCheckError, ClipxError, ClipxUsageError
 from .hookspecs import hookimpl
 from .registry import Entry, entries, get, names
+from .utils.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
-    # the API's heavy names (torch, open_clip) load on first use, so `clipx --help` stays quick
-    import importlib
-
-    api = importlib.import_module(".api", __name__)  # not `from . import`: that re-enters here
-    if name in api.__all__:
-        return getattr(api, name)
-    raise AttributeError(name)
-
+# the API's heavy names (torch, open_clip) load on first use, so `clipx --help` stays quick
+__getattr__ = lazy_exports(__name__, dict.fromkeys(api.__all__, ".api"))
 
 __all__ = [
     "AdversarialCheckError",

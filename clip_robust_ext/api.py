@@ -13,7 +13,8 @@ Groups:
 - budgets: parse_eps, format_eps
 - packaging: lazy_exports (a plugin package re-exports heavy names without importing torch)
 - models: LoadedCLIP, ZeroShotClassifier, load_clip, build_prompts, DEFAULT_TEMPLATES,
-  PromptContext / attach_prompt_context / prompt_context_of (learned prompt vectors), build_model (a [model] table -> LoadedCLIP), load_weights, device_of, model_fingerprint,
+  PromptContext / attach_prompt_context / prompt_context_of (learned prompt vectors), build_model (a [model] table -> LoadedCLIP), load_weights, resolve_device, model_device,
+  model_fingerprint,
   procedural_small
 - data: ImageFolderDataset, TarImageFolder, ProceduralShapes, build_dataset (a [data] table),
   CIFAR10_SPLITS / SHAPES_SPLITS / ClassSubset (declared seen / unseen class splits),
@@ -36,10 +37,9 @@ Groups:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from .cachekeys import component_fingerprint
 from .errors import AdversarialCheckError, ClipxError, ClipxUsageError, closest, unknown_name
+from .evaluation.protocols import Protocol
 from .hookspecs import hookimpl
 from .params import (
     check_kwargs,
@@ -49,114 +49,109 @@ from .params import (
     signature_of,
     unknown_key,
 )
+from .plugin_manager import plugin_versions
+from .recipes import (
+    apply_set,
+    deep_merge,
+    load_config,
+    merge_profile,
+    parse_set,
+    read_toml,
+    register_shipped,
+)
 from .registry import KINDS, MODALITIES, Entry, Registry, entries, get, names
+from .run.layout import START_LABEL
+from .run.lock import RunLock
 from .utils.eps import format_eps, parse_eps
+from .utils.io import atomic_write_json, atomic_write_text
 from .utils.lazy import lazy_exports
+from .utils.log import log
+from .utils.versions import versions
 
-# name -> module (relative to clip_robust_ext) that defines it; loaded on first use
+# name -> module that defines it (relative to clip_robust_ext), loaded on first use: every
+# one of them imports torch, open_clip or TextAttack (utils/lazy.py)
 _LAZY = {
     # models
-    "LoadedCLIP": "models",
-    "ZeroShotClassifier": "models",
-    "load_clip": "models",
-    "build_prompts": "models",
-    "DEFAULT_TEMPLATES": "models",
-    "PromptContext": "models",
-    "attach_prompt_context": "models",
-    "prompt_context_of": "models",
-    "model_fingerprint": "evaluation.records",
-    "procedural_small": "training.pretrain",
-    "procedural_small_model": "training.pretrain",
+    "LoadedCLIP": ".models",
+    "ZeroShotClassifier": ".models",
+    "load_clip": ".models",
+    "build_prompts": ".models",
+    "DEFAULT_TEMPLATES": ".models",
+    "PromptContext": ".models",
+    "attach_prompt_context": ".models",
+    "prompt_context_of": ".models",
+    "model_fingerprint": ".evaluation.records",
+    "procedural_small": ".training.pretrain",
+    "procedural_small_model": ".training.pretrain",
     # data
-    "ImageFolderDataset": "data",
-    "TarImageFolder": "data",
-    "ProceduralShapes": "data",
-    "load_suite_dataset": "data",
-    "suite_names": "data",
-    "TECOA_16": "data",
-    "TEMPLATE_SETS": "data",
-    "assets_dir": "data",
-    "few_shot_indices": "data",
-    "targets_of": "data",
-    "sample_indices": "data",
-    "CIFAR10_SPLITS": "data",
-    "SHAPES_SPLITS": "data",
-    "ClassSubset": "data",
-    "CaptionGallery": "data.captions",
-    "class_galleries": "data.captions",
-    "karpathy_gallery": "data.captions",
-    "procedural_galleries": "data.captions",
+    "ImageFolderDataset": ".data",
+    "TarImageFolder": ".data",
+    "ProceduralShapes": ".data",
+    "load_suite_dataset": ".data",
+    "suite_names": ".data",
+    "TECOA_16": ".data",
+    "TEMPLATE_SETS": ".data",
+    "assets_dir": ".data",
+    "few_shot_indices": ".data",
+    "targets_of": ".data",
+    "sample_indices": ".data",
+    "CIFAR10_SPLITS": ".data",
+    "SHAPES_SPLITS": ".data",
+    "ClassSubset": ".data",
+    "CaptionGallery": ".data.captions",
+    "class_galleries": ".data.captions",
+    "karpathy_gallery": ".data.captions",
+    "procedural_galleries": ".data.captions",
     # attacks
-    "build_attack": "attacks",
-    "attack_mode": "attacks",
-    "verify_adversarial": "attacks",
-    "AttackOutput": "attacks",
-    "RetrievalAttackOutput": "attacks.base",
-    "factory_for": "attacks.torchattacks_adapter",
-    "torchattacks_classes": "attacks.torchattacks_adapter",
-    "build_autoattack": "attacks.autoattack_adapter",
-    "build_pgd": "attacks.pgd",
-    "EarlyExitPGD": "attacks.pgd",
-    "TextAttackConfig": "attacks.text.config",
-    "text_attack_parameters": "attacks.text.config",
-    "FIDELITY_DEFAULTS": "attacks.text.config",
-    "TextAttackOnPrompts": "attacks.text.classifier",
-    "MultimodalAttack": "attacks.text.classifier",
-    "config_from_params": "attacks.text.classifier",
-    "CLIPTextAttacker": "attacks.text",
-    "CaptionAttackCache": "attacks.text",
+    "build_attack": ".attacks",
+    "attack_mode": ".attacks",
+    "verify_adversarial": ".attacks",
+    "AttackOutput": ".attacks",
+    "RetrievalAttackOutput": ".attacks.base",
+    "factory_for": ".attacks.torchattacks_adapter",
+    "torchattacks_classes": ".attacks.torchattacks_adapter",
+    "build_autoattack": ".attacks.autoattack_adapter",
+    "build_pgd": ".attacks.pgd",
+    "EarlyExitPGD": ".attacks.pgd",
+    "TextAttackConfig": ".attacks.text.config",
+    "text_attack_parameters": ".attacks.text.config",
+    "FIDELITY_DEFAULTS": ".attacks.text.config",
+    "TextAttackOnPrompts": ".attacks.text.classifier",
+    "MultimodalAttack": ".attacks.text.classifier",
+    "config_from_params": ".attacks.text.classifier",
+    "CLIPTextAttacker": ".attacks.text",
+    "CaptionAttackCache": ".attacks.text",
     # defenses and training
-    "Defense": "training.defense",
-    "Batch": "training.defense",
-    "TrainContext": "training.defense",
-    "TrainConfig": "training.config",
-    "clip_contrastive_loss": "training",
-    "train": "training",
-    "TestTimeDefense": "evaluation.testtime",
-    "DefendedClassifier": "evaluation.testtime",
+    "Defense": ".training.defense",
+    "Batch": ".training.defense",
+    "TrainContext": ".training.defense",
+    "TrainConfig": ".training.config",
+    "clip_contrastive_loss": ".training",
+    "train": ".training",
+    "TestTimeDefense": ".evaluation.testtime",
+    "DefendedClassifier": ".evaluation.testtime",
     # evaluation
-    "Protocol": "evaluation.protocols",
-    "evaluate": "evaluation",
-    "load_records": "evaluation",
-    "RETRIEVAL_FORMULAS": "evaluation.retrieval",
-    "recall_hits": "evaluation.retrieval",
-    "attack_success": "evaluation.retrieval",
+    "evaluate": ".evaluation",
+    "load_records": ".evaluation",
+    "RETRIEVAL_FORMULAS": ".evaluation.retrieval",
+    "recall_hits": ".evaluation.retrieval",
+    "attack_success": ".evaluation.retrieval",
     # run directory and records
-    "RunLock": "runner",
-    "build_model": "runner",
-    "finished_models": "runner",
-    "build_dataset": "runner",
-    "load_weights": "runner",
-    "device_of": "runner",
-    "write_results": "runner",
-    "log": "runner",
-    "START_LABEL": "recipes",
-    "result_path": "evaluation.records",
-    "read_json": "evaluation.records",
-    "write_result": "evaluation.records",
-    "component_fingerprint": "cachekeys",
-    "atomic_write_json": "utils.io",
-    "atomic_write_text": "utils.io",
-    "seed_everything": "utils.seeding",
-    "versions": "utils.versions",
-    "plugin_versions": "plugins",
+    "build_model": ".run.builders",
+    "finished_models": ".run.records",
+    "build_dataset": ".run.builders",
+    "load_weights": ".run.builders",
+    "resolve_device": ".utils.devices",
+    "model_device": ".utils.devices",
+    "write_results": ".run.records",
+    "result_path": ".evaluation.records",
+    "read_json": ".evaluation.records",
+    "write_result": ".evaluation.records",
+    "seed_everything": ".utils.seeding",
     # configs
-    "load_config": "recipes",
-    "read_toml": "recipes",
-    "deep_merge": "recipes",
-    "merge_profile": "recipes",
-    "parse_set": "recipes",
-    "apply_set": "recipes",
-    "register_shipped": "recipes",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __package__), name)
-        globals()[name] = value  # later look-ups skip this function
-        return value
-    raise AttributeError(f"module 'clip_robust_ext.api' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY, package=__package__)
 
 
 def __dir__() -> list[str]:
@@ -186,5 +181,21 @@ __all__ = [
     "signature_of",
     "unknown_key",
     "unknown_name",
+    "Protocol",
+    "RunLock",
+    "START_LABEL",
+    "apply_set",
+    "atomic_write_json",
+    "atomic_write_text",
+    "component_fingerprint",
+    "deep_merge",
+    "load_config",
+    "log",
+    "merge_profile",
+    "parse_set",
+    "plugin_versions",
+    "read_toml",
+    "register_shipped",
+    "versions",
 ]
 __all__ += list(_LAZY)

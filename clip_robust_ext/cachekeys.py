@@ -14,6 +14,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from .errors import ClipxUsageError
+from .plugin_manager import plugin_versions, pm
+from .registry import get
+
 CONTENT_LIMIT = 256 * 2**20  # folders up to this many bytes are content-hashed, larger ones by stat
 PATH_KEYS = ("root", "path", "checkpoint", "pretrained", "annotations", "classnames", "images")
 ENV_ROOTS = ("CLIPX_ASSETS", "CLIPX_DATA")
@@ -127,8 +131,6 @@ def code_fingerprint(obj: Any) -> str:
 
 def component_fingerprint(kind: str, name: str) -> dict[str, str]:
     """The plugin that supplies a registered component: its distribution version and code."""
-    from .plugins import plugin_versions, pm
-    from .registry import get
 
     entry = get(kind, name)
     plugin = pm.get_plugin(entry.plugin)
@@ -199,7 +201,6 @@ def evaluation_key(
     """What one dataset's evaluation result depends on besides the protocol settings: the model
     weights (`model`, their hash), the data files and roots, the plugins that supply the
     dataset, the attacks and the protocol, and the class names a split resolved to."""
-    from .errors import ClipxUsageError
 
     code = {"dataset": component_fingerprint("datasets", spec["dataset"])}
     for attack in getattr(protocol, "attacks", []):

@@ -18,6 +18,10 @@ import click
 
 from . import __version__
 from .errors import ClipxError, ClipxUsageError
+from .plugin_manager import hook_callers, load_errors, note_error, plugin_info, trace
+from .recipes import list_recipes, resolve
+from .registry import KINDS, entries, registry_errors
+from .utils.malloc import tune_malloc
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -94,7 +98,6 @@ _builtin_commands: dict[str, click.Command] = {}
 def load_plugin_commands(group: click.Group) -> None:
     """Call each plugin's register_commands once; a failing plugin is reported, not fatal, and
     cannot replace a built-in command."""
-    from .plugins import hook_callers, note_error, trace
 
     if not _builtin_commands:
         _builtin_commands.update(group.commands)
@@ -188,7 +191,6 @@ def recipe() -> None:
 @json_option
 def recipe_list(as_json: bool) -> None:
     """List the registered recipes and their profiles."""
-    from .recipes import list_recipes
 
     rows = list_recipes()
     if as_json:
@@ -204,7 +206,6 @@ def recipe_list(as_json: bool) -> None:
 @json_option
 def recipe_show(name: str, profile: str | None, overrides: tuple[str, ...], as_json: bool) -> None:
     """Print the resolved recipe NAME (a registered name or a .toml path) as TOML or JSON."""
-    from .recipes import resolve
 
     with stdout_to_stderr(as_json):
         resolved = resolve(name, profile, overrides)
@@ -239,7 +240,7 @@ def recipe_run(
 ) -> None:
     """Run recipe NAME: pretrain / defend / evaluate, then print the results table."""
     from .data.manage import allow_downloads
-    from .runner import run_recipe
+    from .run.stages import run_recipe
 
     with stdout_to_stderr(as_json), allow_downloads(download):
         result = run_recipe(
@@ -256,7 +257,6 @@ def recipe_run(
 
 
 def _entry_rows(kind: str, with_params: bool = False) -> list[dict[str, Any]]:
-    from .registry import entries
 
     rows = []
     for name, entry in entries(kind).listing():
@@ -301,9 +301,6 @@ strict_option = click.option(
 
 def fail_if_strict(strict: bool, kinds: tuple[str, ...] | None = None) -> None:
     """Under --strict, plugin problems (failed hooks, name clashes) of `kinds` end with exit 1."""
-    from .plugins import load_errors
-    from .registry import registry_errors
-
     problems = [
         f"plugin '{e['plugin']}': {e['error']}"
         for e in registry_errors
@@ -457,8 +454,6 @@ cli.command("templates")(
 @strict_option
 def plugins_command(as_json: bool, strict: bool) -> None:
     """List plugins (built-ins included): distribution, version, hooks and any load errors."""
-    from .plugins import load_errors, plugin_info
-    from .registry import KINDS, entries, registry_errors
 
     with stdout_to_stderr(as_json):
         for kind in KINDS:  # building the registries surfaces failing hooks and name clashes
@@ -633,7 +628,7 @@ def eval_command(as_json: bool, download: bool, **options: Any) -> None:
     under torchrun, srun or accelerate launch (docs/distributed.md)."""
     from .data.manage import allow_downloads
     from .evaluation.distributed import finish, world
-    from .runner import run_eval
+    from .run.evaluate import run_eval
 
     with stdout_to_stderr(as_json), allow_downloads(download):
         result = run_eval(**options)
@@ -656,7 +651,7 @@ def _print_result(result: Any, as_json: bool, where: str) -> None:
 def eval_merge_command(run_dir: str, as_json: bool) -> None:
     """Merge the shards of `clipx eval --shard I/N` in RUN_DIR into its results; refuses missing,
     unfinished or overlapping shards. The merged per-sample results equal one process's."""
-    from .runner import eval_merge
+    from .run.evaluate import eval_merge
 
     with stdout_to_stderr(as_json):
         result = eval_merge(run_dir)
@@ -806,7 +801,6 @@ def features_command(as_json: bool, **options: Any) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: no traceback for user errors, whatever raises them."""
-    from .utils.malloc import tune_malloc
 
     tune_malloc()  # CPU attack loops: no page faults for re-allocated activations (utils/malloc.py)
     try:

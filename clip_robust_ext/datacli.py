@@ -7,6 +7,10 @@ from typing import Any
 
 import click
 
+from .errors import ClipxError, ClipxUsageError, closest
+from .evaluation import protocol_from_dict
+from .registry import names
+
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 root_option = click.option(
     "--root",
@@ -20,8 +24,6 @@ split_option = click.option("--split", default="test", show_default=True, help="
 def suite_datasets(targets: tuple[str, ...]) -> list[str]:
     """Dataset names of the given dataset or protocol names (all suite datasets if none)."""
     from .data import suite_names
-    from .errors import ClipxUsageError, closest
-    from .registry import names
 
     suite = suite_names()
     if not targets:
@@ -31,8 +33,6 @@ def suite_datasets(targets: tuple[str, ...]) -> list[str]:
         if target in suite:
             found = [target]
         elif target in names("evaluators"):
-            from .evaluation import protocol_from_dict
-
             specs = protocol_from_dict({"protocol": target}).datasets
             found = [s["dataset"] for s in specs if s["dataset"] in suite]
             if not found:
@@ -52,7 +52,6 @@ def status(name: str, root: Any, split: str) -> dict[str, Any]:
     """Whether the loader finds `name` (built without download: what `clipx eval` would see)."""
     from .data import data_root, load_suite_dataset
     from .data.manage import fix_command
-    from .errors import ClipxError
 
     row: dict[str, Any] = {"dataset": name, "split": split}
     try:
@@ -112,8 +111,6 @@ def data_download(targets: tuple[str, ...], root: str | None, split: str) -> Non
         ds = load_suite_dataset(name, root, split=split, download=True)
         click.echo(f"{name}: present, {len(ds)} images")
     if failed:
-        from .errors import ClipxError
-
         raise ClipxError(f"not downloadable, fetch by hand: {', '.join(failed)} (see above)")
 
 

@@ -16,6 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ClipxUsageError
+from .models import (
+    load_clip,
+    load_into_clip,
+    read_state_dict,
+    register_model_config,
+    save_open_clip_checkpoint,
+)
+from .models.hub import CONFIG_NAME as HUB_CONFIG
+from .models.hub import has_schema
+from .run.builders import build_model
+from .training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -38,7 +49,6 @@ def export_hub_folder(model_dir: str | os.PathLike, dest: str | os.PathLike) -> 
         "preprocess_cfg": dict(getattr(loaded.model.visual, "preprocess_cfg", {}) or {}),
     }
     card = model_card(model_dir.name, loaded.arch, doc, run_dir)
-    from .models import save_open_clip_checkpoint
 
     # written next to the destination, then moved in: a crash leaves no half folder behind
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -60,17 +70,10 @@ def _trained_model(spec: dict[str, Any], model_dir: Path):
     start model's weights where the architecture alone is enough."""
     import open_clip
 
-    from .models import load_clip, load_into_clip, read_state_dict
-    from .models.hub import has_schema
-    from .runner import build_model
-    from .training.checkpoint import CHECKPOINT_NAME, load_checkpoint
-
     arch = spec.get("arch")
     if arch is None and (model_dir / CHECKPOINT_NAME).is_file():
         arch = load_checkpoint(model_dir / CHECKPOINT_NAME).get("arch")
     if spec.get("config"):
-        from .models import register_model_config
-
         register_model_config(spec["config"])
     if arch and (arch in open_clip.list_models() or has_schema(arch)):
         loaded = load_clip(arch)
@@ -83,9 +86,6 @@ def _trained_model(spec: dict[str, Any], model_dir: Path):
 
 def _model_cfg(loaded) -> dict[str, Any]:
     import open_clip
-
-    from .models.hub import CONFIG_NAME as HUB_CONFIG
-    from .models.hub import has_schema
 
     if has_schema(loaded.arch):
         folder = Path(loaded.info["folder"])

@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover - Python 3.10 with the tomli backport
     import tomli as tomllib
 
 from .errors import ClipxUsageError, closest, unknown_name
+from .evaluation import Protocol, protocol_from_dict
 from .params import budget_text as _budget_text
 from .params import check_kwargs as _factory_kwargs
 from .params import coerce
@@ -35,22 +36,21 @@ from .params import is_eps_like as _is_eps_like
 from .params import signature_of as _signature
 from .params import types_from_defaults as _types_from_defaults
 from .params import unknown_key as _unknown_key
-from .registry import entries
-from .validation import (
+from .params.values import (
     check_dataset_params,
     check_device,
     check_iterations,
     check_label,
-    check_method,
     check_seed,
     check_template,
 )
+from .registry import entries
+from .run.layout import START_LABEL
 
 STAGES = ("pretrain", "defend", "evaluate")
 SECTIONS = ("recipe", "model", "data", "pretrain", "defense", "baselines", "evaluate", "profiles")
 RECIPE_KEYS = ("name", "description", "seed", "seeds", "stages", "device", "profile")
 METHOD_KEYS = ("name", "label", "train", "params")  # + TrainConfig fields + factory parameters
-START_LABEL = "clip"
 RESERVED_LABELS = (START_LABEL, "eval")  # the start model's label; the evaluation folder
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -407,6 +407,19 @@ def _dataset(
     return out
 
 
+def _check_method(method: dict[str, Any], key: str) -> None:
+    """What `recipe run` checks before training, done at validation: the training options as a
+    TrainConfig and iteration counts >= 0. (The defense itself is built by `recipe run` before
+    any work; not here, since a profile may name files only its own machine has.)"""
+    check_iterations(method["params"], key, minimum=0)
+    if "seed" in method["train"]:
+        check_seed(method["train"]["seed"], f"{key}.seed")
+    try:
+        _train_config_type().from_dict(dict(method["train"]))
+    except ClipxUsageError as exc:
+        raise ClipxUsageError(f"{key}: {exc}") from None
+
+
 def _method(
     section: Any, key: str, reg: _Registries, seed: int, default_label: str | None = None
 ) -> dict[str, Any]:
@@ -439,14 +452,13 @@ def _method(
         _table(train["extras"], f"{key}.extras")
     explicit = _factory_kwargs(explicit, factory, key, tuple(cfg_fields) + METHOD_KEYS)
     method = {"name": name, "label": label, "train": train, "params": explicit}
-    check_method(method, key)
+    _check_method(method, key)
     return method
 
 
 def evaluate_section(section: Any, reg: Registries) -> dict[str, Any]:
     """[evaluate]: protocol preset name + overrides of Protocol fields or the preset's own
     parameters; the protocol is built here so bad values fail at `recipe show` time."""
-    from .evaluation import Protocol, protocol_from_dict
 
     section = dict(_table(section, "evaluate"))
     _require(section, "protocol", "evaluate", "an evaluation protocol registry name")

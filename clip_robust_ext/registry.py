@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import ClipxUsageError, closest, unknown_name
 from .params import checked, is_checked, plugin_usage_errors
-from .plugins import (
+from .plugin_manager import (
     distribution_of,
     hook_callers,
     is_builtin,

@@ -72,7 +72,7 @@ def _seed_every_rng():
 @pytest.fixture
 def register_plugin():
     """register_plugin(obj, name) -> obj: pm.register for the duration of one test."""
-    from clip_robust_ext.plugins import pm
+    from clip_robust_ext.plugin_manager import pm
 
     names: list[str] = []
 

@@ -14,7 +14,7 @@ import torch
 
 from clip_robust_ext import hookimpl
 from clip_robust_ext.data import ProceduralShapes
-from clip_robust_ext.plugins import pm
+from clip_robust_ext.plugin_manager import pm
 
 
 class SlowShapes(ProceduralShapes):

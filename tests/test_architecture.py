@@ -1,7 +1,11 @@
 """Architecture rules, checked by reading the source with `ast` (nothing is imported):
 
-- imports inside `clip_robust_ext` run one way: no import cycle between its modules (imports
-  inside functions count too; `if TYPE_CHECKING:` blocks do not);
+- imports inside `clip_robust_ext` run one way: no import cycle between its modules, and every
+  import goes down the floors of docs (ARCHITECTURE.md, "Layers"; FLOORS below), never up.
+  Imports inside functions count, and so do lazy ones: every table given to `lazy_exports`
+  (the plugin API's included) and every `importlib.import_module("literal")` is an edge.
+  `if TYPE_CHECKING:` blocks are not;
+- no function in the core or the built-in plugins is longer than 100 lines;
 - no private name (`_x`) is imported from, or read off, another module;
 - built-in plugins (plugins/clipx_*) and the example plugin import the core only through the
   declared plugin API, `clip_robust_ext.api` (or the package itself, which re-exports it).
@@ -19,6 +23,39 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 CORE = "clip_robust_ext"
 PUBLIC_API = {CORE, f"{CORE}.api"}
+MAX_FUNCTION_LINES = 100
+
+# room (a module or package, matched by the longest prefix) -> floor, from the ground up
+FLOORS = {
+    "errors": 1,
+    "hookspecs": 1,
+    "utils": 2,
+    "data": 2,
+    "plugin_manager": 2,
+    "models": 3,
+    "params": 3,
+    "registry": 4,
+    "cachekeys": 4,  # result-store keys: registry provenance and plugin versions
+    "attacks": 5,
+    "evaluation": 6,
+    "training": 6,
+    "run.layout": 7,
+    "run.lock": 7,
+    "run.builders": 7,
+    "run.records": 7,
+    "recipes": 8,
+    "api": 8,  # the plugin API: floors 1-8 only
+    "": 8,  # the package itself re-exports the API
+    "run": 9,  # run/__init__ (imports nothing); the stages and the single-model evaluation path
+    "run.stages": 9,
+    "run.evaluate": 9,
+    "analysis": 10,
+    "export": 10,
+    "scaffold": 10,  # `clipx plugin new`: writes a plugin skeleton from its template
+    "cli": 11,
+    "datacli": 11,
+    "__main__": 11,
+}
 
 
 @dataclass
@@ -86,6 +123,9 @@ def parse(path: Path, root: Path) -> Module:
                 mod.imports.append((target, alias.name, node.lineno))
                 # `from . import registry` binds a module: reading registry._x is private access
                 module_aliases[alias.asname or alias.name] = f"{target}.{alias.name}"
+        elif isinstance(node, ast.Call):
+            for target in _lazy_targets(mod, node, tree):
+                mod.imports.append((target, None, node.lineno))
     for node in _walk(tree):
         if (
             isinstance(node, ast.Attribute)
@@ -95,6 +135,44 @@ def parse(path: Path, root: Path) -> Module:
         ):
             mod.private_attrs.append((module_aliases[node.value.id], node.attr, node.lineno))
     return mod
+
+
+def _call_name(node: ast.Call) -> str:
+    func = node.func
+    return func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+
+
+def _module_constant(tree: ast.AST, name: str) -> ast.AST | None:
+    """The value a module-level `name = ...` assigns (a lazy table passed by name)."""
+    for node in getattr(tree, "body", []):
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        if isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            return node.value
+    return None
+
+
+def _relative(mod: Module, dotted: str) -> str:
+    """A module string as importlib reads it relative to `mod`'s package (".x", "..y.z")."""
+    level = len(dotted) - len(dotted.lstrip("."))
+    return _absolute(mod, level, dotted[level:] or None) if level else dotted
+
+
+def _lazy_targets(mod: Module, node: ast.Call, tree: ast.AST) -> list[str]:
+    """Modules a call loads by name: `lazy_exports(name, table)` (every ".x" string of the table)
+    and `importlib.import_module("literal", ...)`."""
+    name = _call_name(node)
+    if name == "import_module" and node.args and isinstance(node.args[0], ast.Constant):
+        value = node.args[0].value
+        return [_relative(mod, value)] if isinstance(value, str) else []
+    if name != "lazy_exports" or len(node.args) < 2:
+        return []
+    table = node.args[1]
+    if isinstance(table, ast.Name):
+        table = _module_constant(tree, table.id) or table
+    strings = [n.value for n in ast.walk(table) if isinstance(n, ast.Constant)]
+    return [_relative(mod, v) for v in strings if isinstance(v, str) and v.startswith(".")]
 
 
 def _private(name: str) -> bool:
@@ -228,30 +306,83 @@ def test_core_imports_have_no_cycle():
 
 
 def test_subpackages_import_one_way():
-    """Layers, not just modules: e.g. models must not import attacks while attacks imports
+    """Rooms, not just modules: e.g. models must not import attacks while attacks imports
     models (the package itself, which re-exports the API, is left out)."""
     found = cycles(package_graph(import_graph(core_modules())))
-    assert not found, "import cycles between sub-packages:\n" + "\n".join(
-        " <-> ".join(c) for c in found
-    )
+    assert not found, "import cycles between rooms:\n" + "\n".join(" <-> ".join(c) for c in found)
+
+
+def room_of(module: str, floors: dict[str, int] = FLOORS, package: str = CORE) -> str | None:
+    """The FLOORS key that holds `module` (the longest matching prefix), or None."""
+    rest = module[len(package) + 1 :] if module != package else ""
+    parts = rest.split(".") if rest else []
+    for n in range(len(parts), -1, -1):
+        key = ".".join(parts[:n])
+        if key in floors and (key or not parts):
+            return key
+    return None
 
 
 def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
-    """clip_robust_ext.<first part> -> the ones it imports."""
-
-    def top(name: str) -> str:
-        return ".".join(name.split(".")[:2])
-
+    """Room -> the rooms it imports (the package itself, which re-exports the API, left out)."""
     out: dict[str, set[str]] = {}
     for module, deps in graph.items():
-        if top(module) == CORE:
+        room = room_of(module)
+        if room in (None, ""):
             continue
-        edges = out.setdefault(top(module), set())
-        edges |= {top(d) for d in deps if top(d) not in (CORE, top(module))}
+        edges = out.setdefault(room, set())
+        edges |= {r for r in map(room_of, deps) if r not in (None, "", room)}
     for deps in list(out.values()):
         for dep in deps:
             out.setdefault(dep, set())
     return out
+
+
+def upward_imports(
+    graph: dict[str, set[str]], floors: dict[str, int] = FLOORS, package: str = CORE
+) -> list[str]:
+    """Every edge that runs up the floors, and every module no floor holds."""
+    out = []
+    for module, deps in sorted(graph.items()):
+        room = room_of(module, floors, package)
+        if room is None:
+            out.append(f"{module}: on no floor (add it to FLOORS)")
+            continue
+        for dep in sorted(deps):
+            target = room_of(dep, floors, package)
+            if target is not None and floors[target] > floors[room]:
+                out.append(f"{module} (floor {floors[room]}) -> {dep} (floor {floors[target]})")
+    return out
+
+
+def test_imports_run_down_the_floors():
+    """Nothing runs back up, lazy and function-level imports included; the plugin API (and the
+    package that re-exports it) stays below the run stages, the analysis and the CLI."""
+    graph = import_graph(core_modules())
+    found = upward_imports(graph)
+    assert not found, "imports running up the floors:\n" + "\n".join(found)
+    api_targets = {room_of(d) for d in graph[f"{CORE}.api"]}
+    assert api_targets and all(FLOORS[r] <= FLOORS["api"] for r in api_targets), api_targets
+    assert f"{CORE}.models" in graph[f"{CORE}.api"]  # the lazy table is read
+
+
+def long_functions(
+    paths: list[Path], limit: int = MAX_FUNCTION_LINES, root: Path = REPO
+) -> list[str]:
+    out = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit:
+                    out.append(f"{path.relative_to(root)}:{node.lineno}: {node.name} ({lines})")
+    return out
+
+
+def test_no_function_over_100_lines():
+    paths = sorted((REPO / CORE).rglob("*.py")) + sorted((REPO / "plugins").rglob("*.py"))
+    found = long_functions(paths)
+    assert not found, "functions over 100 lines:\n" + "\n".join(found)
 
 
 def test_no_private_name_crosses_a_module():
@@ -309,6 +440,44 @@ def test_checker_sees_a_cycle_and_a_private_import(tmp_path):
     assert names == {"pkg.b._hidden", "pkg.a._x"}
 
 
+def test_checker_sees_an_upward_lazy_import(tmp_path):
+    """A planted upward import through a lazy table, through importlib and inside a function is
+    each caught; the same imports running down are not."""
+    pkg = tmp_path / "pkg"
+    (pkg / "low").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "high.py").write_text("from .low import Thing\n")
+    (pkg / "low" / "__init__.py").write_text(
+        "from ..utils_lazy import lazy_exports\n"
+        "_TABLE = {'Thing': '..high'}\n"
+        "__getattr__ = lazy_exports(__name__, _TABLE)\n"
+    )
+    (pkg / "low" / "helper.py").write_text(
+        "import importlib\n\ndef f():\n    return importlib.import_module('pkg.top')\n"
+    )
+    (pkg / "low" / "inner.py").write_text("def g():\n    from .. import top\n")
+    (pkg / "top.py").write_text("")
+    (pkg / "utils_lazy.py").write_text("")
+    floors = {"": 0, "utils_lazy": 0, "low": 1, "high": 2, "top": 3}
+    graph = import_graph(collect(tmp_path, ["pkg"]))
+    found = upward_imports(graph, floors, "pkg")
+    assert found == [
+        "pkg.low (floor 1) -> pkg.high (floor 2)",
+        "pkg.low.helper (floor 1) -> pkg.top (floor 3)",
+        "pkg.low.inner (floor 1) -> pkg.top (floor 3)",
+    ]
+    assert cycles(graph) == [["pkg.high", "pkg.low"]]  # the lazy edge closes a cycle too
+    assert upward_imports(graph, {**floors, "low": 3, "high": 3}, "pkg") == []
+
+
+def test_checker_sees_a_long_function(tmp_path):
+    """100 lines pass; 101 fail, named with the line they start on."""
+    path = tmp_path / "probe.py"
+    body = "".join(f"    x{i} = {i}\n" for i in range(99))
+    path.write_text(f"def short():\n{body}\n\ndef long():\n{body}    return 1\n")
+    assert long_functions([path], root=tmp_path) == ["probe.py:103: long (101)"]
+
+
 def _private_in(modules: dict[str, Module], root: Path) -> list[str]:
     out = []
     for mod in modules.values():
@@ -324,9 +493,23 @@ if __name__ == "__main__":
     found_cycles = cycles(import_graph(core))
     private = private_imports({**core, **plugin_modules()})
     outside = plugin_imports_outside_api(plugin_modules())
+    graph = import_graph(core)
+    edges = sum(len(v) for v in graph.values())
+    print(
+        f"modules: {len(graph)}, internal import edges (lazy and function-level included): {edges}"
+    )
     print(f"import cycles (strongly connected groups): {len(found_cycles)}")
-    package_cycles = cycles(package_graph(import_graph(core)))
-    print(f"sub-package cycles: {len(package_cycles)} {package_cycles}")
+    package_cycles = cycles(package_graph(graph))
+    print(f"room cycles: {len(package_cycles)} {package_cycles}")
+    upward = upward_imports(graph)
+    print(f"imports running up the floors: {len(upward)}")
+    for u in upward:
+        print("  " + u)
+    paths = sorted((REPO / CORE).rglob("*.py")) + sorted((REPO / "plugins").rglob("*.py"))
+    long = long_functions(paths)
+    print(f"functions over {MAX_FUNCTION_LINES} lines: {len(long)}")
+    for f in long:
+        print("  " + f)
     for c in found_cycles:
         print("  " + " <-> ".join(c))
     print(f"private cross-module imports: {len(private)}")

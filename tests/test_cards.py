@@ -10,7 +10,7 @@ from helpers import tiny_clip
 from clip_robust_ext.data import sample_indices
 from clip_robust_ext.evaluation import Protocol
 from clip_robust_ext.evaluation.cards import card_paths
-from clip_robust_ext.runner import evaluate_loaded
+from clip_robust_ext.run.records import evaluate_loaded
 
 
 def _card(tmp_path, name: str, loaded=None, **overrides) -> dict:

@@ -12,7 +12,7 @@ from clip_robust_ext.errors import ClipxUsageError
 from clip_robust_ext.evaluation.protocols import dataset_key
 from clip_robust_ext.evaluation.spread import aggregate, mean_std, spread_table
 from clip_robust_ext.recipes import resolve
-from clip_robust_ext.runner import build_dataset
+from clip_robust_ext.run.builders import build_dataset
 
 
 def test_declared_splits_partition_the_classes():
@@ -111,7 +111,7 @@ def test_zs_study_trains_only_on_seen_classes_and_outside_the_holdout():
         s["split"] == "train" and s["holdout"] == "only" and s["classes"] == "seen"
         for s in val_specs
     )
-    from clip_robust_ext.evaluation.engine import build_dataset as eval_dataset
+    from clip_robust_ext.evaluation.engine import open_eval_dataset as eval_dataset
 
     held = eval_dataset(val_specs[0])
     assert not set(held.indices) & set(underlying)

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from helpers import CIFAR10_CLASSES, REPO
 
 from clip_robust_ext.cli import cli
-from clip_robust_ext.plugins import reload_plugins
+from clip_robust_ext.plugin_manager import reload_plugins
 
 EXAMPLE = REPO / "examples" / "clipx-example-plugin"
 DIST = "clipx-example-plugin"

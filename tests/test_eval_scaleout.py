@@ -20,7 +20,7 @@ from clip_robust_ext.cli import cli
 from clip_robust_ext.errors import ClipxUsageError
 from clip_robust_ext.evaluation.records import result_path
 from clip_robust_ext.evaluation.shards import blocks, parse_shard
-from clip_robust_ext.runner import RunLock
+from clip_robust_ext.run.lock import RunLock
 from clip_robust_ext.utils.launcher import Launch, detect, export_env, first_host
 
 EVAL = [

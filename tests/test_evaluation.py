@@ -312,9 +312,9 @@ def test_interrupted_dataset_resumes_from_finished_batches(c10, tmp_path, regist
 
 
 def test_evaluate_model_for_training_loops(c10, tmp_path):
-    from clip_robust_ext.evaluation import build_classifier, build_dataset
+    from clip_robust_ext.evaluation import build_classifier, open_eval_dataset
 
-    ds = build_dataset(C10)
+    ds = open_eval_dataset(C10)
     zs = build_classifier(c10, ds.classnames, "tecoa").train()
     out = evaluate_model(
         zs,

@@ -10,7 +10,7 @@ from helpers import tiny_clip
 
 from clip_robust_ext.cli import cli
 from clip_robust_ext.evaluation import Protocol
-from clip_robust_ext.runner import evaluate_loaded
+from clip_robust_ext.run.records import evaluate_loaded
 
 
 def _evaluate(run_dir, label: str, seed: int, n: int) -> None:

@@ -23,7 +23,7 @@ from clip_robust_ext.evaluation import protocol_from_dict
 from clip_robust_ext.evaluation.engine import plan_attacks
 from clip_robust_ext.evaluation.protocol_fields import BEGIN, END, block
 from clip_robust_ext.registry import KINDS, entries, get
-from clip_robust_ext.runner import evaluate_loaded
+from clip_robust_ext.run.records import evaluate_loaded
 from clip_robust_ext.scaffold import new_plugin
 
 PAGE = REPO / "docs" / "PLUGINS.md"

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from clip_robust_ext.api import ClipxUsageError, get, hookimpl, names
 from clip_robust_ext.cli import cli
-from clip_robust_ext.plugins import UNNAMED, plugin_info, reload_plugins
+from clip_robust_ext.plugin_manager import UNNAMED, plugin_info, reload_plugins
 from clip_robust_ext.registry import entries
 
 PLUGIN = """

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from clip_robust_ext import ClipxUsageError, hookimpl
-from clip_robust_ext.plugins import load_errors, plugin_info, pm, reload_plugins
+from clip_robust_ext.plugin_manager import load_errors, plugin_info, pm, reload_plugins
 from clip_robust_ext.registry import entries, get, names, registry_errors
 
 

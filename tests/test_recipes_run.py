@@ -15,7 +15,8 @@ from test_recipes import ToyPlugin
 
 from clip_robust_ext import ClipxUsageError
 from clip_robust_ext.cli import cli
-from clip_robust_ext.runner import LOCK_NAME, RunLock
+from clip_robust_ext.run.layout import LOCK_NAME
+from clip_robust_ext.run.lock import RunLock
 
 RECIPE = """
 [recipe]

@@ -43,7 +43,7 @@ from clip_robust_ext.cli import cli
 from clip_robust_ext.errors import AdversarialCheckError, ClipxError
 from clip_robust_ext.evaluation import read_log
 from clip_robust_ext.models import ZeroShotClassifier, read_state_dict
-from clip_robust_ext.runner import LOCK_NAME
+from clip_robust_ext.run.layout import LOCK_NAME
 from clip_robust_ext.training.checkpoint import load_checkpoint
 
 WORKER = Path(__file__).with_name("recipe_worker.py")

@@ -24,7 +24,9 @@ from PIL import Image
 from clip_robust_ext.cachekeys import code_fingerprint, component_fingerprint, training_key
 from clip_robust_ext.cli import cli
 from clip_robust_ext.errors import ClipxUsageError
-from clip_robust_ext.runner import LOCK_NAME, RunLock, _start_time, eval_model_spec
+from clip_robust_ext.run.evaluate import eval_model_spec
+from clip_robust_ext.run.layout import LOCK_NAME
+from clip_robust_ext.run.lock import RunLock, _start_time
 
 
 def _eval(*args: str):
@@ -318,7 +320,7 @@ def test_two_resumes_racing_on_a_stale_lock_cannot_both_take_it(tmp_path):
 
 def test_sigterm_stops_a_run_cleanly_with_a_message(tmp_path):
     code = (
-        "import sys, time\nfrom clip_robust_ext.runner import RunLock\n"
+        "import sys, time\nfrom clip_robust_ext.run.lock import RunLock\n"
         f"with RunLock({str(tmp_path)!r}, resume=False):\n"
         "    print('locked', flush=True)\n    time.sleep(60)\n"
     )

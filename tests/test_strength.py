@@ -13,7 +13,7 @@ from clip_robust_ext.errors import ClipxError
 from clip_robust_ext.evaluation import Protocol
 from clip_robust_ext.evaluation import strength as S
 from clip_robust_ext.evaluation.cards import card_paths
-from clip_robust_ext.runner import evaluate_loaded
+from clip_robust_ext.run.records import evaluate_loaded
 
 
 class Quantised(torch.nn.Module):

@@ -18,7 +18,7 @@ from clip_robust_ext.api import (
     get,
 )
 from clip_robust_ext.cli import cli
-from clip_robust_ext.runner import with_components
+from clip_robust_ext.run.records import with_components
 
 
 def test_defenses_and_testtime_list_the_counterattack():

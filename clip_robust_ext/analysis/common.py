@@ -8,6 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ClipxUsageError
+from ..evaluation.records import now
+from ..recipes import Registries, model_section
+from ..run.builders import build_model
+from ..run.evaluate import eval_label, eval_model_spec
+from ..utils.versions import versions
 
 
 @dataclass
@@ -24,8 +29,6 @@ def resolve_models(
     """Model arguments named as `clipx eval --model` takes them. A checkpoint file is loaded into
     --arch when given, else into the first argument that is not a file (`clipx interpolate
     clipx-small-c10 runs/tecoa-cifar10/tecoa/final.pt`: the fine-tuned weights, same model)."""
-    from ..recipes import Registries, model_section
-    from ..runner import eval_label, eval_model_spec
 
     if labels and len(labels) != len(args):
         raise ClipxUsageError(f"--label: give one per model ({len(args)}), got {len(labels)}")
@@ -56,7 +59,6 @@ def resolve_models(
 
 def load(model: ModelArg, device: Any) -> Any:
     """The LoadedCLIP of `model` in eval mode (seeded, as `clipx eval` builds it)."""
-    from ..runner import build_model
 
     loaded = build_model(model.spec, device, seed=0)
     loaded.model.eval()
@@ -65,8 +67,6 @@ def load(model: ModelArg, device: Any) -> Any:
 
 def provenance(section: dict[str, Any], protocol: Any) -> dict[str, Any]:
     """The protocol (as requested and resolved), its seed and the versions behind a result."""
-    from ..evaluation.records import now
-    from ..utils.versions import versions
 
     return {
         "protocol": protocol.name,

@@ -15,7 +15,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import AdversarialCheckError, ClipxUsageError
+from ..attacks import attack_mode
+from ..data.checks import collate_labelled
+from ..errors import ClipxUsageError
+from ..evaluation import (
+    attack_batch,
+    build_classifier,
+    dataset_key,
+    model_fingerprint,
+    plan_attacks,
+    protocol_samples,
+)
+from ..evaluation.protocols import eps_label
+from ..registry import get
 from .common import ModelArg, load, provenance
 
 JSON_NAME = "features.json"
@@ -29,8 +41,6 @@ PROJECTIONS = ("pca", "tsne")
 
 def single_image_attack(protocol: Any) -> tuple[dict[str, Any], float, dict[str, Any]]:
     """The one dataset (with a sample count), eps and image attack a features run needs."""
-    from ..registry import get
-
     if len(protocol.datasets) != 1:
         raise ClipxUsageError(
             f"features: give one dataset (--dataset), protocol '{protocol.name}' has "
@@ -58,26 +68,16 @@ def single_image_attack(protocol: Any) -> tuple[dict[str, Any], float, dict[str,
 def embed_clean_and_adversarial(
     zs: Any, dataset: Any, indices: Sequence[int], protocol: Any, key: str
 ) -> dict[str, torch.Tensor]:
-    """Normalised clean and adversarial embeddings, labels and predictions of `indices`."""
-    from ..attacks import attack_mode, verify_adversarial
-    from ..data.checks import collate_labelled
-    from ..evaluation.engine import check_model, derive_seed, plan_attacks
-
-    _, eps, spec = single_image_attack(protocol)
+    """Normalised clean and adversarial embeddings, labels and predictions of `indices`: every
+    sample attacked by the engine's own batch step (`attack_batch`: seeded, checked)."""
+    _, _, spec = single_image_attack(protocol)
     (planned,) = [p for p in plan_attacks(zs, protocol, key) if p.label == spec["label"]]
     out: dict[str, list[torch.Tensor]] = {k: [] for k in ("clean", "adv", "y", "pred", "adv_pred")}
     bs = protocol.batch_size
     for b, i in enumerate(range(0, len(indices), bs)):
         x, y = collate_labelled([dataset[j] for j in indices[i : i + bs]], f"dataset '{key}'")
         x, y = x.to(zs.device, torch.float32), y.to(zs.device)
-        torch.manual_seed(derive_seed(protocol.seed, key, planned.key, b))
-        with attack_mode(zs):
-            check_model(zs, protocol, planned.label)
-            adv = planned.attack(x, y).images
-            check_model(zs, protocol, planned.label)
-        if adv.dtype != torch.float32:
-            raise AdversarialCheckError(f"{planned.label}: returned {adv.dtype} images, not fp32")
-        verify_adversarial(x, adv, eps, protocol.norm, planned.label)
+        adv = attack_batch(zs, planned, x, y, protocol, key, b).images
         with attack_mode(zs), torch.no_grad():
             for name, images in (("clean", x), ("adv", adv)):
                 emb = zs.encode_image(images)
@@ -188,18 +188,12 @@ def run_features(
     bins: int = 40,
 ) -> dict[str, Any]:
     """Embed the protocol's samples clean and attacked for every model; the features.json doc."""
-    from ..data import sample_indices
-    from ..evaluation.engine import at_resolution, build_classifier, build_dataset
-    from ..evaluation.protocols import dataset_key, eps_label
-    from ..evaluation.records import model_fingerprint
-
     if projection not in PROJECTIONS:
         raise ClipxUsageError(f"--projection: one of {', '.join(PROJECTIONS)}, got {projection!r}")
     start = time.time()
     spec, eps, attack = single_image_attack(protocol)
     key = dataset_key(spec)
-    ds = at_resolution(build_dataset(spec), protocol.resolution_for(spec))
-    indices = sample_indices(len(ds), protocol.n_for(spec), protocol.seed)
+    ds, indices = protocol_samples(protocol, spec)
     if len(indices) < 2:
         raise ClipxUsageError(f"features: need at least 2 samples, {key} gives {len(indices)}")
     rows = []

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 
 from ..errors import ClipxUsageError
+from ..evaluation import evaluate
+from ..evaluation.records import model_fingerprint
 from .common import ModelArg, load, provenance
 
 JSON_NAME = "interpolation.json"
@@ -87,8 +89,6 @@ def run_interpolation(
 ) -> dict[str, Any]:
     """Evaluate every blend (results under run_dir/eval, reused when the weights and protocol
     match); returns the document written to interpolation.json."""
-    from ..evaluation import evaluate
-    from ..evaluation.records import model_fingerprint
 
     start = time.time()
     if getattr(protocol, "evaluate_with", None) is not None:

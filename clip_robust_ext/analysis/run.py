@@ -7,7 +7,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..params.values import check_device
+from ..run.evaluate import eval_protocol
+from ..run.lock import RunLock, check_writable
+from ..utils.devices import resolve_device
+from ..utils.io import atomic_write_json
+from ..utils.log import log
 from .common import resolve_models
+from .features import JSON_NAME as FEATURES_JSON
+from .features import PLOTS, run_features, single_image_attack
+from .interpolate import JSON_NAME as INTERPOLATION_JSON
+from .interpolate import PLOT_NAME, parse_alphas, run_interpolation
+from .plots import plot_cosines, plot_interpolation, plot_projection, plot_separation
 
 
 @dataclass
@@ -18,7 +29,6 @@ class AnalysisResult:
 
 
 def _protocol(options: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-    from ..runner import eval_protocol
 
     keys = ("protocol", "attacks", "eps", "datasets", "n_samples", "templates", "seed", "overrides")
     return eval_protocol(*(options[k] for k in keys))
@@ -35,11 +45,6 @@ def interpolate(
     **protocol_options: Any,
 ) -> AnalysisResult:
     """`clipx interpolate A B`: interpolation.json + interpolation.png in run_dir."""
-    from ..runner import RunLock, check_writable, device_of, log
-    from ..utils.io import atomic_write_json
-    from ..validation import check_device
-    from .interpolate import JSON_NAME, PLOT_NAME, parse_alphas, run_interpolation
-    from .plots import plot_interpolation
 
     values = parse_alphas(alphas)
     models = resolve_models((model_a, model_b), arch, labels)
@@ -49,9 +54,9 @@ def interpolate(
     with RunLock(folder, resume=True, what="interpolation"):
         check_writable(folder)
         log(f"interpolating {models[0].label} -> {models[1].label} at {values} into {folder}")
-        doc = run_interpolation(models, values, section, protocol, folder, device_of(device))
+        doc = run_interpolation(models, values, section, protocol, folder, resolve_device(device))
         files = {
-            "json": atomic_write_json(folder / JSON_NAME, doc),
+            "json": atomic_write_json(folder / INTERPOLATION_JSON, doc),
             "plot": plot_interpolation(doc, folder / PLOT_NAME),
         }
     return AnalysisResult(folder, doc, files)
@@ -70,12 +75,6 @@ def features(
     """`clipx features MODEL...`: features.json + cosine, separation and projection plots."""
     import dataclasses
 
-    from ..runner import RunLock, check_writable, device_of, log
-    from ..utils.io import atomic_write_json
-    from ..validation import check_device
-    from .features import JSON_NAME, PLOTS, run_features, single_image_attack
-    from .plots import plot_cosines, plot_projection, plot_separation
-
     resolved = resolve_models(models, arch, labels)
     section, protocol = _protocol(protocol_options)
     # how far the attack moves embeddings is read at its final iterate: early exit would stop
@@ -90,8 +89,8 @@ def features(
     with RunLock(folder, resume=True, what="features"):
         check_writable(folder)
         log(f"features of {', '.join(m.label for m in resolved)} into {folder}")
-        doc = run_features(resolved, section, protocol, device_of(device), projection, bins)
-        files = {"json": atomic_write_json(folder / JSON_NAME, doc)}
+        doc = run_features(resolved, section, protocol, resolve_device(device), projection, bins)
+        files = {"json": atomic_write_json(folder / FEATURES_JSON, doc)}
         for name, draw in (
             ("cosine", plot_cosines),
             ("separation", plot_separation),

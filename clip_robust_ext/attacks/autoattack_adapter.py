@@ -35,6 +35,7 @@ from torch import nn
 
 from ..errors import ClipxUsageError
 from ..params import checked
+from ..utils.devices import model_device
 from ..utils.eps import parse_eps
 from .base import attack_mode
 
@@ -119,7 +120,7 @@ class AutoAttackAdapter:
         self.version = version
         self.attacks = attacks
         self.seed = seed
-        self.device = torch.device(device) if device is not None else _device_of(model)
+        self.device = torch.device(device) if device is not None else model_device(model)
         self.backend_name = backend
         # fra31 standard: 9 target classes (5 for L1, where it also uses 5 APGD restarts)
         self.n_target_classes = int(n_target_classes or (5 if norm == "L1" else 9))
@@ -277,14 +278,6 @@ def _set_iterations(sub: Any, n_iter: int) -> None:
         sub.n_iter_2 = max(int(0.22 * n_iter), 1)
         sub.n_iter_min = max(int(0.06 * n_iter), 1)
         sub.size_decr = max(int(0.03 * n_iter), 1)
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
 
 
 # Registry factory: `build_attack('autoattack', zs, eps='1/255', attacks=[...], seed=0)`; its

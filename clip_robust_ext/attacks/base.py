@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import AdversarialCheckError
+from ..errors import AdversarialCheckError, ClipxUsageError
 from ..registry import get
 
 
@@ -135,8 +135,6 @@ def build_attack(name: str, model: nn.Module, **params: Any) -> BuiltAttack:
     """Look up a registered attack and bind it to `model` with `params`."""
     entry = get("attacks", name)
     if entry.modality == "retrieval":
-        from ..errors import ClipxUsageError
-
         raise ClipxUsageError(
             f"attack '{name}' attacks image-text retrieval (images and their captions together); "
             "use it as a mode of a retrieval protocol, e.g. protocol 'coattack-retrieval' with "

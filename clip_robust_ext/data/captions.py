@@ -19,6 +19,8 @@ import torch
 from ..errors import ClipxUsageError
 from .folders import image_to_tensor
 from .imageio import open_rgb
+from .procedural import COLOURS, SHAPES, ProceduralShapes
+from .sampling import targets_of
 
 SHAPE_CAPTIONS = (
     "a photo of a {colour} {shape}.",
@@ -64,7 +66,6 @@ def procedural_galleries(
     n_captions: int = 5,
 ) -> list[CaptionGallery]:
     """Galleries whose images have distinct (colour, shape) pairs, so each caption names one image."""
-    from .procedural import COLOURS, SHAPES, ProceduralShapes
 
     ds = ProceduralShapes(split=split, n=20_000, seed=seed)
     pairs = [(c, s) for s in range(len(SHAPES)) for c in COLOURS]
@@ -95,7 +96,6 @@ def class_galleries(
     dataset, n_galleries: int = 10, seed: int = 0, n_captions: int = 5
 ) -> list[CaptionGallery]:
     """One image per class per gallery, captioned by templates (e.g. the CIFAR-10 JPEGs)."""
-    from .sampling import targets_of
 
     targets = targets_of(dataset)
     g = torch.Generator().manual_seed(seed)

@@ -18,7 +18,7 @@ import torchvision.datasets as tvd
 import torchvision.transforms as T
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
-from ..errors import ClipxError, ClipxUsageError
+from ..errors import ClipxError, ClipxUsageError, unknown_name
 from .folders import ImageFolderDataset, clean_classname
 from .manage import MANUAL, downloads_allowed, fix_command
 from .paths import data_root
@@ -190,8 +190,6 @@ def suite_names() -> list[str]:
 
 def suite_entry(name: str) -> SuiteEntry:
     if name not in _SUITE:
-        from ..errors import unknown_name
-
         raise unknown_name("dataset", name, _SUITE)
     return _SUITE[name]
 

@@ -4,43 +4,44 @@ Protocols load without torch; the engine and tables load on first use."""
 
 from __future__ import annotations
 
-import importlib
-
+from ..utils.lazy import lazy_exports
 from .protocols import Protocol, dataset_key, get_protocol, protocol_from_dict, protocol_names
 
 _LAZY = {
-    "evaluate": "engine",
-    "evaluate_model": "engine",
-    "build_classifier": "engine",
-    "build_dataset": "engine",
-    "derive_seed": "engine",
-    "plan_attacks": "engine",
-    "resolve_templates": "engine",
-    "FORMULAS": "records",
-    "SCHEMA": "records",
-    "load_records": "records",
-    "read_log": "records",
-    "result_path": "records",
-    "csv_table": "tables",
-    "markdown_table": "tables",
-    "plot_eps": "tables",
-    "table_rows": "tables",
-    "write_reports": "tables",
+    "evaluate": ".engine",
+    "evaluate_model": ".engine",
+    "build_classifier": ".engine",
+    "open_eval_dataset": ".engine",
+    "derive_seed": ".engine",
+    "plan_attacks": ".engine",
+    "attack_batch": ".engine",
+    "protocol_samples": ".engine",
+    "model_fingerprint": ".records",
+    "resolve_templates": ".engine",
+    "FORMULAS": ".records",
+    "SCHEMA": ".records",
+    "load_records": ".records",
+    "read_log": ".records",
+    "result_path": ".records",
+    "csv_table": ".tables",
+    "markdown_table": ".tables",
+    "plot_eps": ".tables",
+    "table_rows": ".tables",
+    "write_reports": ".tables",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(name)
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [
     "FORMULAS",
     "Protocol",
+    "attack_batch",
+    "model_fingerprint",
+    "protocol_samples",
     "SCHEMA",
     "build_classifier",
-    "build_dataset",
+    "open_eval_dataset",
     "csv_table",
     "dataset_key",
     "derive_seed",

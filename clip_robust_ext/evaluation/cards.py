@@ -23,9 +23,12 @@ from typing import Any
 import torch
 
 from ..utils.io import atomic_write_json
+from ..utils.versions import versions
+from . import distributed as D
 from . import records as R
 from .protocols import Protocol, dataset_key
 from .provenance import merged_components, read_components, record_components
+from .strength import enforce, run_checks
 
 CARD_SCHEMA = "clipx.card.v1"
 
@@ -247,7 +250,6 @@ def build_card(
     checks: dict[str, Any],
     identity: dict[str, Any],
 ) -> dict[str, Any]:
-    from ..utils.versions import versions
 
     content = protocol_content(protocol, run_dir, label, records)
     return {
@@ -353,7 +355,6 @@ def evaluate_with_card(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run `run()` (the evaluation) under a CostMeter, then the strength checks, then write the
     card. A strict protocol raises after the card is written, so the failure is on record."""
-    from .strength import enforce, run_checks
 
     with CostMeter(loaded.model) as meter:
         records = run()
@@ -379,7 +380,6 @@ def evaluate_with_card(
         and old["model"]["weights_sha256"] == card["model"]["weights_sha256"]
     ):
         card["cost"] = {**old["cost"], "reused_from": old["created_at"]}  # nothing ran this time
-    from . import distributed as D
 
     if D.world()[0] == 0:
         write_card(card, run_dir)

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any
 
 import torch
@@ -26,14 +27,18 @@ from torch.utils.data import DataLoader
 
 from ..attacks import attack_mode, build_attack, verify_adversarial
 from ..attacks.base import BuiltAttack
-from ..cachekeys import changed, digest, evaluation_key
+from ..cachekeys import changed, component_fingerprint, digest, evaluation_key
+from ..data import sample_indices
 from ..data.checks import collate_labelled
 from ..data.splits import factory_kwargs, restrict, restricts
 from ..errors import AdversarialCheckError, ClipxError, ClipxUsageError
 from ..models import LoadedCLIP, ZeroShotClassifier
 from ..models.accelerate import accelerated
 from ..models.checkpoints import check_weights
+from ..plugin_manager import distribution_of
 from ..registry import get
+from ..utils.devices import model_device
+from ..utils.versions import versions
 from . import distributed as D
 from . import records as R
 from .protocols import Protocol, dataset_key, eps_label, protocol_from_dict, resolve_budget_expr
@@ -109,13 +114,13 @@ def build_classifier(
         )
     else:
         zs = ZeroShotClassifier(loaded, classnames=classnames, templates=resolved)
-    return zs.to(_device_of(loaded.model)).eval()
+    return zs.to(model_device(loaded.model)).eval()
 
 
 _DATASETS: dict[str, Any] = {}  # a few recently built datasets: recipes evaluate several models
 
 
-def build_dataset(spec: dict[str, Any], cache: bool = True):
+def open_eval_dataset(spec: dict[str, Any], cache: bool = True):
     """A registered dataset from a protocol dataset spec {dataset, split, n, templates, **kwargs}."""
     kwargs = factory_kwargs(spec, ("dataset", "n", "templates", "resolution"))
     # where datasets come from is part of their identity ($CLIPX_ASSETS, $CLIPX_DATA)
@@ -167,12 +172,6 @@ def at_resolution(dataset, size: int | None):
     return dataset if size is None else _Resized(dataset, size)
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
 def _backend_of(attack: BuiltAttack, plugin: str) -> str:
     """Whose code computes the attack: its own `backend` string, torchattacks for torchattacks'
     classes, else the plugin (with its distribution and version), "on torchattacks" when a
@@ -180,13 +179,9 @@ def _backend_of(attack: BuiltAttack, plugin: str) -> str:
     backend = getattr(attack.impl, "backend", None)
     if isinstance(backend, str):
         return backend
-    from ..plugins import distribution_of
-
     dist, version = distribution_of(plugin)
     own = f"plugin {plugin}" + (f" ({dist} {version})" if version else "")
     if type(attack.impl).__module__.endswith("torchattacks_adapter"):
-        from importlib import metadata
-
         base = f"torchattacks {metadata.version('torchattacks')}"
         inner = type(getattr(attack.impl, "attack", None)).__module__
         return base if inner.split(".")[0] == "torchattacks" else f"{own} on {base}"
@@ -276,6 +271,40 @@ def check_model(model: nn.Module, protocol: Protocol, what: str) -> None:
             )
 
 
+def protocol_samples(protocol: Protocol, spec: dict[str, Any]) -> tuple[Any, list[int]]:
+    """A protocol dataset at its attack resolution, and the indices the protocol evaluates."""
+    ds = at_resolution(open_eval_dataset(spec), protocol.resolution_for(spec))
+    return ds, sample_indices(len(ds), protocol.n_for(spec), protocol.seed)
+
+
+def attack_batch(
+    zs: nn.Module,
+    p: PlannedAttack,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    protocol: Protocol,
+    key: str,
+    batch_id: int,
+) -> Any:
+    """One planned attack on one batch, the engine's way: seeded per (protocol seed, dataset,
+    attack, batch), eval mode checked before and after, the result checked (images a text attack
+    left unchanged; an image attack's within its eps ball, in [0, 1], fp32). Its AttackOutput."""
+    torch.manual_seed(derive_seed(protocol.seed, key, p.key, batch_id))
+    with attack_mode(zs):
+        check_model(zs, protocol, p.label)
+        res = p.attack(x, y)
+        check_model(zs, protocol, p.label)  # an attack must not switch the model to train
+    adv = res.images
+    if p.modality == "text":
+        if adv.shape != x.shape or not torch.equal(adv, x):
+            raise AdversarialCheckError(f"{p.label}: a text attack changed the images")
+    else:
+        if protocol.precision == "fp32" and adv.dtype != torch.float32:
+            raise AdversarialCheckError(f"{p.label}: returned {adv.dtype} images, expected fp32")
+        verify_adversarial(x, adv, p.eps, protocol.norm, p.label)
+    return res
+
+
 def run_batch(
     zs: ZeroShotClassifier,
     x: torch.Tensor,
@@ -296,21 +325,8 @@ def run_batch(
         idx = attacked.nonzero().flatten()
         x_in, y_in = x[idx].contiguous(), y[idx].contiguous()
         if idx.numel():
-            torch.manual_seed(derive_seed(protocol.seed, key, p.key, batch_id))
-            with attack_mode(zs):
-                check_model(zs, protocol, p.label)
-                res = p.attack(x_in, y_in)
-                check_model(zs, protocol, p.label)  # an attack must not switch the model to train
+            res = attack_batch(zs, p, x_in, y_in, protocol, key, batch_id)
             adv = res.images
-            if p.modality == "text":
-                if adv.shape != x_in.shape or not torch.equal(adv, x_in):
-                    raise AdversarialCheckError(f"{p.label}: a text attack changed the images")
-            else:
-                if protocol.precision == "fp32" and adv.dtype != torch.float32:
-                    raise AdversarialCheckError(
-                        f"{p.label}: returned {adv.dtype} images, expected fp32"
-                    )
-                verify_adversarial(x_in, adv, p.eps, protocol.norm, p.label)
             if p.modality in ("text", "multimodal") and res.info:
                 out.setdefault("info", {})[p.key] = text_attack_info(res.info)
             scorer = res.model if res.model is not None else zs
@@ -500,8 +516,6 @@ def evaluate_model(
 ) -> list[dict[str, Any]]:
     """No files: clean/robust accuracy (percent) per eps of `zs` on `dataset` (trainer's periodic
     evaluation). `indices` default: protocol.n_samples drawn with protocol.seed."""
-    from ..data import sample_indices
-
     protocol = protocol_from_dict(protocol)
     if protocol.testtime:  # the defended labels and both attack modes need evaluate()'s records
         raise ClipxUsageError(
@@ -569,34 +583,24 @@ def evaluate(
 
 
 @dataclass
-class _Run:
-    """One model (optionally behind one test-time defense) evaluated under a protocol."""
+class _Evaluation:
+    """What every dataset of one evaluation (one model, maybe behind a test-time defense) shares."""
 
     loaded: LoadedCLIP
     protocol: Protocol
     run_dir: Any
     label: str
     base_label: str
-    testtime: dict[str, Any] | None
-    defense: Any
-    fingerprint: str
     resume: bool
     progress: bool
     checkpoint_s: float
+    testtime: dict[str, Any] | None
+    defense: Any
+    fingerprint: str
+    stamp: dict[str, Any]
     rank: int
     world: int
     shard: Any = None  # evaluation/shards.py: only this shard's batches, written as a part
-
-
-@dataclass
-class _Job:
-    """One dataset of a _Run: what its result is keyed on and where it goes."""
-
-    spec: dict[str, Any]
-    key: str
-    inputs: dict[str, Any]
-    phash: str
-    path: Any
 
 
 def _evaluate(
@@ -611,115 +615,40 @@ def _evaluate(
     shard: Any = None,
 ) -> list[dict[str, Any]]:
     rank, world = D.maybe_init()
-    run = _Run(
-        loaded,
-        protocol,
-        run_dir,
-        f"{label}+{testtime['label']}" if testtime is not None else label,
-        label,
-        testtime,
-        None if testtime is None else build_testtime(testtime),
-        R.model_fingerprint(loaded.model),
-        resume,
-        progress,
-        checkpoint_s,
-        rank,
-        world,
-        shard,
-    )
+    full_label, defense = label, None
+    if testtime is not None:
+        full_label = f"{label}+{testtime['label']}"
+        defense = build_testtime(testtime)
+    fingerprint = R.model_fingerprint(loaded.model)
+    run = _Evaluation(
+        loaded, protocol, run_dir, full_label, label, resume, progress, checkpoint_s,
+        testtime, defense, fingerprint, versions(), rank, world, shard,
+    )  # fmt: skip
     out: list[dict[str, Any]] = []
     for spec in protocol.datasets:
-        out.extend(_evaluate_dataset(run, _job_of(run, spec)))
+        out.extend(_evaluate_dataset(run, spec))
     return out
 
 
-def _job_of(run: _Run, spec: dict[str, Any]) -> _Job:
-    from ..cachekeys import component_fingerprint
-
-    key = dataset_key(spec)
-    # a named split ("unseen") is keyed on the class names it resolves to, not its name
-    split = build_dataset(spec).description if restricts(spec) else None
-    inputs = evaluation_key(run.protocol, spec, run.fingerprint, split)
-    if run.testtime is not None:
-        code = digest(component_fingerprint("testtime", run.testtime["name"]))
-        inputs["testtime"] = {**run.testtime, "code": code}
-    phash = run.protocol.dataset_hash(spec, {"model": run.fingerprint, "inputs": digest(inputs)})
-    path = R.result_path(run.run_dir, run.label, run.protocol.name, key)
-    return _Job(spec, key, inputs, phash, path)
-
-
-def _reused(run: _Run, job: _Job) -> dict[str, Any] | None:
-    """The finished result file of `job` when its inputs are unchanged (rank 0 decides)."""
-    existing = R.read_json(job.path) if run.resume else None
-    reuse = bool(
-        existing
-        and existing.get("schema") == (run.shard.SCHEMA if run.shard else R.SCHEMA)
-        and existing.get("protocol_hash") == job.phash
-        and (run.shard is None or run.shard.same_batches(existing, run.label, job.key))
-    )
-    if existing and not reuse and run.rank == 0:
-        why = ", ".join(changed(existing.get("key"), job.inputs)[:6])
-        _log(f"{run.label}: {job.key}: recomputing, its inputs changed ({why})")
-    if not D.broadcast(reuse):
-        return None
-    existing = existing or R.read_json(job.path)  # rank 0 decided; every rank reads the file
-    if run.rank == 0:
-        R.log_event(
-            run.run_dir,
-            event="skipped",
-            label=run.label,
-            protocol=run.protocol.name,
-            dataset=job.key,
-        )
-    return existing
-
-
-def _done_batches(run: _Run, job: _Job) -> dict[str, dict]:
-    """Batches an interrupted run of `job` finished (its partial files)."""
-    done: dict[str, dict] = {}
-    if run.resume:
-        for part in R.partial_paths(job.path):
-            data = R.read_json(part)
-            if data and data.get("protocol_hash") == job.phash:
-                done.update(data.get("batches", {}))
-    if done and run.rank == 0:
-        R.log_event(
-            run.run_dir,
-            event="resumed",
-            label=run.label,
-            protocol=run.protocol.name,
-            dataset=job.key,
-            batches_done=len(done),
-        )
-    return done
-
-
-def _evaluate_dataset(run: _Run, job: _Job) -> list[dict[str, Any]]:
-    from ..data import sample_indices
-
-    protocol, spec, key = run.protocol, job.spec, job.key
-    existing = _reused(run, job)
-    if existing is not None:
-        return [] if run.shard else existing["records"]
+def _evaluate_dataset(run: _Evaluation, spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """One dataset's records: reused from its result file, or computed (resuming the batches a
+    crashed run finished) and written."""
+    protocol, key = run.protocol, dataset_key(spec)
+    inputs, phash, path = _dataset_identity(run, spec, key)
+    reused = _reused_records(run, key, inputs, phash, path)
+    if reused is not None:
+        return [] if run.shard else reused
     start = time.time()
-    ds = at_resolution(build_dataset(spec), protocol.resolution_for(spec))
+    ds, indices = protocol_samples(protocol, spec)
     if len(ds) == 0:
         raise ClipxUsageError(f"dataset '{spec['dataset']}' ({key}) is empty: 0 samples")
-    indices = sample_indices(len(ds), protocol.n_for(spec), protocol.seed)
     only = None if run.shard is None else run.shard.assigned(run.label, key)
     if only is not None and not only:
         return []  # another shard's dataset
-    zs = build_classifier(run.loaded, ds.classnames, protocol.templates_for(spec))
-    zs.class_matrix()  # computed once here, reused by every batch and attack
-    scored: nn.Module = zs
-    if not protocol.testtime:
-        plan = plan_attacks(zs, protocol, key)
-    else:
-        defended = None if run.defense is None else DefendedClassifier(zs, run.defense, run.label)
-        plan = plan_modes(zs, defended, protocol, key)
-        scored = defended or zs
-    done = _done_batches(run, job)
-    checkpoint = _Checkpoint(R.partial_path(job.path, run.rank), job.phash, run.checkpoint_s, done)
+    attacked = list(ds[indices[0]][0].shape[-2:]) if len(indices) else None
+    scored, plan = _scored_plan(run, ds, spec, key)
+    done = _finished_batches(run, key, path, phash)
+    checkpoint = _Checkpoint(R.partial_path(path, run.rank), phash, run.checkpoint_s, done)
     batch_results = run_samples(
         scored,
         ds,
@@ -732,60 +661,118 @@ def _evaluate_dataset(run: _Run, job: _Job) -> list[dict[str, Any]]:
         progress=run.progress,
         only=only,
     )
-    fields = _record_fields(run, job, ds, [*ds[indices[0]][0].shape[-2:]] if indices else None)
-    fields["elapsed_s"] = round(time.time() - start, 3)
+    elapsed = round(time.time() - start, 3)
+    fields = _record_fields(run, spec, key, phash, ds, attacked, elapsed)
     if run.shard is not None:
-        run.shard.write_part(run, job, indices, plan, batch_results, fields)
+        part = {"path": path, "protocol_hash": phash, "key": inputs, "dataset_key": key}
+        run.shard.write_part(run, part, indices, plan, batch_results, fields)
         D.barrier()
         return []
     samples = flatten(batch_results, plan)
     records = [{**rec, **fields} for rec in summarize(samples, plan, protocol)]
     if run.rank == 0:
-        write_finished(run.run_dir, job, records, {"indices": list(indices), **samples})
-        R.log_event(
-            run.run_dir,
-            event="computed",
-            label=run.label,
-            protocol=protocol.name,
-            dataset=key,
-            elapsed_s=fields["elapsed_s"],
-            batches_reused=len(done),
-        )
+        samples = {"indices": list(indices), **samples}
+        result = result_document(phash, inputs, key, records, samples)
+        _write_dataset(run, path, key, result, elapsed, len(done))
     D.barrier()
     return records
 
 
-def write_finished(
-    run_dir: Any, job: Any, records: list[dict[str, Any]], samples: dict[str, Any]
-) -> None:
-    """The finished result file of one dataset (records + per-sample flags); drops partials."""
-    R.write_result(
-        job.path,
-        {
-            "schema": R.SCHEMA,
-            "protocol_hash": job.phash,
-            "key": job.inputs,
-            "label": records[0]["label"],
-            "protocol": records[0]["protocol"],
-            "dataset_key": job.key,
-            "records": records,
-            "samples": samples,
-        },
+def result_document(
+    phash: str, inputs: dict, key: str, records: list[dict[str, Any]], samples: dict[str, Any]
+) -> dict[str, Any]:
+    """A finished dataset's result file: its records and per-sample flags (also what
+    `clipx eval-merge` writes from shards)."""
+    return {
+        "schema": R.SCHEMA,
+        "protocol_hash": phash,
+        "key": inputs,
+        "label": records[0]["label"],
+        "protocol": records[0]["protocol"],
+        "dataset_key": key,
+        "records": records,
+        "samples": samples,
+    }
+
+
+def _dataset_identity(run: _Evaluation, spec: dict[str, Any], key: str) -> tuple[dict, str, Any]:
+    """(the inputs a result depends on, their hash, the result file)."""
+    # a named split ("unseen") is keyed on the class names it resolves to, not its name
+    split = open_eval_dataset(spec).description if restricts(spec) else None
+    inputs = evaluation_key(run.protocol, spec, run.fingerprint, split)
+    if run.testtime is not None:
+        inputs["testtime"] = {
+            **run.testtime,
+            "code": digest(component_fingerprint("testtime", run.testtime["name"])),
+        }
+    phash = run.protocol.dataset_hash(spec, {"model": run.fingerprint, "inputs": digest(inputs)})
+    return inputs, phash, R.result_path(run.run_dir, run.label, run.protocol.name, key)
+
+
+def _reused_records(
+    run: _Evaluation, key: str, inputs: dict, phash: str, path: Any
+) -> list[dict[str, Any]] | None:
+    """The records of a result file computed from the same inputs (rank 0 decides), or None."""
+    existing = R.read_json(path) if run.resume else None
+    reuse = bool(
+        existing
+        and existing.get("schema") == (run.shard.SCHEMA if run.shard else R.SCHEMA)
+        and existing.get("protocol_hash") == phash
+        and (run.shard is None or run.shard.same_batches(existing, run.label, key))
     )
-    for part in R.partial_paths(job.path):
-        part.unlink(missing_ok=True)
+    if existing and not reuse and run.rank == 0:
+        why = ", ".join(changed(existing.get("key"), inputs)[:6])
+        _log(f"{run.label}: {key}: recomputing, its inputs changed ({why})")
+    reuse = D.broadcast(reuse)
+    if not reuse:
+        return None
+    existing = existing or R.read_json(path)  # rank 0 decided; every rank reads the file
+    if run.rank == 0:
+        _note(run, "skipped", key)
+    return existing.get("records", [])
 
 
-def _record_fields(run: _Run, job: _Job, ds: Any, attacked: list[int] | None) -> dict[str, Any]:
-    """Everything a record says besides its accuracies: what was evaluated, how, with what."""
-    from ..utils.versions import versions
+def _scored_plan(
+    run: _Evaluation, ds: Any, spec: dict[str, Any], key: str
+) -> tuple[nn.Module, Any]:
+    """The classifier the samples are scored on (behind the test-time defense, if any) and the
+    attack plan."""
+    zs = build_classifier(run.loaded, ds.classnames, run.protocol.templates_for(spec))
+    zs.class_matrix()  # computed once here, reused by every batch and attack
+    if not run.protocol.testtime:
+        return zs, plan_attacks(zs, run.protocol, key)
+    defended = None if run.defense is None else DefendedClassifier(zs, run.defense, run.label)
+    return defended or zs, plan_modes(zs, defended, run.protocol, key)
 
-    protocol, spec = run.protocol, job.spec
-    testtime = run.testtime
+
+def _finished_batches(run: _Evaluation, key: str, path: Any, phash: str) -> dict[str, dict]:
+    """Batches an interrupted run of the same inputs finished (its partial files)."""
+    done: dict[str, dict] = {}
+    if run.resume:
+        for part in R.partial_paths(path):
+            data = R.read_json(part)
+            if data and data.get("protocol_hash") == phash:
+                done.update(data.get("batches", {}))
+    if done and run.rank == 0:
+        _note(run, "resumed", key, batches_done=len(done))
+    return done
+
+
+def _record_fields(
+    run: _Evaluation,
+    spec: dict[str, Any],
+    key: str,
+    phash: str,
+    ds: Any,
+    attacked: list[int] | None,
+    elapsed: float,
+) -> dict[str, Any]:
+    """What each record of a dataset carries besides its accuracies."""
+    protocol, testtime = run.protocol, run.testtime
     return {
         "schema": R.SCHEMA,
         "protocol": protocol.name,
-        "protocol_hash": job.phash,
+        "protocol_hash": phash,
         "label": run.label,
         **(
             {"base_label": run.base_label, "testtime": _testtime_record(testtime, run.defense)}
@@ -799,7 +786,7 @@ def _record_fields(run: _Run, job: _Job, ds: Any, attacked: list[int] | None) ->
         },
         "dataset": spec["dataset"],
         "split": spec.get("split", "test"),
-        "dataset_key": job.key,
+        "dataset_key": key,
         "dataset_params": {
             k: v
             for k, v in spec.items()
@@ -815,7 +802,25 @@ def _record_fields(run: _Run, job: _Job, ds: Any, attacked: list[int] | None) ->
         "batch_size": protocol.batch_size,
         "world_size": run.world,
         "formulas": R.FORMULAS,
-        "versions": versions(),
+        "versions": run.stamp,
+        "elapsed_s": elapsed,
         "computed_at": R.now(),
         "protocol_params": protocol.to_dict(),
     }
+
+
+def _write_dataset(
+    run: _Evaluation, path: Any, key: str, result: dict[str, Any], elapsed: float, reused: int
+) -> None:
+    """Rank 0: the dataset's result file; its partial files go, the event log notes it."""
+    R.write_result(path, result)
+    for part in R.partial_paths(path):
+        part.unlink(missing_ok=True)
+    _note(run, "computed", key, elapsed_s=elapsed, batches_reused=reused)
+
+
+def _note(run: _Evaluation, event: str, key: str, **extra: Any) -> None:
+    """One line of the run dir's event log about a dataset of this evaluation."""
+    R.log_event(
+        run.run_dir, event=event, label=run.label, protocol=run.protocol.name, dataset=key, **extra
+    )

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ClipxUsageError
+from ..models.zoo import zoo
 from ..utils.io import atomic_write, atomic_write_json, atomic_write_text
 from .cards import read_card
 from .provenance import plugin_summary
@@ -125,7 +126,6 @@ def rank(cards: list[tuple[Path, dict[str, Any]]]) -> tuple[list[str], list[dict
 def reported_rows(ranked: list[dict[str, Any]], phash: str, everything: bool) -> list[dict]:
     """Published numbers from the zoo as rows; `diff` = measured - reported where a measured
     card of that zoo model shares the protocol hash the entry declares."""
-    from ..models.zoo import zoo
 
     measured = {c["model"].get("zoo"): c for c in ranked if c["model"].get("zoo")}
     rows = []

@@ -27,18 +27,6 @@ class _Planned:
         return dict(self._describe)
 
 
-class _Target:
-    """The finished result file a merged dataset becomes (what engine.write_finished reads)."""
-
-    def __init__(self, run_dir: Path, first: dict[str, Any]):
-        self.key, self.phash, self.inputs = (
-            first["dataset_key"],
-            first["protocol_hash"],
-            first["key"],
-        )
-        self.path = R.result_path(run_dir, first["label"], first["protocol"], self.key)
-
-
 def read_shards(run_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
     """Every shard folder's manifest, checked: one N, every index 0..N-1 present and finished."""
     found = []
@@ -91,7 +79,7 @@ def merge_job(
     run_dir: Path, manifests: list, label: str, key: str, n_batches: int
 ) -> list[dict[str, Any]]:
     """One dataset of one label from its parts: the finished result file and its records."""
-    from .engine import flatten, summarize, write_finished
+    from .engine import flatten, result_document, summarize
     from .protocols import protocol_from_dict
 
     parts = _parts(manifests, label, key)
@@ -122,8 +110,14 @@ def merge_job(
     protocol = protocol_from_dict(fields["protocol_params"])
     samples = flatten(batches, plan)
     records = [{**rec, **fields} for rec in summarize(samples, plan, protocol)]
-    target = _Target(run_dir, parts[0])
-    write_finished(run_dir, target, records, {"indices": parts[0]["indices"], **samples})
+    first = parts[0]
+    samples = {"indices": first["indices"], **samples}
+    path = R.result_path(run_dir, label, first["protocol"], key)
+    R.write_result(
+        path, result_document(first["protocol_hash"], first["key"], key, records, samples)
+    )
+    for stale in R.partial_paths(path):
+        stale.unlink(missing_ok=True)
     R.log_event(run_dir, event="merged", label=label, dataset=key, shards=len(manifests))
     return records
 

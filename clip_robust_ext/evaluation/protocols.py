@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ClipxUsageError, closest
+from ..registry import get, names
 from ..utils.eps import format_eps, parse_eps
 from ..utils.eps import resolve_budget_expr as resolve_budget_expr  # re-exported (engine)
 
@@ -302,7 +303,6 @@ class Protocol:
     def takes(self, setting: str) -> bool:
         """Whether an attack of this protocol takes `setting` from it (its protocol_params);
         an attack not registered (yet) counts as taking it."""
-        from ..registry import get
 
         for spec in self.attacks:
             try:
@@ -329,14 +329,12 @@ def _check_resolution(value: Any, where: str) -> None:
 
 # -- registry access ----------------------------------------------------------------------------
 def protocol_names() -> list[str]:
-    from ..registry import names
 
     return names("evaluators")
 
 
 def get_protocol(name: str, **overrides: Any) -> Protocol:
     """A registered preset with overrides applied (unknown settings are usage errors)."""
-    from ..registry import get
 
     entry = get("evaluators", name)
     proto = entry.obj(**overrides)

@@ -50,12 +50,12 @@ def variant_labels(label: str, protocol: Any) -> list[str]:
 def job_batches(protocol: Any) -> list[tuple[str, int]]:
     """(dataset key, number of batches) of every dataset of the protocol, in order."""
     from ..data import sample_indices
-    from .engine import build_dataset
+    from .engine import open_eval_dataset
     from .protocols import dataset_key
 
     out = []
     for spec in protocol.datasets:
-        n = len(sample_indices(len(build_dataset(spec)), protocol.n_for(spec), protocol.seed))
+        n = len(sample_indices(len(open_eval_dataset(spec)), protocol.n_for(spec), protocol.seed))
         out.append((dataset_key(spec), math.ceil(n / protocol.batch_size)))
     return out
 
@@ -101,34 +101,35 @@ class Shard:
             "request": request,
         }
 
-    def write_part(self, run, job, indices, plan, batch_results, fields) -> None:
+    def write_part(self, run, part: dict[str, Any], indices, plan, batch_results, fields) -> None:
         """This shard's batches of one dataset (rank 0 writes; the engine's partials go)."""
         if run.rank != 0:
             return
+        path, key = part["path"], part["dataset_key"]
         R.write_result(
-            job.path,
+            path,
             {
                 "schema": SCHEMA,
-                "protocol_hash": job.phash,
-                "key": job.inputs,
+                "protocol_hash": part["protocol_hash"],
+                "key": part["key"],
                 "label": run.label,
                 "protocol": run.protocol.name,
-                "dataset_key": job.key,
+                "dataset_key": key,
                 "shard": [self.index, self.count],
-                "assigned": self.assigned(run.label, job.key),
+                "assigned": self.assigned(run.label, key),
                 "indices": list(indices),
                 "plan": [{"key": p.key, **p.describe()} for p in plan],
                 "batches": batch_results,
                 "fields": fields,
             },
         )
-        for part in R.partial_paths(job.path):
-            part.unlink(missing_ok=True)
+        for stale in R.partial_paths(path):
+            stale.unlink(missing_ok=True)
         R.log_event(
             run.run_dir,
             event="computed",
             label=run.label,
-            dataset=job.key,
+            dataset=key,
             shard=f"{self.index}/{self.count}",
             batches=len(batch_results),
         )

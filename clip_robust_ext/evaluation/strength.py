@@ -26,7 +26,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..attacks import attack_mode, verify_adversarial
+from ..data.checks import collate_labelled
 from ..errors import ClipxError
+from ..registry import get
+from .engine import build_classifier, derive_seed, plan_attacks, protocol_samples
 from .protocols import Protocol, eps_label
 
 TOL = 1.0  # points of accuracy a comparison may miss by before it fails
@@ -203,13 +207,10 @@ class _Collect(logging.Logger):
 
 
 def _probe_inputs(loaded: Any, protocol: Protocol):
-    from ..data import sample_indices
-    from ..data.checks import collate_labelled
-    from .engine import at_resolution, build_classifier, build_dataset
 
     spec = protocol.datasets[0]
-    ds = at_resolution(build_dataset(spec), protocol.resolution_for(spec))
-    idx = sample_indices(len(ds), protocol.n_for(spec), protocol.seed)[: protocol.checks_n]
+    ds, indices = protocol_samples(protocol, spec)
+    idx = indices[: protocol.checks_n]
     x, y = collate_labelled([ds[i] for i in idx], what="checks")
     zs = build_classifier(loaded, ds.classnames, protocol.templates_for(spec)).eval()
     device = zs.device
@@ -256,7 +257,6 @@ def check_randomized(zs: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> d
 
 def _image_attack(protocol: Protocol, white_box: bool = True) -> dict[str, Any]:
     """The protocol's first white-box image attack, or PGD-10 (step eps/4) when it has none."""
-    from ..registry import get
 
     for spec in protocol.attacks:
         modality = get("attacks", spec["name"]).modality or "image"
@@ -273,8 +273,6 @@ def _run_attack(
     zs: Any, protocol: Protocol, spec: dict[str, Any], eps: float, x: torch.Tensor, y: torch.Tensor
 ) -> torch.Tensor:
     """`spec` at `eps` on (x, y) with the evaluation's seeds and checks; returns the images."""
-    from ..attacks import attack_mode, verify_adversarial
-    from .engine import derive_seed, plan_attacks
 
     single = protocol.with_overrides(attacks=[spec], eps=[eps], checks="off")
     (planned,) = plan_attacks(zs, single, "checks")

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..utils.io import atomic_write, atomic_write_text
 from . import records as R
+from .retrieval import retrieval_table
 
 
 def _fmt(value: float | None) -> str:
@@ -90,8 +91,6 @@ def markdown_table(records: list[dict]) -> str:
     parts = []
     for proto, recs in _by_protocol(records).items():
         if recs[0].get("kind") == "retrieval":  # recall tables (clipx_coattack)
-            from .retrieval import retrieval_table
-
             parts.append(retrieval_table(recs))
             continue
         header, rows = table_rows(recs)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import ClipxUsageError
+from ..registry import get
 
 MODES = ("non-adaptive", "adaptive")
 _SPEC_KEYS = ("name", "label", "params")
@@ -111,7 +112,6 @@ def check_modes(modes: Any, where: str) -> list[str]:
 
 def build_testtime(spec: dict[str, Any]) -> TestTimeDefense:
     """The registered test-time defense a (checked) spec names, built with its params."""
-    from ..registry import get
 
     defense = get("testtime", spec["name"]).obj(**spec["params"])
     if not callable(getattr(defense, "logits", None)):

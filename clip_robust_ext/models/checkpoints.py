@@ -19,6 +19,8 @@ from typing import Any
 import torch
 
 from ..errors import ClipxUsageError
+from ..utils.io import atomic_torch_save, atomic_write
+from .prompts import adopt_prompt_context
 
 # integer buffers, not weights: masks, BatchNorm counters, a prompt context's class names
 _NOT_WEIGHTS = ("attn_mask", "num_batches_tracked", "class_names_utf8")
@@ -72,7 +74,6 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.T
 
 def load_into_clip(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> str:
     """Load a full or vision-only state dict; returns 'full' or 'visual'. Mismatches are named."""
-    from .prompts import adopt_prompt_context
 
     adopt_prompt_context(model, state)
     model_keys = set(model.state_dict())
@@ -122,7 +123,6 @@ def load_into_clip(model: torch.nn.Module, state: dict[str, torch.Tensor], sourc
 
 def save_open_clip_checkpoint(model: torch.nn.Module, path: str | Path) -> Path:
     """Plain open_clip format: `open_clip.create_model(arch, pretrained=path)` loads it."""
-    from ..utils.io import atomic_torch_save, atomic_write
 
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -16,7 +16,9 @@ from typing import Any
 
 import tomllib
 
+from ..data.paths import cache_dir
 from ..errors import ClipxUsageError, unknown_name
+from .hub import hub_file, hub_offline
 
 ZOO_FILE = Path(__file__).with_name("zoo.toml")
 PREFIX = "zoo:"
@@ -51,7 +53,6 @@ def zoo_rows() -> list[dict[str, Any]]:
 
 def zoo_file_path(entry: dict[str, Any]) -> Path:
     """Where a URL / hand-downloaded weights file of `entry` is kept."""
-    from ..data.paths import cache_dir
 
     link = entry.get("url") or entry.get("manual_url", "")
     name = Path(link.split("?")[0]).name if entry.get("url") else "weights.pt"
@@ -61,8 +62,6 @@ def zoo_file_path(entry: dict[str, Any]) -> Path:
 def zoo_weights(entry: dict[str, Any]) -> Path:
     """The weights file of a non-hub entry: cached, else downloaded (sha256-checked if given)."""
     if "hub_file" in entry:
-        from .hub import hub_file
-
         repo, filename = entry["hub_file"].split(":", 1)
         return hub_file(repo, filename)
     path = zoo_file_path(entry)
@@ -79,7 +78,6 @@ def zoo_weights(entry: dict[str, Any]) -> Path:
 
 
 def _download(url: str, path: Path, name: str) -> None:
-    from .hub import hub_offline
 
     if hub_offline():
         raise ClipxUsageError(

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..attacks import build_attack
 from ..models import ZeroShotClassifier
 
 
@@ -50,8 +51,6 @@ class TrainContext:
         key = (name, id(target), tuple(sorted((k, repr(v)) for k, v in params.items())))
         if key not in self._attacks:
             if self.build_attack is None:
-                from ..attacks import build_attack
-
                 self._attacks[key] = build_attack(name, target, **params)
             else:
                 self._attacks[key] = self.build_attack(name, target, **params)

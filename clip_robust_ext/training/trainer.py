@@ -38,9 +38,11 @@ from torch.utils.data import DataLoader, Dataset
 from ..attacks import attack_mode, build_attack, verify_adversarial
 from ..data.checks import stack_images
 from ..errors import ClipxError, ClipxUsageError
+from ..evaluation import evaluate
 from ..models import DEFAULT_TEMPLATES, LoadedCLIP, ZeroShotClassifier, save_open_clip_checkpoint
 from ..models.accelerate import accelerated
 from ..models.prompts import adopt_prompt_context
+from ..registry import get
 from ..utils.io import atomic_write_text
 from ..utils.seeding import seed_everything
 from . import distributed as D
@@ -139,8 +141,6 @@ def caption_function(
 
 def _as_defense(defense: Defense | str) -> Defense:
     if isinstance(defense, str):
-        from ..registry import get
-
         return get("defenses", defense).obj()
     if not hasattr(defense, "loss"):
         raise ClipxUsageError(
@@ -658,7 +658,6 @@ def evaluation_callback(protocol: Any, run_dir: str | Path, label: str = "step")
     eval_every steps (records under run_dir, label '<label>-<step>'); logs a compact summary."""
 
     def run(loaded: LoadedCLIP, step: int) -> list[dict[str, Any]]:
-        from ..evaluation import evaluate
 
         records = evaluate(loaded, protocol, run_dir, label=f"{label}-{step}", progress=False)
         keys = ("dataset", "attack", "eps", "n", "clean_acc", "robust_acc")

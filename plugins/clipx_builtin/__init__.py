@@ -39,9 +39,9 @@ def register_attacks(register):
 
 @hookimpl
 def register_evaluators(register):
-    from . import protocols
+    from . import protocol_presets
 
-    protocols.register_all(register)
+    protocol_presets.register_all(register)
 
 
 @hookimpl

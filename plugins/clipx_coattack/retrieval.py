@@ -182,9 +182,7 @@ class RetrievalProtocol(Protocol):
     ) -> list[dict]:
         from clip_robust_ext.api import (
             CLIPTextAttacker,
-            component_fingerprint,
             config_from_params,
-            model_fingerprint,
             read_json,
             result_path,
             write_result,
@@ -193,15 +191,7 @@ class RetrievalProtocol(Protocol):
         # the engine's record store and rule: the key covers the settings and the model weights,
         # so another checkpoint under the same label is evaluated, not served the old numbers
         path = result_path(run_dir, label, self.name, "retrieval")
-        # and the code of the plugins that compute it (this protocol's, every retrieval attack's)
-        code = [component_fingerprint("evaluators", self.name)]
-        code += [component_fingerprint("attacks", m) for m in self.modes if m not in MODES]
-        key = (
-            repr(sorted(self.to_dict().items()))
-            + f"|code={code!r}"
-            + "|model="
-            + model_fingerprint(loaded.model)
-        )
+        key = self._store_key(loaded)
         saved = read_json(path) if resume else None
         if saved is not None and saved.get("protocol_key") == key:
             return saved["records"]
@@ -211,62 +201,18 @@ class RetrievalProtocol(Protocol):
         config, mlm, tok = config_from_params(goal="kl", seed=self.seed, **self.text_attack)
         attacker = CLIPTextAttacker(zs, config, masked_lm=mlm, tokenizer=tok)
         galleries = build_galleries(self.galleries, self.seed)
-        hits: dict[tuple[str, float], dict[str, list[torch.Tensor]]] = {}
-        text_info = {"perturbed": 0, "total": 0, "kl_mean": 0.0}
-        attack_info: dict[tuple[str, float], dict[str, Any]] = {}
-        kl_sum = 0.0
-        for g_index, gallery in enumerate(galleries):
-            images, owner = gallery.images.to(zs.device), gallery.text_owner
-            with torch.no_grad():
-                img_clean = zs.encode_image(images)
-                txt_clean = zs.encode_text(gallery.texts)
-            need_text = any(m in ("text", "multimodal", "coattack") for m in self.modes)
-            if need_text:
-                records = attacker.attack_texts(gallery.texts)
-                with torch.no_grad():
-                    txt_adv = zs.encode_text([r.perturbed for r in records])
-                text_info["total"] += len(records)
-                text_info["perturbed"] += sum(r.status == "perturbed" for r in records)
-                kl_sum += sum(r.score for r in records if r.status == "perturbed")
-            for eps in self.eps:
-                sims: dict[str, torch.Tensor] = {"clean": img_clean @ txt_clean.t()}
-                if any(m in ("image", "multimodal") for m in self.modes):
-                    img_only = self._image_attack(zs, images, eps, 0.0, None, g_index, "image")
-                    with torch.no_grad():
-                        e = zs.encode_image(img_only)
-                    sims["image"] = e @ txt_clean.t()
-                    if need_text:
-                        sims["multimodal"] = e @ txt_adv.t()
-                if need_text:
-                    sims["text"] = img_clean @ txt_adv.t()
-                for mode in (m for m in self.modes if m not in MODES):
-                    sims[mode], info = self._retrieval_attack(zs, mode, gallery, eps, g_index)
-                    total = attack_info.setdefault((mode, eps), {})
-                    for k, v in info.items():  # counts, summed over the galleries
-                        total[k] = total.get(k, 0) + v
-                if "coattack" in self.modes:
-                    own = caption_targets(txt_adv, owner, len(images), self.caption_targets)
-                    co = self._image_attack(
-                        zs, images, eps, self.text_weight, own, g_index, "coattack"
-                    )
-                    with torch.no_grad():
-                        sims["coattack"] = zs.encode_image(co) @ txt_adv.t()
-                for mode in self.modes:
-                    for k, v in recall_hits(sims[mode], owner, self.ks).items():
-                        hits.setdefault((mode, eps), {}).setdefault(k, []).append(v.cpu())
-        if text_info["perturbed"]:
-            text_info["kl_mean"] = kl_sum / text_info["perturbed"]
+        hits, text_info, attack_info = self._hits(zs, attacker, galleries)
+        counts = {
+            "n_images": sum(len(g.images) for g in galleries),
+            "n_texts": sum(len(g.texts) for g in galleries),
+            "n": sum(len(g.images) for g in galleries),
+        }
         out = []
         for eps in self.eps:
-            clean = {
-                k: 100.0 * torch.cat(v).float().mean().item()
-                for k, v in hits[("clean", eps)].items()
-            }
+            clean = _recall(hits[("clean", eps)])
             for mode in self.modes:
-                recall = {
-                    k: 100.0 * torch.cat(v).float().mean().item()
-                    for k, v in hits[(mode, eps)].items()
-                }
+                recall = _recall(hits[(mode, eps)])
+                text = {**text_info, "config": config.to_dict()}
                 out.append(
                     {
                         "kind": "retrieval",
@@ -274,15 +220,13 @@ class RetrievalProtocol(Protocol):
                         "label": label,
                         "attack": mode,
                         "dataset": self.galleries.get("source", "procedural"),
-                        "n_images": sum(len(g.images) for g in galleries),
-                        "n_texts": sum(len(g.texts) for g in galleries),
-                        "n": sum(len(g.images) for g in galleries),
+                        **counts,
                         "eps": None if mode in ("clean", "text") else eps,
                         "eps_str": format_eps(eps),
                         "norm": "Linf",
                         "recall": recall,
                         "asr": attack_success(clean, recall),
-                        "text_attack": {**text_info, "config": config.to_dict()}
+                        "text_attack": text
                         if mode in ("text", "multimodal", "coattack")
                         else attack_info.get((mode, eps)),
                         "steps": self.steps,
@@ -296,6 +240,79 @@ class RetrievalProtocol(Protocol):
                 )
         write_result(path, {"protocol_key": key, "records": out})
         return out
+
+    def _store_key(self, loaded) -> str:
+        """The result store's key: the settings, the code of the plugins that compute it (this
+        protocol's, every retrieval attack's) and the model weights."""
+        from clip_robust_ext.api import component_fingerprint, model_fingerprint
+
+        code = [component_fingerprint("evaluators", self.name)]
+        code += [component_fingerprint("attacks", m) for m in self.modes if m not in MODES]
+        return (
+            repr(sorted(self.to_dict().items()))
+            + f"|code={code!r}"
+            + "|model="
+            + model_fingerprint(loaded.model)
+        )
+
+    def _hits(self, zs, attacker, galleries) -> tuple[dict, dict[str, Any], dict]:
+        """Per (mode, eps): the recall hits of every gallery; the text attack's counts; the
+        retrieval attacks' counts (summed over the galleries)."""
+        hits: dict[tuple[str, float], dict[str, list[torch.Tensor]]] = {}
+        text_info = {"perturbed": 0, "total": 0, "kl_mean": 0.0}
+        attack_info: dict[tuple[str, float], dict[str, Any]] = {}
+        kl_sum = 0.0
+        need_text = any(m in ("text", "multimodal", "coattack") for m in self.modes)
+        for g_index, gallery in enumerate(galleries):
+            images, owner = gallery.images.to(zs.device), gallery.text_owner
+            with torch.no_grad():
+                img_clean = zs.encode_image(images)
+                txt_clean = zs.encode_text(gallery.texts)
+            txt_adv = None
+            if need_text:
+                records = attacker.attack_texts(gallery.texts)
+                with torch.no_grad():
+                    txt_adv = zs.encode_text([r.perturbed for r in records])
+                text_info["total"] += len(records)
+                text_info["perturbed"] += sum(r.status == "perturbed" for r in records)
+                kl_sum += sum(r.score for r in records if r.status == "perturbed")
+            for eps in self.eps:
+                sims = self._similarities(
+                    zs, gallery, g_index, eps, (img_clean, txt_clean, txt_adv), attack_info
+                )
+                for mode in self.modes:
+                    for k, v in recall_hits(sims[mode], owner, self.ks).items():
+                        hits.setdefault((mode, eps), {}).setdefault(k, []).append(v.cpu())
+        if text_info["perturbed"]:
+            text_info["kl_mean"] = kl_sum / text_info["perturbed"]
+        return hits, text_info, attack_info
+
+    def _similarities(self, zs, gallery, g_index, eps, embedded, attack_info) -> dict:
+        """Image-text similarities of one gallery at one eps, clean and under each mode."""
+        img_clean, txt_clean, txt_adv = embedded
+        images, owner = gallery.images.to(zs.device), gallery.text_owner
+        need_text = txt_adv is not None
+        sims: dict[str, torch.Tensor] = {"clean": img_clean @ txt_clean.t()}
+        if any(m in ("image", "multimodal") for m in self.modes):
+            img_only = self._image_attack(zs, images, eps, 0.0, None, g_index, "image")
+            with torch.no_grad():
+                e = zs.encode_image(img_only)
+            sims["image"] = e @ txt_clean.t()
+            if need_text:
+                sims["multimodal"] = e @ txt_adv.t()
+        if need_text:
+            sims["text"] = img_clean @ txt_adv.t()
+        for mode in (m for m in self.modes if m not in MODES):
+            sims[mode], info = self._retrieval_attack(zs, mode, gallery, eps, g_index)
+            total = attack_info.setdefault((mode, eps), {})
+            for k, v in info.items():  # counts, summed over the galleries
+                total[k] = total.get(k, 0) + v
+        if "coattack" in self.modes:
+            own = caption_targets(txt_adv, owner, len(images), self.caption_targets)
+            co = self._image_attack(zs, images, eps, self.text_weight, own, g_index, "coattack")
+            with torch.no_grad():
+                sims["coattack"] = zs.encode_image(co) @ txt_adv.t()
+        return sims
 
     def _retrieval_attack(self, zs, mode, gallery, eps, g_index) -> tuple[torch.Tensor, dict]:
         """A registered retrieval attack (e.g. SGA) on one gallery: (similarities, its info)."""
@@ -327,3 +344,8 @@ class RetrievalProtocol(Protocol):
             adv = atk(images, text_emb)
         verify_adversarial(images, adv, eps, "Linf", f"coattack-retrieval/{mode}")
         return adv
+
+
+def _recall(hits: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+    """Recall@K in percent from the per-gallery hit vectors."""
+    return {k: 100.0 * torch.cat(v).float().mean().item() for k, v in hits.items()}

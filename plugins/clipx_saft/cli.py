@@ -35,7 +35,7 @@ def grid_for_run(run_dir: str | Path, device: str = "auto") -> str:
 
 
 def _grid(run_dir: Path, device: str) -> str:
-    from clip_robust_ext.api import atomic_write_text, build_model, device_of, load_weights
+    from clip_robust_ext.api import atomic_write_text, build_model, load_weights, resolve_device
 
     from .protocol import PROTOCOL_NAMES, evaluate_grid, grid_markdown
 
@@ -48,7 +48,9 @@ def _grid(run_dir: Path, device: str) -> str:
         )
     ev.pop("protocol")
     ev.pop("templates", None)  # each column sets its own evaluation text
-    dev = device_of(device if device != "auto" else doc.get("recipe", {}).get("device", "auto"))
+    dev = resolve_device(
+        device if device != "auto" else doc.get("recipe", {}).get("device", "auto")
+    )
     seed = doc.get("recipe", {}).get("seed", 0)
     records = []
     for label, ckpt in models:

@@ -11,27 +11,22 @@ text attack first runs. Public API:
 
 from __future__ import annotations
 
-import importlib
-
+from ...utils.lazy import lazy_exports
 from .config import GOALS, TARGETS, TRANSFORMATIONS, TextAttackConfig, TextAttackRecord
 from .env import import_textattack, stopwords
 
 _LAZY = {
-    "CLIPTextAttacker": "attacker",
-    "TEXTATTACK_CALLS": "attacker",
-    "attack_class_prompts": "targets",
-    "CaptionAttackCache": "targets",
-    "PromptAttackResult": "targets",
-    "TextAttackOnPrompts": "classifier",
-    "MultimodalAttack": "classifier",
-    "image_centroids": "classifier",
+    "CLIPTextAttacker": ".attacker",
+    "TEXTATTACK_CALLS": ".attacker",
+    "attack_class_prompts": ".targets",
+    "CaptionAttackCache": ".targets",
+    "PromptAttackResult": ".targets",
+    "TextAttackOnPrompts": ".classifier",
+    "MultimodalAttack": ".classifier",
+    "image_centroids": ".classifier",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(name)
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [

@@ -25,7 +25,7 @@ def _installed() -> bool:
 
 @pytest.fixture(scope="module", autouse=True)
 def example_plugin(tmp_path_factory):
-    from clip_robust_ext.plugins import reload_plugins
+    from clip_robust_ext.plugin_manager import reload_plugins
 
     if _installed():
         yield

@@ -22,8 +22,8 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from .errors import ClipxUsageError, closest
-from .utils.eps import parse_eps, resolve_budget_expr
+from ..errors import ClipxUsageError, closest
+from ..utils.eps import parse_eps, resolve_budget_expr
 
 EPS_LIKE = re.compile(r"(^|_)(eps|epsilon|alpha|step_size)($|_)")
 

@@ -10,7 +10,7 @@ import re
 import string
 from typing import Any
 
-from .errors import ClipxUsageError, closest
+from ..errors import ClipxUsageError, closest
 
 SEED_MAX = 2**32 - 1  # numpy's seed range; torch and random accept it too
 
@@ -139,18 +139,3 @@ def check_positive_number(value: Any, key: str) -> float:
     ):
         raise ClipxUsageError(f"{key}: must be a positive number, got {value!r}")
     return float(value)
-
-
-def check_method(method: dict[str, Any], key: str) -> None:
-    """What `recipe run` checks before training, done at validation: the training options as a
-    TrainConfig and iteration counts >= 0. (The defense itself is built by `recipe run` before
-    any work; not here, since a profile may name files only its own machine has.)"""
-    from .training.config import TrainConfig
-
-    check_iterations(method["params"], key, minimum=0)
-    if "seed" in method["train"]:
-        check_seed(method["train"]["seed"], f"{key}.seed")
-    try:
-        TrainConfig.from_dict(dict(method["train"]))
-    except ClipxUsageError as exc:
-        raise ClipxUsageError(f"{key}: {exc}") from None

@@ -1,0 +1,9 @@
+"""Progress lines on stderr, prefixed so they read apart from a command's output on stdout."""
+
+from __future__ import annotations
+
+import sys
+
+
+def log(message: str) -> None:
+    print(f"clipx: {message}", file=sys.stderr, flush=True)
