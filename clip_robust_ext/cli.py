@@ -21,7 +21,9 @@ from .errors import ClipxError, ClipxUsageError
 from .plugin_manager import hook_callers, load_errors, note_error, plugin_info, trace
 from .recipes import list_recipes, resolve
 from .registry import KINDS, entries, registry_errors
+from .utils.io import write_stdout
 from .utils.malloc import tune_malloc
+from .utils.terminal import fit_markdown, fit_rows
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -117,7 +119,7 @@ def load_plugin_commands(group: click.Group) -> None:
 
 
 def emit_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, default=str))
+    write_stdout(json.dumps(obj, indent=2, default=str) + "\n", "--json")
 
 
 @contextlib.contextmanager
@@ -135,11 +137,8 @@ def print_table(rows: list[dict[str, Any]], columns: list[str], empty: str = "(n
         click.echo(empty)
         return
     cells = [[_cell(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    widths[-1] = 0  # the last column (descriptions) is not padded
-    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
-    for row in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    for line in fit_rows(columns, cells):
+        click.echo(line.rstrip())
 
 
 def _cell(value: Any) -> str:
@@ -249,7 +248,7 @@ def recipe_run(
     if as_json:
         emit_json(result.to_dict())
     else:
-        click.echo(result.table, nl=False)
+        click.echo(fit_markdown(result.table), nl=False)
         click.echo(f"\nResults in {result.run_dir}", err=True)
 
 
@@ -641,7 +640,7 @@ def _print_result(result: Any, as_json: bool, where: str) -> None:
     if as_json:
         emit_json(result.to_dict())
     else:
-        click.echo(result.table, nl=False)
+        click.echo(fit_markdown(result.table), nl=False)
         click.echo(f"\n{where} {result.run_dir}", err=True)
 
 
@@ -678,7 +677,7 @@ def leaderboard_command(
     if as_json:
         emit_json({k: v for k, v in board.items() if k != "cards"} | {"files": files})
     else:
-        click.echo((Path(out) / "leaderboard.md").read_text(), nl=False)
+        click.echo(fit_markdown((Path(out) / "leaderboard.md").read_text()), nl=False)
         click.echo(f"\nLeaderboard in {out}", err=True)
 
 

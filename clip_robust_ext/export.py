@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .data.splits import subset_tag
 from .errors import ClipxUsageError
 from .models import (
     load_clip,
@@ -25,8 +26,11 @@ from .models import (
 )
 from .models.hub import CONFIG_NAME as HUB_CONFIG
 from .models.hub import has_schema
+from .params import is_eps_like
 from .run.builders import build_model
 from .training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from .utils.eps import format_eps
+from .utils.io import atomic_write_text
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -54,9 +58,9 @@ def export_hub_folder(model_dir: str | os.PathLike, dest: str | os.PathLike) -> 
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        atomic_write_text(staging / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
         save_open_clip_checkpoint(loaded.model, staging / WEIGHTS_NAME)
-        (staging / "README.md").write_text(card)
+        atomic_write_text(staging / "README.md", card)
         if dest.exists():
             dest.rmdir()
         os.replace(staging, dest)
@@ -97,16 +101,12 @@ def _model_cfg(loaded) -> dict[str, Any]:
 
 
 def model_card(label: str, arch: str, doc: dict[str, Any], run_dir: Path) -> str:
-    """A Hugging Face model card: what was trained, how it was evaluated, with what versions."""
-    records = []
-    if (run_dir / "results.json").is_file():
-        records = [
-            r for r in json.loads((run_dir / "results.json").read_text()) if r.get("label") == label
-        ]
-    versions = {}
-    if (run_dir / "versions.json").is_file():
-        versions = json.loads((run_dir / "versions.json").read_text())
-    methods = [m for m in doc.get("methods", []) if m.get("label") == label]
+    """A Hugging Face model card: the defense that trained THIS model (a baseline's own, not the
+    recipe's main defense), its evaluation per view and attack, the package versions."""
+    records = [r for r in _read_list(run_dir / "results.json") if r.get("label") == label]
+    versions = _read_object(run_dir / "versions.json")
+    method = trained_by(doc, label)
+    recipe = doc.get("recipe", {})
     lines = [
         "---",
         "library_name: open_clip",
@@ -114,8 +114,8 @@ def model_card(label: str, arch: str, doc: dict[str, Any], run_dir: Path) -> str
         "---",
         f"# {label} ({arch})",
         "",
-        f"Trained with clipx, recipe `{doc.get('recipe', {}).get('name', '?')}` "
-        f"(seed {doc.get('recipe', {}).get('seed', '?')}), from `{json.dumps(doc.get('model', {}))}`.",
+        f"Trained with clipx, recipe `{recipe.get('name', '?')}` (seed {recipe.get('seed', '?')}), "
+        f"from `{json.dumps(doc.get('model', {}))}`.",
         "",
         "```python",
         "import open_clip",
@@ -125,29 +125,16 @@ def model_card(label: str, arch: str, doc: dict[str, Any], run_dir: Path) -> str
         "",
         "## Training",
         "",
-        "```json",
-        json.dumps(methods[0] if methods else doc.get("defense", {}), indent=2, sort_keys=True),
-        "```",
-        "",
+        *_training_lines(method, doc),
         "## Evaluation",
         "",
         "Protocol:",
         "",
         "```json",
-        json.dumps(doc.get("evaluate", {}), indent=2, sort_keys=True),
+        json.dumps(_budgets_as_written(doc.get("evaluate", {})), indent=2, sort_keys=True),
         "```",
         "",
-    ]
-    if records:
-        lines += ["| dataset | n | eps | clean acc | robust acc |", "|---|---|---|---|---|"]
-        for r in records:
-            lines.append(
-                f"| {r.get('dataset')} | {r.get('n')} | {r.get('eps', '-')} | "
-                f"{r.get('clean_acc')} | {r.get('robust_acc', '-')} |"
-            )
-    else:
-        lines.append("No evaluation records for this model in the run.")
-    lines += [
+        *results_table(records),
         "",
         "## Versions",
         "",
@@ -157,3 +144,87 @@ def model_card(label: str, arch: str, doc: dict[str, Any], run_dir: Path) -> str
         "",
     ]
     return "\n".join(lines)
+
+
+def trained_by(doc: dict[str, Any], label: str) -> dict[str, Any] | None:
+    """The method of the resolved recipe that trained the model labelled `label`."""
+    methods = [doc.get("pretrain"), doc.get("defense"), *doc.get("baselines", [])]
+    return next((m for m in methods if m and m.get("label") == label), None)
+
+
+def _training_lines(method: dict[str, Any] | None, doc: dict[str, Any]) -> list[str]:
+    if method is None:
+        return ["Not trained by this run (the run's start model).", ""]
+    role = (
+        "the recipe's defense"
+        if method is doc.get("defense")
+        else "pre-training"
+        if method is doc.get("pretrain")
+        else "a baseline of the recipe"
+    )
+    return [
+        f"Defense: **{method['name']}** ({role}), on `{json.dumps(doc.get('data', {}))}`.",
+        "",
+        "```json",
+        json.dumps(_budgets_as_written(method), indent=2, sort_keys=True),
+        "```",
+        "",
+    ]
+
+
+def _budgets_as_written(node: Any, key: str = "") -> Any:
+    """Budgets as papers write them (4/255), not as floats (0.01568627450980392)."""
+    if isinstance(node, dict):
+        return {k: _budgets_as_written(v, k) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_budgets_as_written(v, key) for v in node]
+    if isinstance(node, float) and is_eps_like(key):
+        return format_eps(node)
+    return node
+
+
+def view_of(record: dict[str, Any]) -> str:
+    """The evaluation view of a record: the class split or held-out part it was restricted to."""
+    return subset_tag(record.get("dataset_params") or {}) or "all classes"
+
+
+def results_table(records: list[dict[str, Any]]) -> list[str]:
+    """One row per (dataset, view, eps): clean, the per-sample worst case, and every attack."""
+    if not records:
+        return ["No evaluation records for this model in the run."]
+    attacks = list(dict.fromkeys(a for r in records for a in r.get("per_attack") or {}))
+    head = ["protocol", "dataset", "split", "view", "n", "eps", "clean acc"]
+    head.append("robust acc (worst case)")
+    lines = [
+        "Accuracy in percent; robust = correct under every attack (per-sample worst case).",
+        "",
+        "| " + " | ".join(head + attacks) + " |",
+        "|" + "---|" * (len(head) + len(attacks)),
+    ]
+    for r in records:
+        eps = r.get("eps_str") or (format_eps(r["eps"]) if r.get("eps") is not None else "-")
+        cells = [r.get("protocol"), r.get("dataset"), r.get("split"), view_of(r), r.get("n"), eps]
+        cells.append(r.get("clean_acc"))
+        cells.append(r.get("robust_acc", "-"))
+        cells += [(r.get("per_attack") or {}).get(a, "-") for a in attacks]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
+
+
+def _read_list(path: Path) -> list[Any]:
+    data = _read_json(path)
+    return data if isinstance(data, list) else []
+
+
+def _read_object(path: Path) -> dict[str, Any]:
+    data = _read_json(path)
+    return data if isinstance(data, dict) else {}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ClipxUsageError(f"{path}: cannot read ({exc})") from None

@@ -307,6 +307,7 @@ def get(kind: str, name: str) -> Entry:
 
 
 def names(kind: str) -> list[str]:
+    """Registered names of one registry `kind` (loads the plugins first)."""
     return list(entries(kind))
 
 

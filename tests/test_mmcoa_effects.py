@@ -4,8 +4,8 @@ undefended start under the text and multimodal attacks on the seen classes, and 
 under the image attack on the UNSEEN classes (its image robustness transfers zero-shot).
 
 What the full-size runs measured and this test does not claim: MMCoA's text and multimodal
-robustness does NOT transfer to the unseen classes' prompts (0.0 on the unseen classes; README
-"Results")."""
+robustness does NOT transfer to the unseen classes' prompts (0.0 on the unseen classes;
+docs/results.md, "The main job")."""
 
 from __future__ import annotations
 

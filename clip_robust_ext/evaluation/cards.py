@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ..utils.io import atomic_write_json
+from ..utils.io import atomic_write_json, atomic_write_text
 from ..utils.versions import versions
 from . import distributed as D
 from . import records as R
@@ -282,7 +282,7 @@ def card_components(run_dir: str | os.PathLike, records: list[dict[str, Any]]) -
 def write_card(card: dict[str, Any], run_dir: str | os.PathLike) -> Path:
     path, md = card_paths(run_dir, card["label"], card["protocol"]["name"])
     atomic_write_json(path, card)
-    md.write_text(card_markdown(card))
+    atomic_write_text(md, card_markdown(card))
     return path
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..utils.io import atomic_write_json
+from ..utils.io import append_text, atomic_write_json
 
 SCHEMA = "clipx.eval.v1"
 UNITS = "percent"
@@ -42,6 +42,7 @@ def eval_dir(run_dir: str | os.PathLike) -> Path:
 
 
 def result_path(run_dir: str | os.PathLike, label: str, protocol: str, key: str) -> Path:
+    """Where the record of one (label, protocol, dataset key) lives: eval/<label>/<protocol>/."""
     return eval_dir(run_dir) / safe_name(label) / safe_name(protocol) / f"{key}.json"
 
 
@@ -64,6 +65,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def write_result(path: Path, payload: dict[str, Any]) -> None:
+    """Write one evaluation record atomically (a crash never leaves half a record)."""
     atomic_write_json(path, payload)
 
 
@@ -72,10 +74,7 @@ def log_event(run_dir: str | os.PathLike, **event: Any) -> None:
     path = eval_dir(run_dir) / "eval_log.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     event = {"time": now(), **event}
-    with open(path, "a") as fh:
-        fh.write(json.dumps(event, default=str) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    append_text(path, json.dumps(event, default=str) + "\n", sync=True)
 
 
 def read_log(run_dir: str | os.PathLike) -> list[dict[str, Any]]:

@@ -218,6 +218,7 @@ def dataclass_fields(cls: type) -> dict[str, Any]:
 
 
 def unknown_key(key: str, valid: list[str] | tuple[str, ...] | set[str]) -> ClipxUsageError:
+    """The usage error for an unknown dotted `key`: the closest valid name and every valid one."""
     name = key.rsplit(".", 1)[-1]
     valid = sorted(valid)
     return ClipxUsageError(
@@ -228,6 +229,9 @@ def unknown_key(key: str, valid: list[str] | tuple[str, ...] | set[str]) -> Clip
 def check_kwargs(
     values: dict[str, Any], factory: Any, key: str, reserved: tuple[str, ...] = ()
 ) -> dict[str, Any]:
+    """`values` checked against `factory`'s keyword parameters (coerced to their types); an unknown
+    key is a usage error naming `key` and the closest valid one (`reserved`: other keys the
+    section accepts, listed among the valid ones)."""
     params, var_kw = signature_of(factory)
     out = {}
     for k, v in values.items():

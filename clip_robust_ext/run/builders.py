@@ -15,6 +15,7 @@ from ..errors import ClipxError, ClipxUsageError
 from ..models import load_into_clip, read_state_dict
 from ..registry import get
 from ..training.config import TrainConfig
+from ..utils.devices import resolve_device
 from ..utils.seeding import seed_everything
 
 
@@ -24,6 +25,8 @@ def build_model(spec: dict[str, Any], device: Any = None, seed: int | None = Non
     if seed is not None:
         seed_everything(seed)
     kwargs = {k: v for k, v in spec.items() if k not in ("source", "checkpoint")}
+    if kwargs.get("device") == "auto":  # a model's own device: validated like --device
+        kwargs["device"] = str(resolve_device("auto"))
     loaded = get("models", spec["source"]).obj(**kwargs)
     if spec.get("checkpoint"):
         path = Path(spec["checkpoint"]).expanduser()
@@ -37,7 +40,8 @@ def build_model(spec: dict[str, Any], device: Any = None, seed: int | None = Non
 
 
 def load_weights(loaded, path: Path):
-
+    """Load the checkpoint at `path` (any supported format) into `loaded`'s model; recorded in
+    its info."""
     load_into_clip(loaded.model, read_state_dict(path), str(path))
     loaded.info["checkpoint"] = str(path)
     return loaded

@@ -21,7 +21,8 @@ from ..training import distributed as D
 from ..training.checkpoint import FINAL_NAME
 from ..training.trainer import train
 from ..utils.devices import resolve_device
-from ..utils.io import atomic_write_json, atomic_write_text
+from ..utils.integrity import damage, file_record
+from ..utils.io import atomic_write_json, atomic_write_text, read_json_object
 from ..utils.log import log
 from ..utils.versions import versions
 from .builders import build_dataset, build_defense, build_model, load_weights, train_config
@@ -91,8 +92,13 @@ def _train_one(
     key = training_key(resolved.doc, method, start_ckpt, class_split_of(resolved, prepared))
     final = out / FINAL_NAME
     if done.is_file() and final.is_file() and read_key(done) == key:
-        log(f"{label}: already trained ({final})")
-        return final
+        broken = damage(final, read_json_object(done).get("final"))
+        if not broken:
+            log(f"{label}: already trained ({final})")
+            return final
+        log(f"{label}: {final} {broken}; writing it again")
+        if prepared["main"]:
+            done.unlink(missing_ok=True)
     if prepared["main"]:
         _set_aside_if_stale(out, key)
         atomic_write_json(out / "inputs.json", {"key": key})
@@ -118,6 +124,7 @@ def _train_one(
             {
                 "key": key,
                 "checkpoint": str(final),
+                "final": file_record(final),  # checked before every reuse
                 "seconds": round(time.perf_counter() - started, 2),
             },
         )
@@ -158,7 +165,13 @@ def _trained_earlier(
             f"{method['label']}: the model in {done.parent} was trained from other inputs "
             f"({', '.join(changed(previous, key)[:6])}); run the stage that trains it again"
         )
-    return done.parent / "final.pt"
+    final = done.parent / "final.pt"
+    broken = damage(final, read_json_object(done).get("final"))
+    if broken:
+        raise ClipxUsageError(
+            f"{method['label']}: {final} {broken}; run the stage that trains it again"
+        )
+    return final
 
 
 def class_split_of(resolved: ResolvedRecipe, prepared: dict[str, Any] | None = None):

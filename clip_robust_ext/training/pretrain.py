@@ -30,6 +30,7 @@ from ..models import LoadedCLIP, ZeroShotClassifier, load_clip, save_open_clip_c
 from ..models.clip import CONFIG_DIR
 from ..params import checked, keyword_parameters
 from ..registry import get
+from ..utils.integrity import damage, file_record
 from ..utils.io import atomic_write_json
 from .config import TrainConfig
 from .trainer import train
@@ -193,11 +194,16 @@ def _finished(folder: Path, key: str) -> bool:
     if not (meta.is_file() and weights.is_file()):
         return False
     try:
-        recorded = json.loads(meta.read_text()).get("key")
+        marker = json.loads(meta.read_text())
+        recorded = marker.get("key")
     except (OSError, ValueError, AttributeError):
-        recorded = None
+        marker, recorded = {}, None
     if recorded != key:
         print(f"clipx: {meta} is unreadable or for another key; rebuilding", file=sys.stderr)
+        return False
+    broken = damage(weights, marker.get("weights"))
+    if broken:
+        print(f"clipx: {weights} {broken}; rebuilding", file=sys.stderr)
         return False
     return True
 
@@ -269,6 +275,7 @@ def procedural_small_path(rebuild: bool = False, progress: bool = True, **overri
                 {  # written last: its presence marks a complete model
                     "name": "procedural-small",
                     "key": key,
+                    "weights": file_record(weights),  # checked before every reuse
                     "spec": spec,
                     "arch_config": _arch_config(spec["arch"]),
                     "zero_shot_test_accuracy": accuracy,

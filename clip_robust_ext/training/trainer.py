@@ -43,7 +43,7 @@ from ..models import DEFAULT_TEMPLATES, LoadedCLIP, ZeroShotClassifier, save_ope
 from ..models.accelerate import accelerated
 from ..models.prompts import adopt_prompt_context
 from ..registry import get
-from ..utils.io import atomic_write_text
+from ..utils.io import append_text, atomic_write_text
 from ..utils.seeding import seed_everything
 from . import distributed as D
 from .checkpoint import (
@@ -259,8 +259,7 @@ class _Logger:
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(record, default=str) + "\n")
+        append_text(self.path, json.dumps(record, default=str) + "\n")
         if self.tb is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key != "step":
