@@ -29,7 +29,6 @@ from ..errors import ClipxUsageError
 from ..models import LoadedCLIP, ZeroShotClassifier, load_clip, save_open_clip_checkpoint
 from ..models.clip import CONFIG_DIR
 from ..params import checked, keyword_parameters
-from ..registry import get
 from ..utils.io import atomic_write_json
 from .config import TrainConfig
 from .trainer import train
@@ -108,6 +107,7 @@ def pretrain_small_clip(
     `templates` filled with the class name. class_aware: same-class captions are positives (needed
     when a batch holds many images of one class). AdamW betas (0.9, 0.98), eps 1e-6, cosine with
     warm-up, both towers, logit scale learned and clamped to ln 100 (as clipx-small-c10)."""
+    from ..registry import get
 
     if dataset is None:
         dataset = ProceduralShapes("train", n=5000, seed=seed)
