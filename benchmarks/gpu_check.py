@@ -16,7 +16,7 @@ Measures, on one device, and writes every number to --json:
    clipx-small-c10, 500 CIFAR-10 test images, 1/255 and 4/255, with both robust accuracies.
 
 The CPU run of (3) is the `early_exit` row of `python -m benchmarks.run`. No GPU numbers are
-claimed in the README until someone has run this and committed its JSON under results/.
+claimed in the docs until someone has run this and committed its JSON under results/.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ Groups:
 - run directory and records: RunLock, START_LABEL, finished_models, write_results, result_path, read_json,
   component_fingerprint (a registered component's plugin version and code, for result-store keys),
   write_result, atomic_write_json, atomic_write_text, seed_everything, versions,
-  plugin_versions, log
+  plugin_versions, log, fit_markdown (a markdown table as a terminal of 100 columns shows it)
 - configs: load_config (profiles + `--set`), read_toml, deep_merge, merge_profile, parse_set,
   apply_set, register_shipped
 """
@@ -66,6 +66,7 @@ from .utils.eps import format_eps, parse_eps
 from .utils.io import atomic_write_json, atomic_write_text
 from .utils.lazy import lazy_exports
 from .utils.log import log
+from .utils.terminal import fit_markdown
 from .utils.versions import versions
 
 # name -> module that defines it (relative to clip_robust_ext), loaded on first use: every
@@ -102,6 +103,8 @@ _LAZY = {
     "class_galleries": ".data.captions",
     "karpathy_gallery": ".data.captions",
     "procedural_galleries": ".data.captions",
+    "pre_caption": ".data.captions",
+    "cleaned_gallery": ".data.captions",
     # attacks
     "build_attack": ".attacks",
     "attack_mode": ".attacks",
@@ -189,6 +192,7 @@ __all__ = [
     "atomic_write_text",
     "component_fingerprint",
     "deep_merge",
+    "fit_markdown",
     "load_config",
     "log",
     "merge_profile",

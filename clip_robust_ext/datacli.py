@@ -3,6 +3,7 @@ present. Loading this module is cheap (click only); commands import torch when t
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import click
@@ -10,6 +11,8 @@ import click
 from .errors import ClipxError, ClipxUsageError, closest
 from .evaluation import protocol_from_dict
 from .registry import names
+from .utils.io import write_stdout
+from .utils.terminal import WIDTH
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 root_option = click.option(
@@ -75,9 +78,7 @@ def data_list(targets: tuple[str, ...], root: str | None, split: str, as_json: b
     """Which suite datasets (of a protocol, e.g. tecoa-16) are present, and how to get the rest."""
     rows = [status(name, root, split) for name in suite_datasets(targets)]
     if as_json:
-        import json
-
-        click.echo(json.dumps(rows, indent=2))
+        write_stdout(json.dumps(rows, indent=2) + "\n", "--json")
         return
     for row in rows:
         what = (
@@ -85,7 +86,15 @@ def data_list(targets: tuple[str, ...], root: str | None, split: str, as_json: b
             if row["status"] == "present"
             else f"missing  {row['fix']}"
         )
-        click.echo(f"{row['dataset']:<14} {what}")
+        line = f"{row['dataset']:<14} {what}"
+        if len(line) <= WIDTH:
+            click.echo(line)
+            continue
+        # too wide for a terminal: the fix below, one step per line, commands never broken
+        click.echo(f"{row['dataset']:<14} missing")
+        steps = row["fix"].replace(", then: ", "\nthen: ").replace(" (or ", "\n(or ")
+        for step in steps.splitlines():
+            click.echo(f"    {step}")
 
 
 @data.command("download")

@@ -26,6 +26,7 @@ def closest(name: str, choices: Iterable[str]) -> str:
 
 
 def unknown_name(kind: str, name: str, choices: Iterable[str]) -> ClipxUsageError:
+    """The usage error for an unknown component name: the closest match and what is available."""
     choices = sorted(choices)
     hint = closest(name, choices)
     listing = ", ".join(choices[:12]) + (" ..." if len(choices) > 12 else "")

@@ -117,7 +117,7 @@ def test_sga_is_at_least_as_strong_as_coattack_at_r1_on_the_shipped_gallery(tmp_
     10 steps, WordNet) on its first gallery. Measured: both attacks take R@1 to 0 both ways; SGA
     also takes TR@5 to 0 (Co-Attack leaves 5) and IR@5 to 9 (Co-Attack 12), R@10 equal, so its
     summed attack success rate is higher. Over both galleries and the TeCoA model
-    the two trade places at some K by a few points (README, SGA section)."""
+    the two trade places at some K by a few points (docs/results.md, SGA)."""
     from clip_robust_ext.api import procedural_small
     from clip_robust_ext.registry import get
 

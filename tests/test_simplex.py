@@ -387,7 +387,7 @@ def test_composite_batch_norm_equals_batch_norm_and_has_third_derivatives(traini
 
 def test_auto_derivatives_use_finite_differences_on_relu_towers_only():
     """ReLU towers make the J / H terms at one point discontinuous in the weights (training
-    through autograd's closed form collapsed on the procedural ResNet; README), so "auto" picks
+    through autograd's closed form collapsed on the procedural ResNet; docs/methods.md), so "auto" picks
     finite differences there and keeps the exact autograd form on GELU ViTs."""
     from clipx_simplex.defense import resolve_derivatives
 

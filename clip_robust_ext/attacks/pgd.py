@@ -12,7 +12,7 @@ costs a fraction of the steps (benchmarks `early_exit`). The misclassification t
 logits of the forward pass the step computes anyway: no extra passes.
 
 Training uses the full-length attack (the factory's default); the evaluation engine passes the
-protocol's `early_exit` (docs: README "Early exit").
+protocol's `early_exit` (docs/evaluation.md, "Early exit and cascade").
 """
 
 from __future__ import annotations

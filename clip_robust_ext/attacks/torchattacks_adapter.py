@@ -28,6 +28,7 @@ _UNBOUNDED = {"CW", "DeepFool", "EADL1", "EADEN", "SparseFool", "JSMA", "OnePixe
 
 
 def torchattacks_classes() -> dict[str, type]:
+    """Every torchattacks attack class by lower-case name (the registry's image attacks)."""
     import torchattacks
 
     return {

@@ -11,6 +11,7 @@ import math
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import unknown_name
 from .splits import SHAPES_SPLITS
 
 SHAPES = (
@@ -90,8 +91,6 @@ class ProceduralShapes(Dataset):
         self, split: str = "train", n: int | None = None, seed: int = 0, image_size: int = 32
     ):
         if split not in _SPLIT_OFFSET:
-            from ..errors import unknown_name
-
             raise unknown_name("procedural-shapes split", str(split), _SPLIT_OFFSET)
         self.split = split
         self.n = n if n is not None else (5000 if split == "train" else 1000)

@@ -185,6 +185,7 @@ TECOA_16 = (
 
 
 def suite_names() -> list[str]:
+    """Names of the zero-shot suite's torchvision datasets (`clipx data list`)."""
     return list(_SUITE)
 
 

@@ -49,6 +49,7 @@ def recall_at_k(
 
 
 def attack_success(clean: dict[str, float], adv: dict[str, float]) -> dict[str, float]:
+    """Attack success rate per recall key: clean R@K minus adversarial R@K, in points."""
     return {f"ASR_{k}": clean[k] - adv[k] for k in clean if k in adv}
 
 

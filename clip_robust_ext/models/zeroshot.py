@@ -26,7 +26,7 @@ DEFAULT_TEMPLATES: tuple[str, ...] = ("This is a photo of a {}",)
 
 
 def build_prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[list[str]]:
-    """prompts[c][t] = templates[t] filled with classnames[c]."""
+    """`prompts[c][t]` = `templates[t]` filled with `classnames[c]`."""
     if not classnames:
         raise ClipxUsageError("no class names given")
     if not templates or any("{}" not in t for t in templates):

@@ -6,4 +6,5 @@ import sys
 
 
 def log(message: str) -> None:
+    """One progress line on stderr, prefixed `clipx:` (stdout stays for results and JSON)."""
     print(f"clipx: {message}", file=sys.stderr, flush=True)

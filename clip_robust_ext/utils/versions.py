@@ -19,6 +19,7 @@ _PACKAGES = (
 
 
 def versions() -> dict[str, str]:
+    """Python's and the key packages' versions, as every record stores them."""
     out = {"python": platform.python_version()}
     for name in _PACKAGES:
         try:

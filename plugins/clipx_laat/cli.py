@@ -54,6 +54,8 @@ def load_paper_config(
 def paper(profile, overrides, config, run_dir, resume, show, as_json) -> None:
     """Train a backbone from scratch against CLIP text anchors (expanded and raw), PGD-7 at 8/255
     on the seen classes; report zero-shot clean / PGD-20 (/ AutoAttack) accuracy on the novel ones."""
+    from clip_robust_ext.api import fit_markdown
+
     from .paper import PaperConfig, run_paper
 
     doc = load_paper_config(config, profile, overrides)
@@ -66,7 +68,7 @@ def paper(profile, overrides, config, run_dir, resume, show, as_json) -> None:
     if as_json:
         click.echo(json.dumps(results, indent=2, default=str))
     else:
-        click.echo((out / "results.md").read_text(), nl=False)
+        click.echo(fit_markdown((out / "results.md").read_text()), nl=False)
         click.echo(f"\nResults in {out}", err=True)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from clip_robust_ext.api import ClipxUsageError
+from clip_robust_ext.api import ClipxUsageError, fit_markdown
 
 
 def run_models(run_dir: Path) -> tuple[dict[str, Any], list[tuple[str, Path | None]]]:
@@ -80,7 +80,7 @@ def register(cli: click.Group) -> None:
         is computed; for a `clipx eval` run dir the tables are built from its saft-* results.
         Writes RUN_DIR/saft_grid.md."""
         if (Path(run_dir) / "recipe.resolved.json").is_file():
-            click.echo(grid_for_run(run_dir, device))
+            click.echo(fit_markdown(grid_for_run(run_dir, device)))
             return
         from clip_robust_ext.api import atomic_write_text, load_records
 
@@ -91,7 +91,7 @@ def register(cli: click.Group) -> None:
             raise ClipxUsageError(f"{run_dir}: no saft-template / saft-ensemble results found")
         table = grid_markdown(records)
         atomic_write_text(Path(run_dir) / "saft_grid.md", table + "\n")
-        click.echo(table)
+        click.echo(fit_markdown(table))
 
     @saft.command("descriptions")
     @click.argument("name", required=False)

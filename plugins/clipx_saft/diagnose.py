@@ -1,4 +1,4 @@
-"""Do SAFT's descriptions mean anything to a given CLIP? The measurement behind the README's
+"""Do SAFT's descriptions mean anything to a given CLIP? The measurement behind docs/methods.md's
 SAFT note (why SAFT moves robust accuracy no more than TeCoA on the small procedural ViT).
 
     python -m clipx_saft.diagnose                                   # procedural ViT, shapes

@@ -32,7 +32,7 @@ Options of the "advsimplex" defense (recipe keys under [defense]) [default]:
                               exact for quadratic D; cheaper training backward); "auto" picks
                               finite differences when the image tower has ReLU-family units
                               (ResNets: the J / H terms at one point are then discontinuous in
-                              the weights and training through autograd's collapsed; README) and
+                              the weights and training through autograd's collapsed; docs/methods.md) and
                               autograd otherwise (ViTs, GELU)
   fd_step [1.0]               h for finite differences, in units of the trajectory offsets
   mc_samples [8]              points per triangle for estimator "mc"

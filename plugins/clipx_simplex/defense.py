@@ -42,7 +42,7 @@ def resolve_derivatives(choice: str, model) -> str:
     clean accuracy (94.5 -> 40.6 in 20 SGD steps at lr 1e-4) where finite differences and Monte
     Carlo did not (82.8 / 86.7; TeCoA 83.6), and the autograd weight gradient of the second-order
     term disagrees with central differences that never converge; on the GELU ViT they agree to
-    4 digits (README, "AdvSimplex on ReLU towers")."""
+    4 digits (docs/methods.md, "AdvSimplex")."""
     if choice != "auto":
         return choice
     visual = getattr(getattr(model, "loaded", None), "model", None)
