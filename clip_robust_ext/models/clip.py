@@ -13,8 +13,10 @@ import open_clip
 import torch
 
 from ..errors import ClipxError, ClipxUsageError, unknown_name
-from . import hf_clip
-from . import tiny_towers  # noqa: F401 - registers the timm towers the tiny configs name
+from . import (
+    hf_clip,
+    tiny_towers,  # noqa: F401 - registers the timm towers the tiny configs name
+)
 from .checkpoints import load_into_clip, read_state_dict
 from .hub import CONFIG_NAME, has_schema, hub_cache_dir, model_folder
 from .zoo import zoo_plan

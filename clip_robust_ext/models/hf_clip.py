@@ -93,9 +93,12 @@ def _tower_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def open_clip_config(config: dict[str, Any], where: str = "config.json") -> dict[str, Any]:
+def open_clip_config(
+    config: dict[str, Any], where: str = "config.json", projection: bool = True
+) -> dict[str, Any]:
     """open_clip's model config (embed_dim, vision_cfg, text_cfg, quick_gelu) of a transformers
-    CLIP config. A vision-only folder gets transformers' default text tower (random weights)."""
+    CLIP config. A vision-only folder gets transformers' default text tower (random weights);
+    one without a projection (`CLIPVisionModel`) gets embed_dim = width."""
     from transformers import CLIPTextConfig
 
     full = config.get("model_type") == FULL_TYPE
@@ -114,7 +117,8 @@ def open_clip_config(config: dict[str, Any], where: str = "config.json") -> dict
     quick = _act(v, where)
     if full and _act(t, where) != quick:
         raise ClipxUsageError(f"{where}: the towers use different activations")
-    embed = config.get("projection_dim") or v.get("projection_dim") or v["hidden_size"]
+    embed = config.get("projection_dim", v.get("projection_dim")) if projection else None
+    embed = embed or v["hidden_size"]
     return {"embed_dim": embed, "quick_gelu": quick, "vision_cfg": vision_cfg, "text_cfg": text_cfg}
 
 
@@ -159,7 +163,9 @@ def to_open_clip(state: dict[str, torch.Tensor], cfg: dict[str, Any], where: str
         out["text_projection"] = hf.pop("text_projection.weight").t()
         out["logit_scale"] = hf.pop("logit_scale")
     if hf:
-        raise ClipxUsageError(f"{where}: unexpected keys {sorted(hf)[:3]} for a CLIP of this config")
+        raise ClipxUsageError(
+            f"{where}: unexpected keys {sorted(hf)[:3]} for a CLIP of this config"
+        )
     return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -213,7 +219,9 @@ def read_folder_state(folder: Path, config: dict[str, Any], target: torch.nn.Mod
     from .checkpoints import read_state_dict
 
     weights = hf_weights(folder)
-    state = to_open_clip(read_state_dict(weights), open_clip_config(config), str(weights))
+    state = read_state_dict(weights)
+    cfg = open_clip_config(config, str(weights), "visual_projection.weight" in state)
+    state = to_open_clip(state, cfg, str(weights))
     if "visual.proj" not in state:
         state["visual.proj"] = target.visual.proj.detach().clone()
     return state
@@ -223,9 +231,10 @@ def build_from_config(config: dict[str, Any], folder: Path) -> tuple[torch.nn.Mo
     """The open_clip CLIP a transformers config describes, with the folder's pixel statistics."""
     import open_clip
 
-    cfg = open_clip_config(config, str(Path(folder) / HF_CONFIG))
+    projection = "visual_projection.weight" in weight_keys(folder)
+    cfg = open_clip_config(config, str(Path(folder) / HF_CONFIG), projection)
     model = open_clip.CLIP(**cfg)
-    if config.get("model_type") == VISION_TYPE and not config.get("projection_dim"):
+    if not projection:
         with torch.no_grad():  # CLIPVisionModel has no projection: features are the pooled tokens
             model.visual.proj.copy_(torch.eye(cfg["embed_dim"]))
     model.visual.preprocess_cfg = _preprocess_cfg(Path(folder), cfg)
@@ -249,3 +258,19 @@ def _preprocess_cfg(folder: Path, cfg: dict[str, Any]) -> dict[str, Any]:
         "interpolation": "bicubic",
         "resize_mode": "shortest",
     }
+
+
+def weight_keys(folder: Path) -> set[str]:
+    """The tensor names of the folder's weights (read from the safetensors header alone)."""
+    from safetensors import safe_open
+
+    from .checkpoints import read_state_dict
+
+    path = hf_weights(folder)
+    if path.suffix != ".safetensors":
+        return set(read_state_dict(path))
+    try:
+        with safe_open(str(path), "pt") as fh:
+            return set(fh.keys())
+    except Exception as exc:
+        raise ClipxUsageError(f"{path}: not a readable safetensors file ({exc})") from None
