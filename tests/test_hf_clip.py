@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from clip_robust_ext.errors import ClipxUsageError
 from clip_robust_ext.models import load_clip
+from clip_robust_ext.models.zoo import zoo
 
 REPO_ID = "clipx-test/tiny-hf-clip"
 REVISION = "fedcba9876543210fedcba9876543210fedcba98"
@@ -102,9 +103,9 @@ def test_vision_model_folders_load_with_and_without_projection(tmp_path):
         )
 
 
-def test_transformers_folder_loads_by_hub_name_from_an_offline_cache(tmp_path, monkeypatch):
-    home = tmp_path / "hf"
-    repo = home / "hub" / ("models--" + REPO_ID.replace("/", "--"))
+def cached_hf_repo(home, repo_id: str, monkeypatch) -> transformers.CLIPModel:
+    """A tiny transformers CLIP in an offline HF cache (refs/main -> snapshots/<rev>/)."""
+    repo = home / "hub" / ("models--" + repo_id.replace("/", "--"))
     hf = hf_clip_folder(repo / "snapshots" / REVISION)
     (repo / "snapshots" / REVISION / "preprocessor_config.json").write_text(
         json.dumps({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25]})
@@ -115,6 +116,11 @@ def test_transformers_folder_loads_by_hub_name_from_an_offline_cache(tmp_path, m
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return hf
+
+
+def test_transformers_folder_loads_by_hub_name_from_an_offline_cache(tmp_path, monkeypatch):
+    hf = cached_hf_repo(tmp_path / "hf", REPO_ID, monkeypatch)
 
     loaded = load_clip(f"hf-hub:{REPO_ID}")
     assert loaded.info["hub_repo"] == REPO_ID and loaded.info["hub_revision"] == REVISION
@@ -155,3 +161,20 @@ def test_truncated_and_foreign_folders_are_refused_in_one_line(tmp_path):
         load_clip(f"local-dir:{foreign}")
     assert "model_type 'bert' is not a transformers CLIP" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_leaf_zoo_entry_loads_its_transformers_repo(tmp_path, monkeypatch):
+    """zoo:leaf-vitl14-fare2 names a transformers CLIPModel repo; a tiny stand-in in the cache
+    under that id loads through the transformers path (the real one is ViT-L/14, 1.7 GB)."""
+    entry = zoo()["leaf-vitl14-fare2"]
+    assert entry["format"].startswith("transformers CLIPModel")
+    hf = cached_hf_repo(tmp_path / "hf", entry["hub"], monkeypatch)
+    loaded = load_clip("zoo:leaf-vitl14-fare2")
+    assert loaded.info["checkpoint_format"] == "transformers-full"
+    assert loaded.info["zoo"] == "leaf-vitl14-fare2"
+    images, texts = _inputs(loaded)
+    with torch.no_grad():
+        ref = hf(input_ids=texts, pixel_values=images).logits_per_image
+        img, txt, scale = loaded.model(images, texts)
+    assert torch.allclose(scale * img @ txt.T, ref, atol=1e-5)
+    assert all(e["format"] and e["license"] for e in zoo().values())
