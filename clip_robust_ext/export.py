@@ -17,7 +17,6 @@ from typing import Any
 
 from .data.splits import subset_tag
 from .errors import ClipxUsageError
-from .export_hf import FORMATS, save_transformers, usage_lines
 from .models import (
     load_clip,
     load_into_clip,
@@ -25,6 +24,7 @@ from .models import (
     register_model_config,
     save_open_clip_checkpoint,
 )
+from .models.hf_export import FORMATS, save_transformers, usage_lines
 from .models.hub import CONFIG_NAME as HUB_CONFIG
 from .models.hub import has_schema
 from .params import is_eps_like
@@ -44,7 +44,7 @@ def export_hub_folder(
     image_size: int | None = None,
 ) -> Path:
     """Write the hub folder for the trained model in `model_dir` (a run dir's <label>/): open_clip
-    (default), or transformers `hf-clip` / `hf-vision` (export_hf.py), resized to `image_size`."""
+    (default), or transformers `hf-clip` / `hf-vision` (models/hf_export.py), resized to `image_size`."""
     if fmt not in ("open_clip", *FORMATS):
         raise ClipxUsageError(f"--format {fmt}: choose from open_clip, {', '.join(FORMATS)}")
     if image_size is not None and fmt == "open_clip":

@@ -14,9 +14,9 @@ from click.testing import CliRunner
 
 from clip_robust_ext.cli import cli
 from clip_robust_ext.errors import ClipxUsageError
-from clip_robust_ext.export_hf import save_transformers
 from clip_robust_ext.models import load_clip, vision_hidden_states
 from clip_robust_ext.models.clip import CONFIG_DIR
+from clip_robust_ext.models.hf_export import save_transformers
 
 
 def tiny(seed: int = 0, arch: str = "clipx-tiny"):

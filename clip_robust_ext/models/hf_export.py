@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from .errors import ClipxUsageError
-from .models.hf_clip import to_transformers
+from ..errors import ClipxUsageError
+from .hf_clip import to_transformers
 
 FORMATS = ("hf-clip", "hf-vision")
 # the open_clip config fields a transformers CLIP can express; any other must keep its default
