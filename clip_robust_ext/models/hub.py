@@ -156,7 +156,7 @@ def local_folder(path: str | os.PathLike) -> ModelFolder:
         if folder.is_dir() and hf_config(folder) is not None:
             return ModelFolder(folder.resolve(), hf_weights(folder), format="transformers")
         raise ClipxUsageError(
-            f"{LOCAL_PREFIX}{path}: neither {CONFIG_NAME} (open_clip) nor a transformers CLIP "
+            f"{LOCAL_PREFIX}{path}: no {CONFIG_NAME} (open_clip) or transformers CLIP "
             f"{HF_CONFIG} in that folder"
         )
     weights = next((folder / n for n in WEIGHT_NAMES if (folder / n).is_file()), None)
