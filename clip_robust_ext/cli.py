@@ -590,6 +590,11 @@ from .datacli import data as _data  # noqa: E402 - `clipx data ...` (click only 
 
 cli.add_command(_data)
 
+from .comparecli import compare_command, samples_command  # noqa: E402 - click only at import
+
+cli.add_command(compare_command)
+cli.add_command(samples_command)
+
 
 # --------------------------------------------------------------------------------- analysis
 

@@ -53,6 +53,7 @@ FLOORS = {
     "export": 10,
     "cli": 11,
     "datacli": 11,
+    "comparecli": 11,
     "__main__": 11,
 }
 

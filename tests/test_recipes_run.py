@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,7 @@ from test_recipes import ToyPlugin
 
 from clip_robust_ext import ClipxUsageError
 from clip_robust_ext.cli import cli
+from clip_robust_ext.evaluation.outcomes import read_samples
 from clip_robust_ext.run.layout import LOCK_NAME
 from clip_robust_ext.run.lock import RunLock
 
@@ -175,6 +177,13 @@ def test_seeds_run_once_per_seed_and_report_mean_and_spread(tmp_path, register_p
     for row in summary:  # (the toy's start model is a random init: it moves with the seed too)
         assert row["n_seeds"] == 2 and len(row["clean"]["values"]) == 2
         assert row["seeds"] == [4, 5]
-    assert "± " in result.stdout
     assert any(line.split()[:2] == ["toy-ce", "2"] for line in result.stdout.splitlines())
+    cells = (run_dir / "results.md").read_text()
+    assert re.search(r"\| toy-ce \| 2 \| \d+\.\d \[\d+\.\d, \d+\.\d\] \|", cells)
+    for row in summary:  # 95% intervals from the seeds' per-sample outcomes (samples.npz)
+        assert row["clean"]["ci_method"] in ("clopper-pearson", "bootstrap")
+    blocks = read_samples(run_dir / "samples.npz")
+    assert sorted({(b.label, b.seed) for b in blocks}) == [
+        (m, s) for m in ("clip", "toy-ce") for s in (4, 5)
+    ]
     assert "| model | seeds | clean |" in (run_dir / "results.md").read_text()

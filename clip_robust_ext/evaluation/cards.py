@@ -263,6 +263,11 @@ def build_card(
             "description": protocol.description,
         },
         "results": results_of(records),
+        # per-sample outcomes behind the numbers (clipx compare reads them), relative to the run dir
+        "outcomes": {
+            "samples": "samples.npz",
+            "results": f"eval/{R.safe_name(label)}/{R.safe_name(protocol.name)}/",
+        },
         "cost": cost,
         "checks": checks,
         "versions": versions(),

@@ -310,7 +310,7 @@ def run_batch(
     """Clean and per-attack correctness of one batch, as '0101' strings."""
     with torch.no_grad():
         clean = zs(x).argmax(1) == y
-    out: dict[str, Any] = {"clean": R.bits(clean), "attacks": {}}
+    out: dict[str, Any] = {"clean": R.bits(clean), "labels": y.tolist(), "attacks": {}}
     survivors: dict[float | None, torch.Tensor] = {}  # cascade: robust so far, per budget
     for p in plan:
         flags = torch.zeros(len(y), dtype=torch.bool, device=y.device)
@@ -412,15 +412,18 @@ def run_samples(
 
 
 def flatten(batch_results: dict[str, dict], plan: list[PlannedAttack]) -> dict[str, Any]:
-    """Per-sample flags in sample order: {'clean': '0101', 'attacks': {key: '0101'}}, plus
+    """Per-sample flags in sample order: {'clean': '0101', 'attacks': {key: '0101'}}, the labels
+    (absent when a batch was resumed from a file written before labels were kept), plus
     'attack_info': {key: summary} for text attacks (the first batch that ran them)."""
     order = sorted(batch_results, key=int)
     info: dict[str, Any] = {}
     for b in order:
         for key, summary in batch_results[b].get("info", {}).items():
             info.setdefault(key, summary)
+    labels = [batch_results[b].get("labels") for b in order]
     return {
         "clean": "".join(batch_results[b]["clean"] for b in order),
+        **({"labels": sum(labels, [])} if all(x is not None for x in labels) else {}),
         "attacks": {
             p.key: "".join(batch_results[b]["attacks"][p.key] for b in order) for p in plan
         },

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..evaluation import evaluate, markdown_table, write_reports
 from ..evaluation.cards import evaluate_with_card
+from ..evaluation.outcomes import export_run
 from ..registry import provenance
 from ..utils.io import atomic_write_json
 from .layout import COMPONENTS_NAME, START_LABEL
@@ -127,4 +128,5 @@ def write_results(run_dir: Path, records: list[dict[str, Any]]) -> str:
 
     atomic_write_json(run_dir / "results.json", with_components(run_dir, records))
     write_reports(run_dir, records)
+    export_run(run_dir)  # samples.npz: the per-sample outcomes clipx compare reads
     return markdown_table(records)

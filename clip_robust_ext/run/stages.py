@@ -14,7 +14,7 @@ from ..errors import ClipxUsageError
 from ..evaluation import protocol_from_dict
 from ..evaluation.engine import open_eval_dataset
 from ..evaluation.protocols import dataset_key
-from ..evaluation.spread import aggregate, write_spread
+from ..evaluation.spread import write_seed_summary
 from ..plugin_manager import plugin_versions
 from ..recipes import ResolvedRecipe, resolve
 from ..training import distributed as D
@@ -242,7 +242,8 @@ def run_recipe(
 def run_seeds(resolved: ResolvedRecipe, run_dir: Path, resume: bool = False) -> RunResult:
     """One complete run per seed of `[recipe] seeds` (run_dir/seed-<s>/, each resumable on its
     own), then results.json with every per-seed record (`run_seed`), summary.json / results.md
-    (mean ± std over seeds) and transfer.png (clean vs robust on the unseen classes)."""
+    (mean and 95% interval over seeds and test images), transfer.png (clean vs robust on the
+    unseen classes) and samples.npz."""
 
     main = D.init_distributed().is_main
     if main:
@@ -265,11 +266,8 @@ def run_seeds(resolved: ResolvedRecipe, run_dir: Path, resume: bool = False) -> 
             checkpoints.update({f"seed-{seed}/{k}": v for k, v in one.checkpoints.items()})
         table = ""
         if main and records:
-            rows = aggregate(records)
             atomic_write_json(run_dir / "results.json", records)
-            atomic_write_json(run_dir / "summary.json", rows)
-            table = write_spread(run_dir, rows)
-            atomic_write_text(run_dir / "results.md", table)
+            table = write_seed_summary(run_dir, records)  # + samples.npz over every seed
     finally:
         if lock:
             lock.release()
