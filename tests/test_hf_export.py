@@ -45,6 +45,16 @@ def test_open_clip_to_hf_clip_and_back_is_exact(tmp_path):
         img, txt, scale = loaded.model(images, texts)
     assert torch.allclose(scale * img @ txt.T, ref, atol=1e-5)
 
+    # the folder is complete for transformers: its own tokenizer and image processor
+    processor = transformers.CLIPProcessor.from_pretrained(tmp_path / "hf")
+    prompts = ["a red square", "Hello, World! It's 3.5 déjà-vu", "a blue circle"]
+    ids = processor(text=prompts, padding="max_length", max_length=16, return_tensors="pt")
+    ours = loaded.tokenizer(prompts)
+    assert torch.equal(ids.input_ids[ours != 0], ours[ours != 0])  # padding differs: eot vs 0
+    with torch.no_grad():
+        theirs = hf.get_text_features(input_ids=ids.input_ids)
+        assert torch.allclose(theirs, loaded.model.encode_text(ours), atol=1e-5)
+
 
 def test_hf_vision_penultimate_hidden_states_equal_clipx(tmp_path):
     loaded, cfg = tiny(seed=3)

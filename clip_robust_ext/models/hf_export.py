@@ -10,6 +10,7 @@ robust 224 px towers need for LLaVA-1.5's 336 px.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,33 @@ def save_transformers(
     target.load_state_dict(hf_state, strict=True)  # transformers accepts every tensor, or none
     target.eval().save_pretrained(dest, safe_serialization=True)
     _image_processor(config.vision_config.image_size, pixel_stats).save_pretrained(dest)
+    if not vision_only and config.text_config.vocab_size == OPENAI_VOCAB:
+        save_tokenizer(Path(dest), config.text_config.max_position_embeddings)
     return Path(dest)
+
+
+OPENAI_VOCAB = 49408
+_SPECIAL = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+
+
+def save_tokenizer(dest: Path, context_length: int) -> None:
+    """OpenAI's BPE, which open_clip's tokenizer uses, as transformers' CLIPTokenizer files
+    (vocab.json + merges.txt): the same ids, so `CLIPProcessor.from_pretrained` works on the
+    folder. transformers pads with the end token where open_clip pads with 0; the causal mask
+    and end-token pooling make the text embedding the same."""
+    import open_clip
+    from transformers import CLIPTokenizer
+
+    bpe = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+    vocab = {_SPECIAL.get(k, k): v for k, v in bpe.encoder.items()}
+    merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
+    (dest / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    lines = "\n".join(" ".join(pair) for pair in merges)
+    (dest / "merges.txt").write_text(f"#version: 0.2\n{lines}\n", encoding="utf-8")
+    tokenizer = CLIPTokenizer(
+        str(dest / "vocab.json"), str(dest / "merges.txt"), model_max_length=context_length
+    )
+    tokenizer.save_pretrained(dest)
 
 
 def _image_processor(size: int, pixel_stats):
