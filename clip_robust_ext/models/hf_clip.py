@@ -14,9 +14,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import open_clip
 import torch
+from safetensors import safe_open
+from transformers import CLIPTextConfig, CLIPVisionConfig
 
 from ..errors import ClipxUsageError
+from .checkpoints import read_state_dict
 
 HF_CONFIG = "config.json"
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -99,7 +103,6 @@ def open_clip_config(
     """open_clip's model config (embed_dim, vision_cfg, text_cfg, quick_gelu) of a transformers
     CLIP config. A vision-only folder gets transformers' default text tower (random weights);
     one without a projection (`CLIPVisionModel`) gets embed_dim = width."""
-    from transformers import CLIPTextConfig
 
     full = config.get("model_type") == FULL_TYPE
     vision = config.get("vision_config", {}) if full else config
@@ -123,7 +126,6 @@ def open_clip_config(
 
 
 def _tower_defaults(kind: str) -> dict[str, Any]:
-    from transformers import CLIPTextConfig, CLIPVisionConfig
 
     cls = CLIPVisionConfig if kind == "vision" else CLIPTextConfig
     return cls().to_dict()
@@ -216,7 +218,6 @@ def read_folder_state(folder: Path, config: dict[str, Any], target: torch.nn.Mod
 
     A vision tower saved without its projection (`CLIPVisionModel`) keeps `target`'s projection:
     the base model's when loaded on top of one, the identity for a model built from the folder."""
-    from .checkpoints import read_state_dict
 
     weights = hf_weights(folder)
     state = read_state_dict(weights)
@@ -229,7 +230,6 @@ def read_folder_state(folder: Path, config: dict[str, Any], target: torch.nn.Mod
 
 def build_from_config(config: dict[str, Any], folder: Path) -> tuple[torch.nn.Module, dict]:
     """The open_clip CLIP a transformers config describes, with the folder's pixel statistics."""
-    import open_clip
 
     projection = "visual_projection.weight" in weight_keys(folder)
     cfg = open_clip_config(config, str(Path(folder) / HF_CONFIG), projection)
@@ -242,7 +242,6 @@ def build_from_config(config: dict[str, Any], folder: Path) -> tuple[torch.nn.Mo
 
 
 def _preprocess_cfg(folder: Path, cfg: dict[str, Any]) -> dict[str, Any]:
-    import open_clip
 
     pre: dict[str, Any] = {}
     path = folder / "preprocessor_config.json"
@@ -262,9 +261,6 @@ def _preprocess_cfg(folder: Path, cfg: dict[str, Any]) -> dict[str, Any]:
 
 def weight_keys(folder: Path) -> set[str]:
     """The tensor names of the folder's weights (read from the safetensors header alone)."""
-    from safetensors import safe_open
-
-    from .checkpoints import read_state_dict
 
     path = hf_weights(folder)
     if path.suffix != ".safetensors":

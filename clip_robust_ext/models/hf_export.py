@@ -15,7 +15,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+import open_clip
 import torch
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPTokenizer,
+    CLIPVisionModelWithProjection,
+)
 
 from ..errors import ClipxUsageError
 from .hf_clip import to_transformers
@@ -37,8 +45,6 @@ def _non_default(cfg: dict[str, Any], cls: type, allowed: set[str]) -> list[str]
 def transformers_config(model_cfg: dict[str, Any], image_size: int | None = None):
     """The transformers `CLIPConfig` of an open_clip ViT CLIP config; refuses what it cannot
     express (ResNet / timm / HF text towers, attention pooling, layer scale ...) by name."""
-    import open_clip
-    from transformers import CLIPConfig
 
     vision, text = model_cfg.get("vision_cfg", {}), model_cfg.get("text_cfg", {})
     if isinstance(vision.get("layers"), (list, tuple)):
@@ -92,7 +98,6 @@ def save_transformers(
     """Write `model` (an open_clip ViT CLIP) as a transformers folder that `from_pretrained`
     loads: CLIPModel (hf-clip) or CLIPVisionModelWithProjection (hf-vision), with a
     preprocessor_config.json for CLIPImageProcessor."""
-    from transformers import CLIPModel, CLIPVisionModelWithProjection
 
     if fmt not in FORMATS:
         raise ClipxUsageError(f"unknown export format '{fmt}' (choose from {', '.join(FORMATS)})")
@@ -130,8 +135,6 @@ def save_tokenizer(dest: Path, context_length: int) -> None:
     (vocab.json + merges.txt): the same ids, so `CLIPProcessor.from_pretrained` works on the
     folder. transformers pads with the end token where open_clip pads with 0; the causal mask
     and end-token pooling make the text embedding the same."""
-    import open_clip
-    from transformers import CLIPTokenizer
 
     bpe = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
     vocab = {_SPECIAL.get(k, k): v for k, v in bpe.encoder.items()}
@@ -146,8 +149,6 @@ def save_tokenizer(dest: Path, context_length: int) -> None:
 
 
 def _image_processor(size: int, pixel_stats):
-    import open_clip
-    from transformers import CLIPImageProcessor
 
     mean, std = pixel_stats or (open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
     return CLIPImageProcessor(
