@@ -383,6 +383,12 @@ def models_command(zoo: bool, as_json: bool) -> None:
     help="Folder to write: config + safetensors + model card (local-dir:/hf-hub: ready).",
 )
 @click.option(
+    "--merge-adapter",
+    is_flag=True,
+    help="A LoRA / first-blocks model: write full weights with the adapter folded in (default: "
+    "the adapter folder alone, which loads onto its base with --adapter).",
+)
+@click.option(
     "--format",
     "fmt",
     type=click.Choice(["open_clip", "hf-clip", "hf-vision"]),
@@ -396,12 +402,14 @@ def models_command(zoo: bool, as_json: bool) -> None:
     default=None,
     help="Transformers formats: input size to interpolate the position embedding to (e.g. 336).",
 )
-def export_command(model_dir: str, hub_folder: str, fmt: str, image_size: int | None) -> None:
+def export_command(
+    model_dir: str, hub_folder: str, merge_adapter: bool, fmt: str, image_size: int | None
+) -> None:
     """Export a trained model (RUN_DIR/LABEL) as an open_clip or transformers folder with a model
     card (docs/checkpoints.md)."""
     from .export import export_hub_folder
 
-    click.echo(f"wrote {export_hub_folder(model_dir, hub_folder, fmt, image_size)}")
+    click.echo(f"wrote {export_hub_folder(model_dir, hub_folder, merge_adapter, fmt, image_size)}")
 
 
 cli.command("protocols")(
@@ -528,6 +536,12 @@ def protocol_options(command: Any) -> Any:
     multiple=True,
     metavar="KEY=VALUE",
     help="Another argument of the model source (value parsed as TOML).",
+)
+@click.option(
+    "--adapter",
+    default=None,
+    help="A LoRA / first-blocks adapter folder (path, local-dir:PATH or hf-hub:ORG/NAME) put on "
+    "the model; refused unless the model is the adapter's base.",
 )
 @protocol_options
 @click.option(

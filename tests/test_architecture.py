@@ -53,7 +53,7 @@ FLOORS = {
     "export": 10,
     "cli": 11,
     "datacli": 11,
-    "comparecli": 11,
+    "comparecli": 11,  # `clipx compare` / `clipx samples` (the compare helper's CLI module)
     "__main__": 11,
 }
 

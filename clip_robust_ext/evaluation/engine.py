@@ -36,6 +36,7 @@ from ..models.accelerate import accelerated
 from ..models.checkpoints import check_weights
 from ..registry import get
 from ..utils.devices import model_device
+from ..utils.provenance import provenance_stamp
 from ..utils.versions import versions
 from . import distributed as D
 from . import records as R
@@ -621,7 +622,7 @@ def _evaluate_dataset(run: _Evaluation, spec: dict[str, Any]) -> list[dict[str, 
     reused = _reused_records(run, key, inputs, phash, path)
     if reused is not None:
         return reused
-    start = time.time()
+    start, cpu_start = time.time(), time.process_time()
     ds, indices = protocol_samples(protocol, spec)
     if len(ds) == 0:
         raise ClipxUsageError(f"dataset '{spec['dataset']}' ({key}) is empty: 0 samples")
@@ -642,9 +643,11 @@ def _evaluate_dataset(run: _Evaluation, spec: dict[str, Any]) -> list[dict[str, 
     )
     samples = flatten(batch_results, plan)
     elapsed = round(time.time() - start, 3)
+    cost = {"cpu_s": time.process_time() - cpu_start, "wall_s": elapsed}
     records = summarize(samples, plan, protocol)
     for rec in records:
         rec.update(_record_fields(run, spec, key, phash, ds, attacked, elapsed))
+        rec["provenance"] = provenance_stamp(**cost)
     if run.rank == 0:
         result = {
             "schema": R.SCHEMA,

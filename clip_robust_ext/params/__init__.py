@@ -26,6 +26,7 @@ from ..errors import ClipxUsageError, closest
 from ..utils.eps import parse_eps, resolve_budget_expr
 
 EPS_LIKE = re.compile(r"(^|_)(eps|epsilon|alpha|step_size)($|_)")
+NOT_BUDGETS = frozenset({"lora_alpha"})  # LoRA's scale numerator (TrainConfig), not a pixel budget
 
 __all__ = [
     "EPS_LIKE",
@@ -45,7 +46,7 @@ __all__ = [
 
 def is_eps_like(key: str) -> bool:
     parts = [p for p in key.split(".") if not p.isdigit()]
-    return bool(parts) and bool(EPS_LIKE.search(parts[-1]))
+    return bool(parts) and parts[-1] not in NOT_BUDGETS and bool(EPS_LIKE.search(parts[-1]))
 
 
 def _number(value: Any, key: str) -> float:

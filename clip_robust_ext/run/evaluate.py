@@ -41,6 +41,7 @@ def eval_model_spec(
     pretrained: str | None = None,
     checkpoint: str | None = None,
     model_args: tuple[str, ...] = (),
+    adapter: str | None = None,
 ) -> tuple[dict[str, Any], str]:
     """--model & co -> a [model] table and a default label."""
 
@@ -87,6 +88,9 @@ def eval_model_spec(
         label = _file_label(Path(checkpoint))
     elif pretrained and Path(pretrained).expanduser().is_file():
         label = _file_label(Path(pretrained))
+    if adapter is not None:
+        spec["adapter"] = adapter
+        label = f"{label}+{_file_label(Path(str(adapter).split(':', 1)[-1]))}"
     return spec, label
 
 
@@ -107,6 +111,7 @@ def run_eval(
     pretrained: str | None = None,
     checkpoint: str | None = None,
     model_args: tuple[str, ...] = (),
+    adapter: str | None = None,
     attacks: tuple[str, ...] = (),
     eps: tuple[str, ...] = (),
     datasets: tuple[str, ...] = (),
@@ -123,7 +128,9 @@ def run_eval(
     datasets, other models) are kept and appear in the tables; finished datasets are reused."""
 
     reg = Registries()
-    raw_spec, default_label = eval_model_spec(model, arch, pretrained, checkpoint, model_args)
+    raw_spec, default_label = eval_model_spec(
+        model, arch, pretrained, checkpoint, model_args, adapter
+    )
     spec = model_section(raw_spec, reg)
     section, proto = eval_protocol(
         protocol, attacks, eps, datasets, n_samples, templates, seed, overrides, reg, testtime

@@ -13,6 +13,7 @@ from ..evaluation.cards import evaluate_with_card
 from ..evaluation.outcomes import export_run
 from ..registry import provenance
 from ..utils.io import atomic_write_json
+from ..utils.provenance import write_run_provenance
 from .layout import COMPONENTS_NAME, START_LABEL
 
 
@@ -129,4 +130,5 @@ def write_results(run_dir: Path, records: list[dict[str, Any]]) -> str:
     atomic_write_json(run_dir / "results.json", with_components(run_dir, records))
     write_reports(run_dir, records)
     export_run(run_dir)  # samples.npz: the per-sample outcomes clipx compare reads
+    write_run_provenance(run_dir, records)
     return markdown_table(records)
