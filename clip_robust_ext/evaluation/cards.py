@@ -28,6 +28,7 @@ from ..utils.versions import versions
 from . import distributed as D
 from . import records as R
 from .protocols import Protocol, dataset_key
+from .provenance import merged_components, read_components, record_components
 from .strength import enforce, run_checks
 
 CARD_SCHEMA = "clipx.card.v1"
@@ -270,6 +271,7 @@ def build_card(
             "samples": "samples.npz",
             "results": f"eval/{R.safe_name(label)}/{R.safe_name(protocol.name)}/",
         },
+        "components": card_components(run_dir, records),
         "cost": cost,
         "checks": checks,
         "versions": versions(),
@@ -277,6 +279,12 @@ def build_card(
         "created_at": R.now(),
         "formulas": R.FORMULAS,
     }
+
+
+def card_components(run_dir: str | os.PathLike, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every component behind the card's records, with its plugin and distribution version."""
+    by_label = read_components(run_dir)
+    return merged_components([record_components(by_label, r) for r in records])
 
 
 def write_card(card: dict[str, Any], run_dir: str | os.PathLike) -> Path:

@@ -25,6 +25,7 @@ from ..models.zoo import zoo
 from ..utils.io import atomic_write, atomic_write_json, atomic_write_text
 from .boardstats import annotate
 from .cards import read_card
+from .provenance import plugin_summary
 
 
 def find_cards(paths: list[str | os.PathLike]) -> list[tuple[Path, dict[str, Any]]]:
@@ -96,6 +97,8 @@ def rank(cards: list[tuple[Path, dict[str, Any]]]) -> tuple[list[str], list[dict
             "bwd/sample": c["cost"].get("backward_per_sample"),
             "wall_s": c["cost"].get("wall_s"),
             "weights": c["model"]["weights_sha256"][:12],
+            "plugins": plugin_summary(c.get("components") or {}) or "-",
+            "components": c.get("components") or {},
             "card": str(path),
             "_card": (path, c),
         }
@@ -121,7 +124,16 @@ def rank(cards: list[tuple[Path, dict[str, Any]]]) -> tuple[list[str], list[dict
     columns += ["ci"]
     columns += ["robust_mean"] if len(budgets) > 1 else []
     columns += [f"{a}@{top}" for a in attacks]
-    columns += ["vs above", "checks", "fwd/sample", "bwd/sample", "wall_s", "weights", "card"]
+    columns += [
+        "vs above",
+        "checks",
+        "fwd/sample",
+        "bwd/sample",
+        "wall_s",
+        "weights",
+        "plugins",
+        "card",
+    ]
     return columns, rows
 
 

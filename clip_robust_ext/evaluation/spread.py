@@ -49,6 +49,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "seeds": [r.get("run_seed") for r in recs],
             "n_seeds": len(recs),
             "n": recs[0].get("n"),
+            "components": recs[0].get("components", {}),
         }
         metrics = {"clean": [r["clean_acc"] for r in recs]}
         if eps is not None:
@@ -172,7 +173,17 @@ def unseen_view(rows: list[dict[str, Any]]) -> str | None:
 def _attack_names(rows: list[dict[str, Any]]) -> list[str]:
     """The per-attack metrics of aggregated rows (none when a single attack ran: its number is
     the worst case)."""
-    fixed = {"label", "dataset_key", "eps", "eps_str", "class_split", "seeds", "n_seeds", "n"}
+    fixed = {
+        "label",
+        "dataset_key",
+        "eps",
+        "eps_str",
+        "class_split",
+        "seeds",
+        "n_seeds",
+        "n",
+        "components",
+    }
     names = list(dict.fromkeys(k for r in rows for k in r if k not in fixed | {"clean", "robust"}))
     return names if len(names) > 1 else []
 

@@ -317,6 +317,35 @@ def checked(
     return factory
 
 
+def plugin_usage_errors(factory: Callable, what: str) -> Callable:
+    """`factory` whose ValueError / TypeError (a plugin rejecting a value at construction)
+    becomes a one-line ClipxUsageError naming `what` and the parameter(s) the message names,
+    or every value given when it names none; ClipxUsageError passes through."""
+
+    @functools.wraps(factory, assigned=("__module__", "__name__", "__qualname__", "__doc__"))
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return factory(*args, **kwargs)
+        except (ValueError, TypeError) as exc:
+            if isinstance(exc, ClipxUsageError):
+                raise
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            named = [k for k in kwargs if k in text]
+            given = ", ".join(
+                f"parameter '{k}'" if k in named else f"{k}={kwargs[k]!r}"
+                for k in (named or list(kwargs))
+            )
+            raise ClipxUsageError(f"{what}: {given or 'no parameters'}: {text}") from None
+
+    try:
+        guarded.__signature__ = inspect.signature(factory)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):  # no signature (some builtins): none to show
+        pass
+    if is_checked(factory):
+        guarded.checked_as = factory.checked_as  # type: ignore[attr-defined]
+    return guarded
+
+
 def is_checked(obj: Any) -> bool:
     """Whether `obj` is a factory made by `checked`."""
     return isinstance(getattr(obj, "checked_as", None), str)

@@ -36,6 +36,7 @@ from .records import (
     evaluate_loaded,
     note_components,
     recipe_components,
+    with_components,
     write_results,
 )
 
@@ -266,7 +267,8 @@ def run_seeds(resolved: ResolvedRecipe, run_dir: Path, resume: bool = False) -> 
             one = run_recipe(
                 resolved.for_seed(seed), run_dir=run_dir / f"seed-{seed}", resume=resume
             )
-            records += [{**rec, "run_seed": seed} for rec in one.records]
+            seeded = with_components(run_dir / f"seed-{seed}", one.records)
+            records += [{**rec, "run_seed": seed} for rec in seeded]
             checkpoints.update({f"seed-{seed}/{k}": v for k, v in one.checkpoints.items()})
         table = ""
         if main and records:
