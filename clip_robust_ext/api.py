@@ -12,7 +12,8 @@ Groups:
   coerce, check_kwargs, unknown_key, text_attack_parameters
 - budgets: parse_eps, format_eps
 - packaging: lazy_exports (a plugin package re-exports heavy names without importing torch)
-- models: LoadedCLIP, ZeroShotClassifier, load_clip, build_prompts, DEFAULT_TEMPLATES,
+- models: LoadedCLIP, ZeroShotClassifier, load_clip, vision_hidden_states (LLaVA's penultimate
+  patch tokens), build_prompts, DEFAULT_TEMPLATES,
   PromptContext / attach_prompt_context / prompt_context_of (learned prompt vectors), build_model (a [model] table -> LoadedCLIP), load_weights, resolve_device, model_device,
   model_fingerprint,
   procedural_small
@@ -76,6 +77,7 @@ _LAZY = {
     "LoadedCLIP": ".models",
     "ZeroShotClassifier": ".models",
     "load_clip": ".models",
+    "vision_hidden_states": ".models",
     "build_prompts": ".models",
     "DEFAULT_TEMPLATES": ".models",
     "PromptContext": ".models",

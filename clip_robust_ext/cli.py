@@ -403,7 +403,7 @@ def models_command(zoo: bool, as_json: bool) -> None:
     "--hub-folder",
     required=True,
     type=click.Path(file_okay=False),
-    help="Folder to write: open_clip config + safetensors + model card (local-dir:/hf-hub: ready).",
+    help="Folder to write: config + safetensors + model card (local-dir:/hf-hub: ready).",
 )
 @click.option(
     "--merge-adapter",
@@ -411,11 +411,28 @@ def models_command(zoo: bool, as_json: bool) -> None:
     help="A LoRA / first-blocks model: write full weights with the adapter folded in (default: "
     "the adapter folder alone, which loads onto its base with --adapter).",
 )
-def export_command(model_dir: str, hub_folder: str, merge_adapter: bool) -> None:
-    """Export a trained model (RUN_DIR/LABEL) as an open_clip hub folder with a model card."""
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["open_clip", "hf-clip", "hf-vision"]),
+    default="open_clip",
+    show_default=True,
+    help="open_clip folder, transformers CLIPModel, or the vision tower for LLaVA-style models.",
+)
+@click.option(
+    "--image-size",
+    type=click.IntRange(1, 4096),
+    default=None,
+    help="Transformers formats: input size to interpolate the position embedding to (e.g. 336).",
+)
+def export_command(
+    model_dir: str, hub_folder: str, merge_adapter: bool, fmt: str, image_size: int | None
+) -> None:
+    """Export a trained model (RUN_DIR/LABEL) as an open_clip or transformers folder with a model
+    card (docs/checkpoints.md)."""
     from .export import export_hub_folder
 
-    click.echo(f"wrote {export_hub_folder(model_dir, hub_folder, merge_adapter)}")
+    click.echo(f"wrote {export_hub_folder(model_dir, hub_folder, merge_adapter, fmt, image_size)}")
 
 
 _list_protocols = _registry_command(

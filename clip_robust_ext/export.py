@@ -24,6 +24,7 @@ from .models import (
     register_model_config,
     save_open_clip_checkpoint,
 )
+from .models.hf_export import FORMATS, save_transformers, usage_lines
 from .models.hub import CONFIG_NAME as HUB_CONFIG
 from .models.hub import has_schema
 from .params import is_eps_like
@@ -43,13 +44,25 @@ WEIGHTS_NAME = "open_clip_model.safetensors"
 
 
 def export_hub_folder(
-    model_dir: str | os.PathLike, dest: str | os.PathLike, merge_adapter: bool = False
+    model_dir: str | os.PathLike,
+    dest: str | os.PathLike,
+    merge_adapter: bool = False,
+    fmt: str = "open_clip",
+    image_size: int | None = None,
 ) -> Path:
     """Write the hub folder for the trained model in `model_dir` (a run dir's <label>/).
 
     A LoRA / first-blocks model (model_dir/adapter) is exported as its adapter folder (only what
     training changed; it loads onto the base it names), or with merge_adapter as a full open_clip
-    folder whose weights have the adapter folded in (final.pt)."""
+    folder whose weights have the adapter folded in (final.pt). `fmt` hf-clip / hf-vision writes
+    a transformers folder instead (models/hf_export.py; always the full, merged weights),
+    resized to `image_size`."""
+    if fmt not in ("open_clip", *FORMATS):
+        raise ClipxUsageError(f"--format {fmt}: choose from open_clip, {', '.join(FORMATS)}")
+    if image_size is not None and fmt == "open_clip":
+        raise ClipxUsageError(
+            "--image-size applies to the transformers formats (hf-clip, hf-vision)"
+        )
     model_dir, dest = Path(model_dir), Path(dest)
     final, run_dir = model_dir / "final.pt", model_dir.parent
     if not final.is_file():
@@ -59,21 +72,25 @@ def export_hub_folder(
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ClipxUsageError(f"--hub-folder {dest}: exists and is not empty")
     doc = json.loads((run_dir / "recipe.resolved.json").read_text())
-    if (model_dir / ADAPTER_DIR).is_dir() and not merge_adapter:
+    if (model_dir / ADAPTER_DIR).is_dir() and not merge_adapter and fmt == "open_clip":
         return _export_adapter(model_dir, dest, doc)
     loaded = _trained_model(doc["model"], model_dir)
     config = {
         "model_cfg": _model_cfg(loaded),
         "preprocess_cfg": dict(getattr(loaded.model.visual, "preprocess_cfg", {}) or {}),
     }
-    card = model_card(model_dir.name, loaded.arch, doc, run_dir)
+    card = model_card(model_dir.name, loaded.arch, doc, run_dir, fmt, _resize(loaded, image_size))
 
     # written next to the destination, then moved in: a crash leaves no half folder behind
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        atomic_write_text(staging / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
-        save_open_clip_checkpoint(loaded.model, staging / WEIGHTS_NAME)
+        if fmt == "open_clip":
+            atomic_write_text(staging / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+            save_open_clip_checkpoint(loaded.model, staging / WEIGHTS_NAME)
+        else:
+            stats = (loaded.mean, loaded.std)
+            save_transformers(loaded.model, config["model_cfg"], staging, fmt, image_size, stats)
         atomic_write_text(staging / "README.md", card)
         if dest.exists():
             dest.rmdir()
@@ -136,9 +153,17 @@ def _trained_model(spec: dict[str, Any], model_dir: Path):
     return loaded
 
 
+def _resize(loaded, image_size: int | None) -> tuple[int, int] | None:
+    """(trained size, exported size) when the export changes the input resolution."""
+    trained = loaded.image_size[0]
+    return (trained, image_size) if image_size and image_size != trained else None
+
+
 def _model_cfg(loaded) -> dict[str, Any]:
     import open_clip
 
+    if "model_cfg" in loaded.info:  # derived from a transformers CLIP folder
+        return loaded.info["model_cfg"]
     if has_schema(loaded.arch):
         folder = Path(loaded.info["folder"])
         return json.loads((folder / HUB_CONFIG).read_text())["model_cfg"]
@@ -148,16 +173,24 @@ def _model_cfg(loaded) -> dict[str, Any]:
     return cfg
 
 
-def model_card(label: str, arch: str, doc: dict[str, Any], run_dir: Path) -> str:
+def model_card(
+    label: str,
+    arch: str,
+    doc: dict[str, Any],
+    run_dir: Path,
+    fmt: str = "open_clip",
+    resize: tuple[int, int] | None = None,
+) -> str:
     """A Hugging Face model card: the defense that trained THIS model (a baseline's own, not the
-    recipe's main defense), its evaluation per view and attack, the package versions."""
+    recipe's main defense), its evaluation per view and attack, the package versions; for the
+    transformers formats, the source model and any position-embedding resize."""
     records = [r for r in _read_list(run_dir / "results.json") if r.get("label") == label]
     versions = _read_object(run_dir / "versions.json")
     method = trained_by(doc, label)
     recipe = doc.get("recipe", {})
     lines = [
         "---",
-        "library_name: open_clip",
+        f"library_name: {'open_clip' if fmt == 'open_clip' else 'transformers'}",
         "tags: [clip, zero-shot-image-classification, adversarial-robustness, clipx]",
         "---",
         f"# {label} ({arch})",
@@ -165,10 +198,7 @@ def model_card(label: str, arch: str, doc: dict[str, Any], run_dir: Path) -> str
         f"Trained with clipx, recipe `{recipe.get('name', '?')}` (seed {recipe.get('seed', '?')}), "
         f"from `{json.dumps(doc.get('model', {}))}`.",
         "",
-        "```python",
-        _LOAD_SNIPPET,
-        "```",
-        "",
+        *(usage_lines(fmt, arch, resize) if fmt != "open_clip" else _OPEN_CLIP_USAGE),
         "## Training",
         "",
         *_training_lines(method, doc),
@@ -190,6 +220,9 @@ def model_card(label: str, arch: str, doc: dict[str, Any], run_dir: Path) -> str
         "",
     ]
     return "\n".join(lines)
+
+
+_OPEN_CLIP_USAGE = ["```python", _LOAD_SNIPPET, "```", ""]
 
 
 def trained_by(doc: dict[str, Any], label: str) -> dict[str, Any] | None:

@@ -13,7 +13,10 @@ import open_clip
 import torch
 
 from ..errors import ClipxError, ClipxUsageError, unknown_name
-from . import tiny_towers  # noqa: F401 - registers the timm towers the tiny configs name
+from . import (
+    hf_clip,
+    tiny_towers,  # noqa: F401 - registers the timm towers the tiny configs name
+)
 from .adapters import load_adapter
 from .checkpoints import load_into_clip, read_state_dict
 from .hub import CONFIG_NAME, has_schema, hub_cache_dir, model_folder
@@ -194,8 +197,15 @@ def _build_from_folder(
     """`hf-hub:ORG/NAME` / `local-dir:PATH`: open_clip builds the architecture from the folder's
     config (with its preprocessing); clipx loads the folder's weights safely, then `pretrained`."""
     folder = model_folder(arch)
-    model = open_clip.create_model(f"local-dir:{folder.folder}", load_weights=False, device="cpu")
     info: dict[str, Any] = {}
+    derived: dict[str, Any] = {}  # the open_clip config derived from a transformers config
+    if folder.format == "transformers":
+        config = hf_clip.hf_config(folder.folder)
+        model, derived["model_cfg"] = hf_clip.build_from_config(config, folder.folder)
+    else:
+        model = open_clip.create_model(
+            f"local-dir:{folder.folder}", load_weights=False, device="cpu"
+        )
     if pretrained is None or folder.weights is not None:
         info = _load_schema_weights(model, arch, folder)
     if pretrained is not None:  # on top: a vision-only release keeps the folder's text tower
@@ -206,7 +216,7 @@ def _build_from_folder(
             else _load_file(model, pretrained)
         )
         info["base_checkpoint"] = base
-    return model, {**info, "folder": str(folder.folder)}
+    return model, {**info, "folder": str(folder.folder), **derived}
 
 
 def _load_schema_weights(model: torch.nn.Module, name: str, folder: Any = None) -> dict[str, Any]:
@@ -214,7 +224,13 @@ def _load_schema_weights(model: torch.nn.Module, name: str, folder: Any = None) 
     folder = folder or model_folder(name)
     if folder.weights is None:
         raise ClipxUsageError(f"{name}: no weights file beside {folder.folder / CONFIG_NAME}")
-    info = _load_file(model, folder.weights)
+    if folder.format == "transformers":
+        config = hf_clip.hf_config(folder.folder)
+        state = hf_clip.read_folder_state(folder.folder, config, model)
+        kind = load_into_clip(model, state, source=str(folder.weights))
+        info = {"checkpoint_format": f"transformers-{kind}", "checkpoint": str(folder.weights)}
+    else:
+        info = _load_file(model, folder.weights)
     if folder.repo:
         info.update(hub_repo=folder.repo, hub_revision=folder.revision)
     return info
@@ -223,6 +239,9 @@ def _load_schema_weights(model: torch.nn.Module, name: str, folder: Any = None) 
 def _tokenizer(arch: str, info: dict[str, Any]):
     if not has_schema(arch):
         return open_clip.get_tokenizer(arch)
+    if "model_cfg" in info:  # a transformers CLIP folder: OpenAI's BPE, the config's context
+        context = info["model_cfg"]["text_cfg"]["context_length"]
+        return open_clip.tokenizer.SimpleTokenizer(context_length=context)
     text_cfg = json.loads((Path(info["folder"]) / CONFIG_NAME).read_text())["model_cfg"]
     if text_cfg.get("text_cfg", {}).get("hf_tokenizer_name") and info.get("hub_repo"):
         # a HF text tokenizer is named by the config; open_clip fetches it through the hub cache

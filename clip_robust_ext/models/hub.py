@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ClipxError, ClipxUsageError
+from .hf_clip import HF_CONFIG, HF_WEIGHTS, hf_config, hf_weights
 
 HUB_PREFIX = "hf-hub:"
 LOCAL_PREFIX = "local-dir:"
@@ -36,6 +37,7 @@ class ModelFolder:
     weights: Path | None
     repo: str | None = None  # the hub repo it came from, if any
     revision: str | None = None  # the cached snapshot (commit) it was read from
+    format: str = "open_clip"  # or "transformers": a CLIPModel / CLIPVisionModel folder
 
 
 def has_schema(name: str | os.PathLike | None) -> bool:
@@ -98,7 +100,8 @@ def _hub_file(repo: str, filename: str) -> Path | None:
 def _cached_snapshot(repo: str) -> bool:
     """Whether some snapshot of `repo` is cached (then a missing file is really absent)."""
     snapshots = repo_cache_path(repo) / "snapshots"
-    names = (CONFIG_NAME, "adapter_config.json")  # a model folder or an adapter folder
+    # an open_clip model folder, an adapter folder, or a transformers CLIP folder
+    names = (CONFIG_NAME, "adapter_config.json", HF_CONFIG)
     return snapshots.is_dir() and any((s / n).is_file() for s in snapshots.iterdir() for n in names)
 
 
@@ -135,7 +138,14 @@ def hub_folder(repo: str) -> ModelFolder:
     """Config and weights of `hf-hub:repo`, from the cache or downloaded into it."""
     if repo.count("/") != 1 or not all(repo.split("/")):
         raise ClipxUsageError(f"{HUB_PREFIX}{repo}: expected {HUB_PREFIX}ORG/NAME")
-    config = _hub_file(repo, CONFIG_NAME) or _not_cached(repo, CONFIG_NAME)
+    config = _hub_file(repo, CONFIG_NAME)
+    if config is None:  # a transformers CLIP repo (config.json + model.safetensors)?
+        hf = _hub_file(repo, HF_CONFIG) or _not_cached(repo, CONFIG_NAME)
+        if hf_config(hf.parent) is not None:
+            weights = next(filter(None, (_hub_file(repo, n) for n in HF_WEIGHTS)), None)
+            if weights is None:
+                raise ClipxUsageError(f"{HUB_PREFIX}{repo}: no {HF_WEIGHTS[0]} beside config.json")
+            return ModelFolder(hf.parent, weights, repo, hf.parent.name, format="transformers")
     weights = hub_weights(repo)
     return ModelFolder(config.parent, weights, repo=repo, revision=config.parent.name)
 
@@ -144,7 +154,12 @@ def local_folder(path: str | os.PathLike) -> ModelFolder:
     """`local-dir:PATH`: a folder as `open_clip.create_model('local-dir:PATH')` reads it."""
     folder = Path(path).expanduser()
     if not (folder / CONFIG_NAME).is_file():
-        raise ClipxUsageError(f"{LOCAL_PREFIX}{path}: no {CONFIG_NAME} in that folder")
+        if folder.is_dir() and hf_config(folder) is not None:
+            return ModelFolder(folder.resolve(), hf_weights(folder), format="transformers")
+        raise ClipxUsageError(
+            f"{LOCAL_PREFIX}{path}: no {CONFIG_NAME} (open_clip) or transformers CLIP "
+            f"{HF_CONFIG} in that folder"
+        )
     weights = next((folder / n for n in WEIGHT_NAMES if (folder / n).is_file()), None)
     if weights is None:
         found = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
