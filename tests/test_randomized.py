@@ -139,6 +139,9 @@ def test_early_exit_is_off_against_the_noise_defense_and_the_checks_flag_it(tmp_
     handled = protocol.with_overrides(eot_samples=2)
     assert S.check_determinism([plain, noisy], handled)["status"] == "pass"
     assert S.check_determinism([plain], protocol)["status"] == "pass"
+    card = json.loads(card_paths(tmp_path, "clip", "noise-test")[0].read_text())
+    found = [row["pipeline"]["deterministic"] for row in card["results"]["per_dataset"]]
+    assert sorted(found) == [False, True]  # the card says which row was random
 
 
 # -- the checks on planted records ------------------------------------------------------------------
@@ -165,8 +168,9 @@ def test_robust_not_below_clean_fires_on_planted_cases_only():
     ok = [_rec("m", 1 / 255, 90.0, 60.0), _rec("m", 0.0, 90.0, 90.0), _rec("m", 1 / 255, 0, 0)]
     assert S.check_robust_le_clean(ok)["status"] == "pass"
     above = S.check_robust_le_clean([_rec("m+noise", 1 / 255, 80.0, 85.0)])
-    assert above["status"] == "fail" and "m+noise c10 @ 1/255: robust 85.0 >= clean 80.0" in (
-        above["detail"]
+    assert (
+        above["status"] == "fail"
+        and "m+noise c10 @ 1/255: robust 85.0 >= clean 80.0" in (above["detail"])
     )
     equal = S.check_robust_le_clean([_rec("m+crops", 1 / 255, 87.5, 87.5)])
     assert equal["status"] == "fail"
@@ -184,8 +188,9 @@ def test_eps_monotone_compares_a_pipeline_with_itself():
     assert S.check_monotone(rows)["status"] == "pass"
     rows.append(_rec("m+crops", 4 / 255, 100.0, 75.0))
     bad = S.check_monotone(rows)
-    assert bad["status"] == "fail" and "m+crops c10 robust: 62.5 at 2/255 -> 75.0 at 4/255" in (
-        bad["detail"]
+    assert (
+        bad["status"] == "fail"
+        and "m+crops c10 robust: 62.5 at 2/255 -> 75.0 at 4/255" in (bad["detail"])
     )
 
 
