@@ -33,11 +33,23 @@ from .utils.eps import format_eps
 from .utils.io import atomic_write_text
 
 CONFIG_NAME = "open_clip_config.json"
+ADAPTER_DIR = "adapter"  # training/scope.py writes a LoRA / first-blocks adapter there
+_LOAD_SNIPPET = (
+    "import open_clip\n"
+    "model, _, preprocess = open_clip.create_model_and_transforms('local-dir:THIS_FOLDER')\n"
+    "# after upload: open_clip.create_model_and_transforms('hf-hub:ORG/NAME')"
+)
 WEIGHTS_NAME = "open_clip_model.safetensors"
 
 
-def export_hub_folder(model_dir: str | os.PathLike, dest: str | os.PathLike) -> Path:
-    """Write the hub folder for the trained model in `model_dir` (a run dir's <label>/)."""
+def export_hub_folder(
+    model_dir: str | os.PathLike, dest: str | os.PathLike, merge_adapter: bool = False
+) -> Path:
+    """Write the hub folder for the trained model in `model_dir` (a run dir's <label>/).
+
+    A LoRA / first-blocks model (model_dir/adapter) is exported as its adapter folder (only what
+    training changed; it loads onto the base it names), or with merge_adapter as a full open_clip
+    folder whose weights have the adapter folded in (final.pt)."""
     model_dir, dest = Path(model_dir), Path(dest)
     final, run_dir = model_dir / "final.pt", model_dir.parent
     if not final.is_file():
@@ -47,6 +59,8 @@ def export_hub_folder(model_dir: str | os.PathLike, dest: str | os.PathLike) -> 
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ClipxUsageError(f"--hub-folder {dest}: exists and is not empty")
     doc = json.loads((run_dir / "recipe.resolved.json").read_text())
+    if (model_dir / ADAPTER_DIR).is_dir() and not merge_adapter:
+        return _export_adapter(model_dir, dest, doc)
     loaded = _trained_model(doc["model"], model_dir)
     config = {
         "model_cfg": _model_cfg(loaded),
@@ -67,6 +81,40 @@ def export_hub_folder(model_dir: str | os.PathLike, dest: str | os.PathLike) -> 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return dest
+
+
+def _export_adapter(model_dir: Path, dest: Path, doc: dict[str, Any]) -> Path:
+    """The adapter folder (config + safetensors) with a model card, moved in whole."""
+    from .models.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
+    config = json.loads((model_dir / ADAPTER_DIR / ADAPTER_CONFIG).read_text())
+    card = model_card(model_dir.name, config["base"]["arch"], doc, model_dir.parent)
+    card = card.replace(_LOAD_SNIPPET, _adapter_snippet(config))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+            shutil.copyfile(model_dir / ADAPTER_DIR / name, staging / name)
+        (staging / "README.md").write_text(card)
+        if dest.exists():
+            dest.rmdir()
+        os.replace(staging, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest
+
+
+def _adapter_snippet(config: dict[str, Any]) -> str:
+    base = config["base"]
+    return "\n".join(
+        [
+            f"# a clipx {config['scope']} adapter ({config.get('trainable_params')} parameters); "
+            f"it loads only onto its base, weights fingerprint {base['fingerprint']}",
+            "from clip_robust_ext import load_clip",
+            f"model = load_clip({base['arch']!r}, pretrained={base.get('pretrained')!r}, "
+            "adapter='local-dir:THIS_FOLDER')",
+        ]
+    )
 
 
 def _trained_model(spec: dict[str, Any], model_dir: Path):
@@ -118,9 +166,7 @@ def model_card(label: str, arch: str, doc: dict[str, Any], run_dir: Path) -> str
         f"from `{json.dumps(doc.get('model', {}))}`.",
         "",
         "```python",
-        "import open_clip",
-        "model, _, preprocess = open_clip.create_model_and_transforms('local-dir:THIS_FOLDER')",
-        "# after upload: open_clip.create_model_and_transforms('hf-hub:ORG/NAME')",
+        _LOAD_SNIPPET,
         "```",
         "",
         "## Training",

@@ -388,11 +388,14 @@ def model_section(section: Any, reg: Registries) -> dict[str, Any]:
     source = _name(section.pop("source"), "model.source", "model", reg["models"])
     out: dict[str, Any] = {"source": source}
     checkpoint = section.pop("checkpoint", None)
+    adapter = section.pop("adapter", None)  # an adapter folder (models/adapters.py) on top
     factory = reg["models"][source].obj
-    out.update(_factory_kwargs(section, factory, "model", ("source", "checkpoint")))
+    out.update(_factory_kwargs(section, factory, "model", ("source", "checkpoint", "adapter")))
     check_device_params(out, "model")  # a model's own device: --model-arg, model.device
     if checkpoint is not None:
         out["checkpoint"] = coerce(checkpoint, str, "model.checkpoint")
+    if adapter is not None:
+        out["adapter"] = coerce(adapter, str, "model.adapter")
     return out
 
 

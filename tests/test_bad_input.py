@@ -290,7 +290,7 @@ CASES = [
          ("data.templates: unknown template set 'tecao' (did you mean 'tecoa'?)",)),
     # -- click's own usage errors, one line too
     Case("bad-option-value", [*EVAL, "--protocol", "clean", "--n", "0"],
-         ("Invalid value for '--n': 0 is not in the range x>=1", "(see 'clipx eval --help')")),
+         ("Invalid value for '--n-samples' / '--n': 0 is not in the range x>=1", "(see 'clipx eval --help')")),
     Case("unknown-command", ["evaluate"], ("No such command 'evaluate'", "(see 'clipx --help')")),
     # -- data on disk
     Case("dataset-dir-missing", [*EVAL, *_ds('{{dataset="image-folder", root="{d}/no-such-dir"}}')],

@@ -12,7 +12,6 @@ weights fingerprint) matches; otherwise the dataset is recomputed and the file r
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..models.checkpoints import model_fingerprint  # noqa: F401 - re-exported
 from ..utils.io import append_text, atomic_write_json
 
 SCHEMA = "clipx.eval.v1"
@@ -86,20 +86,6 @@ def read_log(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 of the weights (names, shapes, dtypes, values): a retrained model is not reused."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        t = t.detach()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        if t.dtype == torch.bfloat16:
-            t = t.float()
-        # hash the array's buffer: .tobytes() copied every weight first (97 MiB transient for
-        # ViT-B/32's token embedding, ~20% of the time; benchmarks/); same digest
-        h.update(t.cpu().contiguous().numpy())
-    return h.hexdigest()[:16]
 
 
 def bits(flags: list[bool] | torch.Tensor) -> str:
