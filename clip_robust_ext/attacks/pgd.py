@@ -13,6 +13,11 @@ logits of the forward pass the step computes anyway: no extra passes.
 
 Training uses the full-length attack (the factory's default); the evaluation engine passes the
 protocol's `early_exit` (docs/evaluation.md, "Early exit and cascade").
+
+`eot_samples = n > 1` (Expectation over Transformation, for randomized pipelines) averages the
+gradient of n forward passes per step: torchattacks.EOTPGD without early exit; with early exit a
+sample leaves only when every one of the step's n draws misclassifies it (the engine turns early
+exit off against pipelines it finds non-deterministic anyway; docs/randomized.md).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ClipxUsageError
 from ..params import checked
 from ..utils.eps import parse_eps
 from .base import attack_mode
@@ -45,8 +51,10 @@ class EarlyExitPGD:
         steps: int = 10,
         random_start: bool = True,
         early_exit: bool = True,
+        eot_samples: int = 1,
     ):
         self.model = model
+        self.eot_samples = _eot(eot_samples)
         self.eps = parse_eps(eps, name="eps")
         self.alpha = parse_eps(alpha, name="alpha")
         self.steps, self.random_start, self.early_exit = int(steps), bool(random_start), early_exit
@@ -67,16 +75,10 @@ class EarlyExitPGD:
         self.passes = 0
         for _ in range(self.steps):
             adv = adv.detach().requires_grad_(True)
-            logits = self.model(adv)
-            self.passes += len(adv)
-            # CE summed and divided by the full batch size: torchattacks' mean when nobody has
-            # left, and per-sample gradients that do not depend on who has left
-            loss = F.cross_entropy(logits, ys, reduction="sum") / n
-            (grad,) = torch.autograd.grad(loss, adv)
+            grad, wrong = self._eot_grad(adv, ys, n)
             step = adv.detach() + self.alpha * grad.sign()
             step = (xs + (step - xs).clamp(-self.eps, self.eps)).clamp(0, 1)
             if self.early_exit:
-                wrong = logits.detach().argmax(1) != ys
                 if bool(wrong.any()):
                     out[idx[wrong]] = adv.detach()[wrong]
                     keep = ~wrong
@@ -87,11 +89,36 @@ class EarlyExitPGD:
         out[idx] = adv.detach()
         return out
 
+    def _eot_grad(
+        self, adv: torch.Tensor, ys: torch.Tensor, n: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input gradient summed over `eot_samples` forward passes (its sign is the mean's),
+        and which samples every pass misclassified. The logits are those of the passes the step
+        computes anyway: no extra forward passes."""
+        grad = torch.zeros_like(adv)
+        wrong = torch.ones(len(adv), dtype=torch.bool, device=adv.device)
+        for _ in range(self.eot_samples):
+            logits = self.model(adv)
+            self.passes += len(adv)
+            # CE summed and divided by the full batch size: torchattacks' mean when nobody has
+            # left, and per-sample gradients that do not depend on who has left
+            loss = F.cross_entropy(logits, ys, reduction="sum") / n
+            grad += torch.autograd.grad(loss, adv)[0]
+            wrong &= logits.detach().argmax(1) != ys
+        return grad, wrong
+
     def __repr__(self) -> str:
         return (
             f"EarlyExitPGD(eps={self.eps}, alpha={self.alpha}, steps={self.steps}, "
-            f"random_start={self.random_start}, early_exit={self.early_exit})"
+            f"random_start={self.random_start}, early_exit={self.early_exit}, "
+            f"eot_samples={self.eot_samples})"
         )
+
+
+def _eot(eot_samples: int) -> int:
+    if isinstance(eot_samples, bool) or not isinstance(eot_samples, int) or eot_samples < 1:
+        raise ClipxUsageError(f"pgd: eot_samples must be an integer >= 1, got {eot_samples!r}")
+    return eot_samples
 
 
 def _pgd(
@@ -101,15 +128,18 @@ def _pgd(
     steps: int = 10,
     random_start: bool = True,
     early_exit: bool = False,
+    eot_samples: int = 1,
 ) -> EarlyExitPGD | TorchattacksAttack:
-    """torchattacks.PGD (final iterate), or EarlyExitPGD with `early_exit` (evaluation)."""
+    """torchattacks.PGD (final iterate), torchattacks.EOTPGD with `eot_samples > 1`, or
+    EarlyExitPGD with `early_exit` (evaluation)."""
     if early_exit:
-        return EarlyExitPGD(model, eps, alpha, steps, random_start)
+        return EarlyExitPGD(model, eps, alpha, steps, random_start, eot_samples=eot_samples)
     import torchattacks
 
-    return TorchattacksAttack(
-        torchattacks.PGD, model, eps=eps, alpha=alpha, steps=steps, random_start=random_start
-    )
+    budget = {"eps": eps, "alpha": alpha, "steps": steps, "random_start": random_start}
+    if _eot(eot_samples) > 1:
+        return TorchattacksAttack(torchattacks.EOTPGD, model, eot_iter=eot_samples, **budget)
+    return TorchattacksAttack(torchattacks.PGD, model, **budget)
 
 
 # the registry factory: keyword names checked on every call, signature read by recipes

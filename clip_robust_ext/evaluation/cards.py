@@ -216,6 +216,8 @@ def results_of(records: list[dict[str, Any]]) -> dict[str, Any]:
             "clean": r.get("clean_acc"),
             "robust": r.get("robust_acc"),
             "per_attack": dict(r.get("per_attack") or {}),
+            # randomness found by the engine's probe and how it was handled (randomness.py)
+            **({"pipeline": r["pipeline"]} if "pipeline" in r else {}),
         }
         for r in records
     ]

@@ -43,6 +43,7 @@ from ..utils.versions import versions
 from . import distributed as D
 from . import records as R
 from .protocols import Protocol, dataset_key, eps_label, protocol_from_dict, resolve_budget_expr
+from .randomness import deterministic, pipeline_record, probe_images, randomized_params
 from .testtime import DefendedClassifier, build_testtime
 
 
@@ -57,6 +58,7 @@ class PlannedAttack:
     attack: BuiltAttack
     backend: str
     mode: str | None = None  # with test-time defenses: "adaptive" | "non-adaptive"
+    draws: int = 1  # scoring passes of each adversarial example, worst kept (random pipelines)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -67,6 +69,7 @@ class PlannedAttack:
             "params": self.params,
             "backend": self.backend,
             **({"mode": self.mode} if self.mode else {}),
+            **({"final_draws": self.draws} if self.draws > 1 else {}),
         }
 
 
@@ -189,8 +192,11 @@ def _backend_of(attack: BuiltAttack, plugin: str) -> str:
     return own
 
 
-def plan_attacks(zs: nn.Module, protocol: Protocol, key: str = "dataset") -> list[PlannedAttack]:
-    """Bind every protocol attack to `zs`: image/multimodal ones once per eps, text ones once."""
+def plan_attacks(
+    zs: nn.Module, protocol: Protocol, key: str = "dataset", randomized: bool = False
+) -> list[PlannedAttack]:
+    """Bind every protocol attack to `zs`: image/multimodal ones once per eps, text ones once.
+    `randomized` (zs found non-deterministic): early exit off, EOT on (randomness.py)."""
     plan: list[PlannedAttack] = []
     for spec in protocol.attacks:
         entry = get("attacks", spec["name"])
@@ -212,6 +218,8 @@ def plan_attacks(zs: nn.Module, protocol: Protocol, key: str = "dataset") -> lis
                 params.setdefault("early_exit", protocol.early_exit)
             if "seed" in takes:
                 params.setdefault("seed", derive_seed(protocol.seed, key, spec["label"], eps))
+            if randomized:
+                params = randomized_params(spec["name"], params, protocol.eot_samples)
             built = build_attack(spec["name"], zs, **params)
             norm = getattr(built.impl, "norm", None)
             if eps is not None and isinstance(norm, str) and norm != protocol.norm:
@@ -239,16 +247,19 @@ def plan_modes(
     defended: DefendedClassifier | None,
     protocol: Protocol,
     key: str = "dataset",
+    randomized: tuple[bool, bool] = (False, False),
 ) -> list[PlannedAttack]:
     """The attacks of a protocol with test-time defenses, once per mode and labelled with it:
     "non-adaptive" bound to the undefended classifier, "adaptive" to the pipeline that is scored
-    (for an undefended model that is the classifier itself: only its adaptive attacks run)."""
+    (for an undefended model that is the classifier itself: only its adaptive attacks run).
+    `randomized`: (zs, defended) found non-deterministic."""
     plan: list[PlannedAttack] = []
     for mode in protocol.testtime_modes:
         if mode == "non-adaptive" and defended is None:
             continue
-        target = defended if mode == "adaptive" and defended is not None else zs
-        for p in plan_attacks(target, protocol, key):
+        on_defended = mode == "adaptive" and defended is not None
+        target = defended if on_defended else zs
+        for p in plan_attacks(target, protocol, key, randomized[int(on_defended)]):
             if p.modality != "image":
                 raise ClipxUsageError(
                     f"attack '{p.label}' is a {p.modality} attack; test-time defenses are "
@@ -333,7 +344,10 @@ def run_batch(
             scorer = res.model if res.model is not None else zs
             with attack_mode(scorer), torch.no_grad():
                 check_model(scorer, protocol, p.label)
-                flags[idx] = scorer(adv.to(x.device)).argmax(1) == y_in
+                right = torch.ones_like(y_in, dtype=torch.bool)
+                for _ in range(p.draws):  # a random pipeline: robust only under every draw
+                    right &= scorer(adv.to(x.device)).argmax(1) == y_in
+                flags[idx] = right
         survivors[p.eps] = flags
         out["attacks"][p.key] = R.bits(flags)
     return out
@@ -531,7 +545,12 @@ def evaluate_model(
     was_training = zs.training
     zs.eval()
     try:
-        plan = plan_attacks(zs, protocol, dataset_key)
+        randomized = len(indices) > 0 and not deterministic(
+            zs, probe_images(dataset, indices, zs.device)
+        )
+        plan = plan_attacks(zs, protocol, dataset_key, randomized)
+        for p in plan:
+            p.draws = protocol.final_draws if randomized else 1
         samples = flatten(
             run_samples(zs, dataset, indices, protocol, plan, key=dataset_key, progress=progress),
             plan,
@@ -650,7 +669,7 @@ def _evaluate_dataset(run: _Evaluation, spec: dict[str, Any]) -> list[dict[str, 
     if only is not None and not only:
         return []  # another shard's dataset
     attacked = list(ds[indices[0]][0].shape[-2:]) if len(indices) else None
-    scored, plan = _scored_plan(run, ds, spec, key)
+    scored, plan, pipeline = _scored_plan(run, ds, spec, key, indices)
     done = _finished_batches(run, key, path, phash)
     checkpoint = _Checkpoint(R.partial_path(path, run.rank), phash, run.checkpoint_s, done)
     batch_results = run_samples(
@@ -668,6 +687,7 @@ def _evaluate_dataset(run: _Evaluation, spec: dict[str, Any]) -> list[dict[str, 
     elapsed = round(time.time() - start, 3)
     cost = {"cpu_s": time.process_time() - cpu_start, "wall_s": elapsed}
     fields = _record_fields(run, spec, key, phash, ds, attacked, elapsed)
+    fields["pipeline"] = pipeline  # the determinism probe's finding (randomness.py)
     if run.shard is not None:
         part = {"path": path, "protocol_hash": phash, "key": inputs, "dataset_key": key}
         run.shard.write_part(run, part, indices, plan, batch_results, fields)
@@ -739,16 +759,36 @@ def _reused_records(
 
 
 def _scored_plan(
-    run: _Evaluation, ds: Any, spec: dict[str, Any], key: str
-) -> tuple[nn.Module, Any]:
-    """The classifier the samples are scored on (behind the test-time defense, if any) and the
-    attack plan."""
-    zs = build_classifier(run.loaded, ds.classnames, run.protocol.templates_for(spec))
+    run: _Evaluation, ds: Any, spec: dict[str, Any], key: str, indices: Sequence[int]
+) -> tuple[nn.Module, list[PlannedAttack], dict[str, Any]]:
+    """The classifier the samples are scored on (behind the test-time defense, if any), the
+    attack plan, and what the determinism probe found (randomness.py)."""
+    protocol = run.protocol
+    zs = build_classifier(run.loaded, ds.classnames, protocol.templates_for(spec))
     zs.class_matrix()  # computed once here, reused by every batch and attack
-    if not run.protocol.testtime:
-        return zs, plan_attacks(zs, run.protocol, key)
     defended = None if run.defense is None else DefendedClassifier(zs, run.defense, run.label)
-    return defended or zs, plan_modes(zs, defended, run.protocol, key)
+    scored = defended or zs
+    x = probe_images(ds, indices, zs.device) if len(indices) else None
+    random_zs = x is not None and not deterministic(zs, x)
+    random_scored = (
+        random_zs if defended is None else x is not None and not deterministic(defended, x)
+    )
+    if not protocol.testtime:
+        plan = plan_attacks(zs, protocol, key, random_zs)
+    else:
+        plan = plan_modes(zs, defended, protocol, key, (random_zs, random_scored))
+    for p in plan:
+        p.draws = protocol.final_draws if random_scored else 1
+    early_exit = protocol.early_exit and protocol.takes("early_exit")
+    record = pipeline_record(
+        not random_scored, protocol.eot_samples, protocol.final_draws, early_exit
+    )
+    if random_scored and run.rank == 0:
+        _log(
+            f"{run.label}: {key}: the pipeline is not deterministic (two passes differ): early "
+            f"exit off, EOT-{protocol.eot_samples}, worst of {protocol.final_draws} final draws"
+        )
+    return scored, plan, record
 
 
 def _finished_batches(run: _Evaluation, key: str, path: Any, phash: str) -> dict[str, dict]:

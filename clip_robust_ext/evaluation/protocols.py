@@ -128,6 +128,11 @@ class Protocol:
     # keeps each point's best iterate anyway). Applies to attacks registered with
     # protocol_params containing "early_exit".
     early_exit: bool = True
+    # against a pipeline found non-deterministic (evaluation/randomness.py; docs/randomized.md):
+    # gradient draws averaged per attack step (EOT) and scoring draws of each adversarial
+    # example, the worst kept. 1 and 1 declare the pipeline deterministic (the checks flag it).
+    eot_samples: int = 10
+    final_draws: int = 10
     # the evaluation code this preset follows (resolution, templates, samples, attacks), stored
     # with every result; docs/FIDELITY.md#protocol-presets
     lineage: str = ""
@@ -200,6 +205,10 @@ class Protocol:
             or self.checks_n < 1
         ):
             raise ClipxUsageError(f"protocol '{self.name}': checks_n must be an integer >= 1")
+        for attr in ("eot_samples", "final_draws"):
+            value = getattr(self, attr)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ClipxUsageError(f"protocol '{self.name}': {attr} must be an integer >= 1")
         for attr in ("channels_last", "compile", "cascade", "checks_strict", "early_exit"):
             if not isinstance(getattr(self, attr), bool):
                 raise ClipxUsageError(f"protocol '{self.name}': {attr} must be true or false")
@@ -305,9 +314,15 @@ class Protocol:
             **({"early_exit": True} if self.early_exit and self.takes("early_exit") else {}),
             **({"resolution": size} if (size := self.resolution_for(spec)) is not None else {}),
             **({"testtime_modes": self.testtime_modes} if self.testtime else {}),
+            **({"randomness": [self.eot_samples, self.final_draws]} if self._randomness() else {}),
             **(extra or {}),
         }
         return hashlib.sha256(_canonical(content).encode()).hexdigest()[:16]
+
+    def _randomness(self) -> bool:
+        """Do the randomness settings enter result hashes? With test-time defenses (the usual
+        random pipelines) or when set away from their defaults."""
+        return bool(self.testtime) or (self.eot_samples, self.final_draws) != (10, 10)
 
     def takes(self, setting: str) -> bool:
         """Whether an attack of this protocol takes `setting` from it (its protocol_params);

@@ -3,14 +3,18 @@
 The gradient-masking checklist of Athalye et al. (2018) and Carlini et al. (2019), and the flags
 AutoAttack raises (its own `checks` functions are used where they exist). Two kinds:
 
-- from the results (free): robust accuracy not monotone in eps, robust above clean, a stronger
-  attack (more steps / restarts, APGD over PGD, AutoAttack) more than TOL points less successful
-  than a weaker one, a black-box attack (Square) more successful than the white-box ones, a large
+- from the results (free): robust accuracy not monotone in eps, robust not below clean (no
+  prediction changed at eps > 0), a stronger attack (more steps / restarts / EOT draws, APGD over
+  PGD, AutoAttack) more than TOL points less successful than a weaker one, a pipeline the engine
+  found non-deterministic evaluated under a protocol that declares it deterministic, a black-box attack (Square) more successful than the white-box ones, a large
   eps (>= 16/255) that leaves accuracy far from 0 (skipped for certified models);
 - a probe on `checks_n` inputs of the first dataset (protocol `checks = "basic"`): zero or
   non-finite input gradients, a randomised model (AutoAttack's check), the attack loss not rising
   over the iterations; with `checks = "full"` also Square and the first white-box attack at
   16/255 on those inputs (extra attacks, so not in every protocol's default cost).
+
+Comparisons are like with like: each evaluated pipeline (record label: a model, or a model behind
+a test-time defense) with itself, and an attack with attacks of the same mode.
 
 Every check is pass / fail / skipped with a one-line reason; failures print as warnings, and
 `checks_strict = true` turns them into an error (after the card is written).
@@ -48,11 +52,18 @@ def _check(name: str, status: str, detail: str, **data: Any) -> dict[str, Any]:
 
 
 # -- checks on the results ------------------------------------------------------------------------
+def _where(r: dict[str, Any]) -> str:
+    """A record's pipeline and dataset: '<label> <dataset>' (the dataset alone without a label)."""
+    return " ".join(str(v) for v in (r.get("label"), r.get("dataset_key")) if v is not None)
+
+
 def _by_dataset(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Budgeted records per (pipeline, dataset), in eps order: undefended and defended rows of
+    one evaluation are separate series."""
     out: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         if r.get("eps") is not None:
-            out.setdefault(r.get("dataset_key"), []).append(r)
+            out.setdefault(_where(r), []).append(r)
     return {k: sorted(v, key=lambda r: r["eps"]) for k, v in out.items()}
 
 
@@ -76,17 +87,55 @@ def check_monotone(records: list[dict[str, Any]]) -> dict[str, Any]:
     return _check("eps_monotone", "pass", f"non-increasing over {n_eps} eps (tolerance {TOL})")
 
 
+def _not_below_clean(r: dict[str, Any]) -> bool:
+    """robust > clean (impossible for one deterministic pipeline: a sample counts as robust only
+    if it was clean-correct), or robust == clean > 0 at an eps > 0: the attack changed not one
+    prediction, the first sign of masked gradients or of a randomized pipeline."""
+    robust, clean, eps = r.get("robust_acc"), r.get("clean_acc"), r.get("eps")
+    if robust is None or clean is None:
+        return False
+    return robust > clean or (robust == clean and clean > 0 and eps is not None and eps > 0)
+
+
 def check_robust_le_clean(records: list[dict[str, Any]]) -> dict[str, Any]:
     bad = [
-        f"{r.get('dataset_key')} @ {r['eps_str']}: robust {r['robust_acc']:.1f} > clean {r['clean_acc']:.1f}"
+        f"{_where(r)} @ {r['eps_str']}: robust {r['robust_acc']:.1f} >= clean {r['clean_acc']:.1f}"
         for r in records
-        if r.get("robust_acc") is not None and r["robust_acc"] > r["clean_acc"]
+        if _not_below_clean(r)
     ]
     if not any(r.get("robust_acc") is not None for r in records):
         return _check("robust_le_clean", "skipped", "no attacks")
     if bad:
         return _check("robust_le_clean", "fail", "; ".join(bad[:3]))
-    return _check("robust_le_clean", "pass", "robust <= clean everywhere")
+    return _check("robust_le_clean", "pass", "robust < clean at every eps > 0")
+
+
+def check_determinism(records: list[dict[str, Any]], protocol: Protocol) -> dict[str, Any]:
+    """A pipeline the engine found non-deterministic (records' `pipeline`) must be evaluated
+    with EOT and several final draws: eot_samples = 1 or final_draws = 1 declares determinism."""
+    random = sorted(
+        {_where(r) for r in records if (r.get("pipeline") or {}).get("deterministic") is False}
+    )
+    if not any("pipeline" in r for r in records):
+        return _check("determinism", "skipped", "no determinism probe in these records")
+    if not random:
+        return _check("determinism", "pass", "every evaluated pipeline is deterministic")
+    names = ", ".join(random[:3])
+    if protocol.eot_samples == 1 or protocol.final_draws == 1:
+        return _check(
+            "determinism",
+            "fail",
+            f"not deterministic: {names}; the protocol declares determinism (eot_samples = "
+            f"{protocol.eot_samples}, final_draws = {protocol.final_draws})",
+            pipelines=random,
+        )
+    return _check(
+        "determinism",
+        "pass",
+        f"not deterministic: {names}; evaluated with EOT-{protocol.eot_samples}, early exit "
+        f"off, worst of {protocol.final_draws} final draws",
+        pipelines=random,
+    )
 
 
 def _steps(desc: dict[str, Any]) -> int:
@@ -103,14 +152,20 @@ def _restarts(desc: dict[str, Any]) -> int:
     return int(p.get("restarts", p.get("n_restarts", 1)))
 
 
+def _eot_draws(desc: dict[str, Any]) -> int:
+    p = desc.get("params") or {}
+    return int(p.get("eot_samples", p.get("eot_iter", 1)))
+
+
 def stronger(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Is image attack `a` at least as strong as `b` in every respect and stronger in one: its
-    kind (FGSM < PGD-like < APGD < AutoAttack), steps, restarts?"""
+    kind (FGSM < PGD-like < APGD < AutoAttack), steps, restarts, EOT draws? Attacks of different
+    test-time modes (adaptive / non-adaptive) are not compared."""
     ka, kb = _KIND.get(a["name"], 1), _KIND.get(b["name"], 1)
-    if a["name"] != b["name"] and ka == kb:
-        return False  # two different attacks of one kind: no order
-    sa = (ka, _steps(a), _restarts(a))
-    sb = (kb, _steps(b), _restarts(b))
+    if (a["name"] != b["name"] and ka == kb) or a.get("mode") != b.get("mode"):
+        return False  # two different attacks of one kind, or of two modes: no order
+    sa = (ka, _steps(a), _restarts(a), _eot_draws(a))
+    sb = (kb, _steps(b), _restarts(b), _eot_draws(b))
     return all(x >= y for x, y in zip(sa, sb)) and sa != sb
 
 
@@ -133,7 +188,7 @@ def check_stronger(records: list[dict[str, Any]], cascade: bool) -> dict[str, An
                 va, vb = acc.get(a["label"]), acc.get(b["label"])
                 if None not in (va, vb) and va > vb + TOL:
                     bad.append(
-                        f"{r.get('dataset_key')} @ {r['eps_str']}: {a['label']} {va:.1f} > "
+                        f"{_where(r)} @ {r['eps_str']}: {a['label']} {va:.1f} > "
                         f"weaker {b['label']} {vb:.1f}"
                     )
     if not pairs:
@@ -369,6 +424,7 @@ def run_checks(
         check_monotone(records),
         check_robust_le_clean(records),
         check_stronger(records, protocol.cascade),
+        check_determinism(records, protocol),
     ]
     if not any(r.get("robust_acc") is not None for r in records):
         probe = [
