@@ -26,6 +26,7 @@ from ..utils.io import atomic_write_json
 from ..utils.versions import versions
 from . import distributed as D
 from . import records as R
+from .certified_card import add_certified, certified_markdown
 from .protocols import Protocol, dataset_key
 from .strength import enforce, run_checks
 
@@ -179,7 +180,9 @@ def protocol_content(
                 "attack_resolution": rec.get("attack_resolution"),
             }
         )
+    settings = getattr(protocol, "hash_settings", None)  # e.g. certify: sigma, draws, alpha
     return {
+        **({"settings": settings()} if settings else {}),
         "datasets": datasets,
         "eps": [round(e, 10) for e in protocol.eps],
         "norm": protocol.norm,
@@ -251,7 +254,7 @@ def build_card(
 ) -> dict[str, Any]:
 
     content = protocol_content(protocol, run_dir, label, records)
-    return {
+    card = {
         "schema": CARD_SCHEMA,
         "label": label,
         "model": identity,
@@ -262,13 +265,14 @@ def build_card(
             "lineage": protocol.lineage,
             "description": protocol.description,
         },
-        "results": results_of(records),
+        "results": results_of([r for r in records if r.get("kind") != "certified"]),
         "cost": cost,
         "checks": checks,
         "versions": versions(),
         "created_at": R.now(),
         "formulas": R.FORMULAS,
     }
+    return add_certified(card, records)
 
 
 def write_card(card: dict[str, Any], run_dir: str | os.PathLike) -> Path:
@@ -332,6 +336,7 @@ def card_markdown(card: dict[str, Any]) -> str:
     for ch in card["checks"].get("results", []):
         mark = {"pass": "pass", "fail": "**FAIL**", "skipped": "skipped"}[ch["status"]]
         lines.append(f"- {ch['name']}: {mark} - {ch['detail']}")
+    lines += certified_markdown(card)
     return "\n".join(lines) + "\n"
 
 
