@@ -26,6 +26,7 @@ from clip_robust_ext.api import (
 )
 
 from .fare_attack import EmbeddingAPGD, EmbeddingPGD, embedding_l2
+from .noise import GaussianAug
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -277,4 +278,4 @@ def factory(cls: type[Defense]):
     return checked(cls, f"defense '{cls.name}'")
 
 
-DEFENSES = {cls.name: cls for cls in (FTStandard, TeCoA, PMGAFT, FARE)}
+DEFENSES = {cls.name: cls for cls in (FTStandard, TeCoA, PMGAFT, FARE, GaussianAug)}
