@@ -4,6 +4,8 @@ per-sample radii on disk, the card's certified section and its check (planted vi
 from __future__ import annotations
 
 import copy
+import csv
+import io
 
 import pytest
 from scipy.stats import beta, norm
@@ -14,6 +16,7 @@ from clip_robust_ext.evaluation.cards import card_markdown, evaluate_with_card
 from clip_robust_ext.evaluation.certified_card import add_certified
 from clip_robust_ext.evaluation.engine import evaluate
 from clip_robust_ext.evaluation.protocols import get_protocol
+from clip_robust_ext.evaluation.tables import write_reports
 
 VIEWS = [
     {"dataset": "procedural-shapes", "split": "test", "classes": "unseen"},
@@ -125,3 +128,14 @@ def test_same_seed_reproduces_the_certificates(certified_run, tmp_path):
         {**r, "elapsed_s": rr["elapsed_s"]}
         for r, rr in zip(records, evaluate(loaded, proto, tmp_path, "start"))
     ]
+
+
+def test_run_tables_list_certified_rows_apart(certified_run, tmp_path):
+    _, _, _, records, _ = certified_run
+    paths = write_reports(tmp_path, records)
+    page = paths["markdown"].read_text()
+    assert "(certified: randomized smoothing)" in page
+    assert page.count("| start | procedural-shapes_test_") == 6
+    rows = list(csv.reader(io.StringIO(paths["csv"].read_text())))
+    assert len(rows) == 6 and rows[0][:3] == ["certify", "start", "procedural-shapes_test_unseen"]
+    assert float(rows[0][6]) == records[0]["certified_acc"]

@@ -67,3 +67,33 @@ def certified_markdown(card: dict[str, Any]) -> list[str]:
         cells += [f"{r[k]:.2f}" for k in ("certified_acc", "empirical_acc", "abstain_rate")]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return lines
+
+
+_COLUMNS = ("label", "dataset_key", "sigma", "eps_str", "n", "certified_acc", "empirical_acc")
+
+
+def certified_table(records: list[dict[str, Any]]) -> str:
+    """The run's markdown table for certified records: one row per (model, view, radius)."""
+    first = records[0]
+    lines = [
+        f"### {first.get('protocol', 'certify')} (certified: randomized smoothing)",
+        "",
+        f"sigma {first['sigma']}, n0 {first['n0']}, n {first['n_draws']}, alpha {first['alpha']}; "
+        "certified = CERTIFY correct with radius >= r (abstain = wrong); empirical = smoothed "
+        "majority vote on PGD-L2 (EOT) examples at r; percent",
+        "",
+        "| model | view | sigma | L2 radius | n | certified | empirical PGD-L2 | abstain |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        cells = [r.get(k) for k in _COLUMNS[:5]]
+        cells += [f"{r[k]:.2f}" for k in ("certified_acc", "empirical_acc", "abstain_rate")]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def certified_csv_rows(records: list[dict[str, Any]]) -> list[list[Any]]:
+    """CSV rows (protocol first) of the certified records."""
+    return [
+        [r.get("protocol"), *(r.get(k) for k in _COLUMNS), r.get("abstain_rate")] for r in records
+    ]

@@ -113,7 +113,7 @@ class CertifyProtocol(Protocol):
         samples = self.score(zs, images, labels)
         records = self.summarize(samples, key, len(ds.classnames), time.time() - started)
         for rec in records:  # which classes the view scores (the card lists them)
-            rec["class_split"] = getattr(ds, "description", None)
+            rec.update(label=label, seed=self.seed, class_split=getattr(ds, "description", None))
         samples = {"indices": list(indices), **samples}
         result = {"protocol_hash": store, "records": records, "samples": samples}
         atomic_write_json(path, {"schema": R.SCHEMA, "label": label, "dataset_key": key, **result})

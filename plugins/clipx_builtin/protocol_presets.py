@@ -196,11 +196,27 @@ def transfer(**overrides: Any) -> Protocol:
     ).with_overrides(**overrides)
 
 
-def certify(**overrides: Any) -> Protocol:
+def certify(
+    sigma: float = 0.25,
+    n0: int = 100,
+    n_draws: int = 1000,
+    alpha: float = 0.001,
+    noise_batch: int = 100,
+    attack_steps: int = 10,
+    eot_draws: int = 8,
+    **overrides: Any,
+) -> Protocol:
     """Randomized smoothing on the transfer views; the radii are L2 budgets in [0, 1] pixels."""
     from clip_robust_ext.api import CertifyProtocol
 
     return CertifyProtocol(
+        sigma=sigma,
+        n0=n0,
+        n_draws=n_draws,
+        alpha=alpha,
+        noise_batch=noise_batch,
+        attack_steps=attack_steps,
+        eot_draws=eot_draws,
         eps=[0.0, 0.25, 0.5, 1.0],
         norm="L2",
         attacks=[],
