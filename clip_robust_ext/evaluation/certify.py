@@ -122,7 +122,9 @@ class CertifyProtocol(Protocol):
     def score(self, zs: nn.Module, images: torch.Tensor, labels: list[int]) -> dict[str, Any]:
         """Per sample: the certificate, and per radius whether the attacked input stays correct."""
         smoothed = SmoothedClassifier(zs, len(zs.classnames), self.sigma, self.noise_batch)
+        started = time.process_time()
         certs = smoothed.certify_all(images, self.n0, self.n_draws, self.alpha, self.seed)
+        certify_cpu = time.process_time() - started
         empirical = {}
         for radius in self.eps:
             x_adv = self.attack(zs, images, labels, radius)
@@ -131,6 +133,7 @@ class CertifyProtocol(Protocol):
             "labels": labels,
             "certificates": [c.to_dict() for c in certs],
             "empirical_correct": empirical,
+            "cost": {"certify_cpu_s": certify_cpu, "forward_cpu_s": _forward_cpu(zs, images)},
         }
 
     def majority_correct(self, smoothed, images, labels: list[int]) -> list[bool]:
@@ -168,6 +171,10 @@ class CertifyProtocol(Protocol):
             "norm": "L2",
             "abstain_rate": abstention_rate(certs),
             "clean_acc": certified_accuracy(certs, labels, 0.0),
+            # CPU time of CERTIFY over one plain forward pass of the same images
+            "cost_ratio": round(
+                samples["cost"]["certify_cpu_s"] / samples["cost"]["forward_cpu_s"], 1
+            ),
             "elapsed_s": round(elapsed, 3),
         }
         rows = []
@@ -188,6 +195,14 @@ class CertifyProtocol(Protocol):
 def radius_key(radius: float) -> str:
     """A radius as a JSON key."""
     return f"{radius:g}"
+
+
+@torch.no_grad()
+def _forward_cpu(zs: nn.Module, images: torch.Tensor) -> float:
+    """CPU seconds of one batched forward pass over `images` (the cost unit of the ratio)."""
+    started = time.process_time()
+    zs(images)
+    return max(time.process_time() - started, 1e-9)
 
 
 def _gen(x: torch.Tensor, seed: int) -> torch.Generator:
