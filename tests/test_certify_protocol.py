@@ -125,11 +125,14 @@ def test_card_check_fires_on_a_planted_violation(certified_run):
 
 
 def test_same_seed_reproduces_the_certificates(certified_run, tmp_path):
-    loaded, proto, run_dir, records, _ = certified_run
-    assert evaluate(loaded, proto, tmp_path, "start", resume=False) == [
-        {**r, "elapsed_s": rr["elapsed_s"]}
-        for r, rr in zip(records, evaluate(loaded, proto, tmp_path, "start"))
-    ]
+    loaded, proto, _, records, _ = certified_run
+    timing = ("elapsed_s", "cost_ratio")  # measured, not computed: they may differ
+
+    def numbers(recs):
+        return [{k: v for k, v in r.items() if k not in timing} for r in recs]
+
+    fresh = evaluate(loaded, proto, tmp_path, "start", resume=False)
+    assert numbers(fresh) == numbers(records)
 
 
 def test_run_tables_list_certified_rows_apart(certified_run, tmp_path):
