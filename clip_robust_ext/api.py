@@ -104,6 +104,8 @@ _LAZY = {
     "class_galleries": ".data.captions",
     "karpathy_gallery": ".data.captions",
     "procedural_galleries": ".data.captions",
+    "pre_caption": ".data.captions",
+    "cleaned_gallery": ".data.captions",
     # attacks
     "build_attack": ".attacks",
     "attack_mode": ".attacks",

@@ -21,6 +21,7 @@ from .errors import ClipxError, ClipxUsageError
 from .plugin_manager import hook_callers, load_errors, note_error, plugin_info, trace
 from .recipes import list_recipes, resolve
 from .registry import KINDS, entries, registry_errors
+from .utils.io import write_stdout
 from .utils.malloc import tune_malloc
 from .utils.terminal import fit_markdown, fit_rows
 
@@ -118,7 +119,7 @@ def load_plugin_commands(group: click.Group) -> None:
 
 
 def emit_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, default=str))
+    write_stdout(json.dumps(obj, indent=2, default=str) + "\n", "--json")
 
 
 @contextlib.contextmanager
@@ -257,7 +258,7 @@ def recipe_run(
 def _entry_rows(kind: str, with_params: bool = False) -> list[dict[str, Any]]:
 
     rows = []
-    for name, entry in entries(kind).items():
+    for name, entry in entries(kind).listing():
         row: dict[str, Any] = {"name": name}
         if entry.modality:
             row["modality"] = entry.modality
@@ -290,9 +291,29 @@ def _params_of(obj: Any) -> dict[str, Any]:
     return out
 
 
+strict_option = click.option(
+    "--strict",
+    is_flag=True,
+    help="Exit with code 1 when a plugin failed or two plugins register the same name.",
+)
+
+
+def fail_if_strict(strict: bool, kinds: tuple[str, ...] | None = None) -> None:
+    """Under --strict, plugin problems (failed hooks, name clashes) of `kinds` end with exit 1."""
+    problems = [
+        f"plugin '{e['plugin']}': {e['error']}"
+        for e in registry_errors
+        if kinds is None or e["kind"] in kinds
+    ]
+    problems += [f"plugin '{e.name}': {e.error}" for e in load_errors] if kinds is None else []
+    if strict and problems:
+        raise Failure(f"--strict: {len(problems)} plugin problem(s): {'; '.join(problems)}", 1)
+
+
 def _registry_command(kind: str, help_text: str, columns: list[str], params: bool = False):
     @json_option
-    def command(as_json: bool, **filters: Any) -> None:
+    @strict_option
+    def command(as_json: bool, strict: bool = False, **filters: Any) -> None:
         with stdout_to_stderr(as_json):
             rows = _entry_rows(kind, with_params=params)
         modality = filters.get("modality")
@@ -302,6 +323,7 @@ def _registry_command(kind: str, help_text: str, columns: list[str], params: boo
             emit_json(rows)
         else:
             print_table(rows, columns)
+        fail_if_strict(strict, (kind,))
 
     command.__doc__ = help_text
     return command
@@ -326,7 +348,8 @@ cli.command("attacks")(
 
 @cli.command("defenses")
 @json_option
-def defenses(as_json: bool) -> None:
+@strict_option
+def defenses(as_json: bool, strict: bool) -> None:
     """List defenses: training losses and test-time defenses (`clipx testtime`), with parameters."""
     with stdout_to_stderr(as_json):
         rows = [{**r, "kind": "training"} for r in _entry_rows("defenses", with_params=True)]
@@ -335,6 +358,7 @@ def defenses(as_json: bool) -> None:
         emit_json(rows)
     else:
         print_table(rows, ["name", "kind", "plugin", "description"])
+    fail_if_strict(strict, ("defenses", "testtime"))
 
 
 cli.command("testtime")(
@@ -381,16 +405,50 @@ def models_command(zoo: bool, as_json: bool) -> None:
     type=click.Path(file_okay=False),
     help="Folder to write: open_clip config + safetensors + model card (local-dir:/hf-hub: ready).",
 )
-def export_command(model_dir: str, hub_folder: str) -> None:
+@click.option(
+    "--merge-adapter",
+    is_flag=True,
+    help="A LoRA / first-blocks model: write full weights with the adapter folded in (default: "
+    "the adapter folder alone, which loads onto its base with --adapter).",
+)
+def export_command(model_dir: str, hub_folder: str, merge_adapter: bool) -> None:
     """Export a trained model (RUN_DIR/LABEL) as an open_clip hub folder with a model card."""
     from .export import export_hub_folder
 
-    click.echo(f"wrote {export_hub_folder(model_dir, hub_folder)}")
+    click.echo(f"wrote {export_hub_folder(model_dir, hub_folder, merge_adapter)}")
 
 
-cli.command("protocols")(
-    _registry_command("evaluators", "List evaluation protocols.", ["name", "plugin", "description"])
+_list_protocols = _registry_command(
+    "evaluators", "List evaluation protocols.", ["name", "plugin", "description"]
 )
+
+
+@cli.group("protocols", invoke_without_command=True, context_settings=CONTEXT)
+@json_option
+@click.pass_context
+def protocols_group(ctx: click.Context, as_json: bool) -> None:
+    """List evaluation protocols; `clipx protocols show NAME` prints one in full."""
+    if ctx.invoked_subcommand is None:
+        _list_protocols(as_json=as_json)
+
+
+@protocols_group.command("show")
+@click.argument("name")
+@json_option
+def protocols_show(name: str, as_json: bool) -> None:
+    """Print protocol NAME resolved: every field, each attack with its parameters and defaults."""
+    from .evaluation.presets import show_protocol
+    from .recipes import dump_toml
+
+    with stdout_to_stderr(as_json):
+        doc = show_protocol(name)
+    if as_json:
+        emit_json(doc)
+    else:
+        click.echo(f"# protocol {name} (plugin: {doc['plugin']})")
+        click.echo(dump_toml(doc), nl=False)
+
+
 cli.command("templates")(
     _registry_command("templates", "List prompt template sets.", ["name", "plugin", "description"])
 )
@@ -398,7 +456,8 @@ cli.command("templates")(
 
 @cli.command("plugins")
 @json_option
-def plugins_command(as_json: bool) -> None:
+@strict_option
+def plugins_command(as_json: bool, strict: bool) -> None:
     """List plugins (built-ins included): distribution, version, hooks and any load errors."""
 
     with stdout_to_stderr(as_json):
@@ -437,11 +496,37 @@ def plugins_command(as_json: bool) -> None:
                 "registry_errors": list(registry_errors),
             }
         )
-        return
-    print_table(rows, ["name", "distribution", "version", "hooks"])
-    for r in rows:
-        for error in r["errors"]:
-            click.echo(f"error in plugin '{r['name']}': {error}", err=True)
+    else:
+        print_table(rows, ["name", "distribution", "version", "hooks"])
+        for r in rows:
+            for error in r["errors"]:
+                click.echo(f"error in plugin '{r['name']}': {error}", err=True)
+    fail_if_strict(strict)
+
+
+@cli.group("plugin", context_settings=CONTEXT)
+def plugin_group() -> None:
+    """Write a new plugin (`clipx plugins` lists the installed ones)."""
+
+
+@plugin_group.command("new")
+@click.argument("name")
+@click.option(
+    "--dir",
+    "parent",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder to create the plugin's folder (clipx-NAME) in.",
+)
+def plugin_new(name: str, parent: str) -> None:
+    """Write a working plugin skeleton NAME: pyproject with the clipx entry point, one attack,
+    its tests. Then: cd clipx-NAME && pip install -e . && python -m pytest tests."""
+    from .scaffold import new_plugin
+
+    root = new_plugin(name, parent)
+    click.echo(f"wrote {root}")
+    click.echo(f"next: cd {root} && pip install -e . && python -m pytest tests", err=True)
 
 
 # ------------------------------------------------------------------------------------- eval
@@ -459,7 +544,12 @@ _PROTOCOL_OPTIONS = (
         "--dataset", "datasets", multiple=True, help="Dataset(s) instead of the protocol's."
     ),
     click.option(
-        "--n", "n_samples", type=click.IntRange(min=1), default=None, help="Samples per dataset."
+        "--n-samples",
+        "--n",
+        "n_samples",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Samples per dataset (under torchrun write --n-samples: torchrun reads --n as its own).",
     ),
     click.option("--templates", default=None, help="Template set (clipx templates)."),
     click.option("--seed", type=int, default=None, help="Sampling / attack seed."),
@@ -513,6 +603,12 @@ def protocol_options(command: Any) -> Any:
     metavar="KEY=VALUE",
     help="Another argument of the model source (value parsed as TOML).",
 )
+@click.option(
+    "--adapter",
+    default=None,
+    help="A LoRA / first-blocks adapter folder (path, local-dir:PATH or hf-hub:ORG/NAME) put on "
+    "the model; refused unless the model is the adapter's base.",
+)
 @protocol_options
 @click.option(
     "--testtime",
@@ -530,20 +626,47 @@ def protocol_options(command: Any) -> Any:
     help="Where results go (default: runs/eval-<label>); may hold earlier datasets.",
 )
 @click.option("--device", default="auto", help="auto, cpu, cuda, cuda:N.")
+@click.option(
+    "--shard",
+    default=None,
+    metavar="I/N",
+    help="Evaluate only shard I of N (0 <= I < N; array jobs), resumable; then clipx eval-merge.",
+)
 @download_option
 @json_option
 def eval_command(as_json: bool, download: bool, **options: Any) -> None:
-    """Evaluate a model or checkpoint under a protocol, without a recipe."""
+    """Evaluate a model or checkpoint under a protocol, without a recipe. Runs as one process or
+    under torchrun, srun or accelerate launch (docs/distributed.md)."""
     from .data.manage import allow_downloads
+    from .evaluation.distributed import finish, world
     from .run.evaluate import run_eval
 
     with stdout_to_stderr(as_json), allow_downloads(download):
         result = run_eval(**options)
+    if world()[0] == 0:
+        _print_result(result, as_json, "Shard in" if options["shard"] else "Results in")
+    finish()
+
+
+def _print_result(result: Any, as_json: bool, where: str) -> None:
     if as_json:
         emit_json(result.to_dict())
     else:
         click.echo(fit_markdown(result.table), nl=False)
-        click.echo(f"\nResults in {result.run_dir}", err=True)
+        click.echo(f"\n{where} {result.run_dir}", err=True)
+
+
+@cli.command("eval-merge")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@json_option
+def eval_merge_command(run_dir: str, as_json: bool) -> None:
+    """Merge the shards of `clipx eval --shard I/N` in RUN_DIR into its results; refuses missing,
+    unfinished or overlapping shards. The merged per-sample results equal one process's."""
+    from .run.evaluate import eval_merge
+
+    with stdout_to_stderr(as_json):
+        result = eval_merge(run_dir)
+    _print_result(result, as_json, "Merged into")
 
 
 @cli.command("leaderboard")
@@ -573,6 +696,11 @@ def leaderboard_command(
 from .datacli import data as _data  # noqa: E402 - `clipx data ...` (click only at import)
 
 cli.add_command(_data)
+
+from .comparecli import compare_command, samples_command  # noqa: E402 - click only at import
+
+cli.add_command(compare_command)
+cli.add_command(samples_command)
 
 
 # --------------------------------------------------------------------------------- analysis

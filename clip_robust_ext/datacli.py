@@ -3,6 +3,7 @@ present. Loading this module is cheap (click only); commands import torch when t
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import click
@@ -10,6 +11,7 @@ import click
 from .errors import ClipxError, ClipxUsageError, closest
 from .evaluation import protocol_from_dict
 from .registry import names
+from .utils.io import write_stdout
 from .utils.terminal import WIDTH
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -76,9 +78,7 @@ def data_list(targets: tuple[str, ...], root: str | None, split: str, as_json: b
     """Which suite datasets (of a protocol, e.g. tecoa-16) are present, and how to get the rest."""
     rows = [status(name, root, split) for name in suite_datasets(targets)]
     if as_json:
-        import json
-
-        click.echo(json.dumps(rows, indent=2))
+        write_stdout(json.dumps(rows, indent=2) + "\n", "--json")
         return
     for row in rows:
         what = (

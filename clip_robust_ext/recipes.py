@@ -39,8 +39,10 @@ from .params import unknown_key as _unknown_key
 from .params.values import (
     check_dataset_params,
     check_device,
+    check_device_params,
     check_iterations,
     check_label,
+    check_name_length,
     check_seed,
     check_template,
 )
@@ -48,6 +50,7 @@ from .registry import entries
 from .run.layout import START_LABEL
 
 STAGES = ("pretrain", "defend", "evaluate")
+UNDERFLOW = "is not zero but is 0.0 as a float; write 0, or a value >= 1.2e-38"
 SECTIONS = ("recipe", "model", "data", "pretrain", "defense", "baselines", "evaluate", "profiles")
 RECIPE_KEYS = ("name", "description", "seed", "seeds", "stages", "device", "profile")
 METHOD_KEYS = ("name", "label", "train", "params")  # + TrainConfig fields + factory parameters
@@ -139,12 +142,25 @@ def nesting_depth(obj: Any) -> int:
     return deepest
 
 
+class _Underflow(ValueError):
+    """A TOML number that is not zero as written but is 0.0 as a float (1e-400)."""
+
+
+def _toml_float(text: str) -> float:
+    value = float(text)
+    if value == 0 and any(c in "123456789" for c in text.lower().split("e")[0]):
+        raise _Underflow(text)
+    return value
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     """A TOML file; nesting deeper than MAX_NESTING is refused whatever the interpreter's
     recursion limit (a test suite or torch.compile may have raised it)."""
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            data = tomllib.load(fh, parse_float=_toml_float)
+    except _Underflow as exc:
+        raise ClipxUsageError(f"{path}: number {exc} {UNDERFLOW}") from None
     except RecursionError:
         data = None
     except tomllib.TOMLDecodeError as exc:
@@ -250,7 +266,9 @@ def parse_set(item: str) -> tuple[list[str], Any]:
             f"--set {item!r}: bad key {key!r}; write a dotted key like defense.lr"
         )
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
+        value = tomllib.loads(f"v = {raw}", parse_float=_toml_float)["v"]
+    except _Underflow as exc:
+        raise ClipxUsageError(f"--set {key.strip()}: number {exc} {UNDERFLOW}") from None
     except tomllib.TOMLDecodeError:
         value = raw
     except RecursionError:
@@ -370,10 +388,14 @@ def model_section(section: Any, reg: Registries) -> dict[str, Any]:
     source = _name(section.pop("source"), "model.source", "model", reg["models"])
     out: dict[str, Any] = {"source": source}
     checkpoint = section.pop("checkpoint", None)
+    adapter = section.pop("adapter", None)  # an adapter folder (models/adapters.py) on top
     factory = reg["models"][source].obj
-    out.update(_factory_kwargs(section, factory, "model", ("source", "checkpoint")))
+    out.update(_factory_kwargs(section, factory, "model", ("source", "checkpoint", "adapter")))
+    check_device_params(out, "model")  # a model's own device: --model-arg, model.device
     if checkpoint is not None:
         out["checkpoint"] = coerce(checkpoint, str, "model.checkpoint")
+    if adapter is not None:
+        out["adapter"] = coerce(adapter, str, "model.adapter")
     return out
 
 
@@ -404,6 +426,7 @@ def _dataset(
     check_subset_spec(out, key)
     out.update(_factory_kwargs(section, factory, key, ("dataset", *extra)))
     check_dataset_params(out, key)
+    check_device_params(out, key)
     return out
 
 
@@ -451,6 +474,7 @@ def _method(
     if "extras" in train:
         _table(train["extras"], f"{key}.extras")
     explicit = _factory_kwargs(explicit, factory, key, tuple(cfg_fields) + METHOD_KEYS)
+    check_device_params(explicit, key)
     method = {"name": name, "label": label, "train": train, "params": explicit}
     _check_method(method, key)
     return method
@@ -540,6 +564,7 @@ def _eval_attacks(value: Any, reg: _Registries) -> list[Any]:
             elif k in accepted:
                 coerce(v, accepted[k], f"{key}.{k}")  # checked, kept as written
         check_iterations(given, key)
+        check_device_params(given, key)
         spec["params"] = given
         out.append(spec)
     return out
@@ -560,6 +585,7 @@ def validate(doc: dict[str, Any], reg: _Registries | None = None) -> dict[str, A
         raise ClipxUsageError(
             f"recipe.name: {name!r} must be a simple name (letters, digits, - _ .)"
         )
+    check_name_length(name, "recipe.name")  # the default run dir is runs/<name>
     seed = check_seed(coerce(head.get("seed", 0), int, "recipe.seed"), "recipe.seed")
     device = check_device(coerce(head.get("device", "auto"), str, "recipe.device"), "recipe.device")
     out: dict[str, Any] = {

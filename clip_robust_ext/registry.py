@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ClipxUsageError, closest, unknown_name
-from .params import checked, is_checked
+from .params import checked, is_checked, plugin_usage_errors
 from .plugin_manager import (
     distribution_of,
     hook_callers,
@@ -135,12 +135,16 @@ class Registry(Mapping[str, Entry]):
             self.plain[entry.name] = entry
         elif held.plugin == entry.plugin:
             note_error(self.kind, entry.plugin, f"{what} '{entry.name}' registered twice; skipped")
-        elif is_builtin(held.plugin):
+        elif is_builtin(held.plugin) or is_builtin(entry.plugin):
+            # the built-in keeps the name whichever registered first (a plugin registered at
+            # runtime before the entry points loaded comes first); the other is plugin:name
+            builtin, other = (held, entry) if is_builtin(held.plugin) else (entry, held)
+            self.plain[entry.name] = builtin
             note_error(
                 self.kind,
-                entry.plugin,
-                f"{what} '{entry.name}' already registered by '{held.plugin}' (built in); "
-                f"this one is '{entry.qualified}'",
+                other.plugin,
+                f"{what} '{entry.name}' already registered by '{builtin.plugin}' (built in); "
+                f"this one is '{other.qualified}'",
             )
         else:  # two third-party plugins: neither may take the name silently
             del self.plain[entry.name]
@@ -181,6 +185,15 @@ class Registry(Mapping[str, Entry]):
             raise unknown_name(what, name, list(self.qualified))
         raise unknown_name(what, name, list(self))
 
+    def shadowed(self) -> list[Entry]:
+        """Entries whose plain name a built-in holds: reachable only as `plugin:name`."""
+        return [e for e in self.qualified.values() if self.plain.get(e.name) not in (None, e)]
+
+    def listing(self) -> list[tuple[str, Entry]]:
+        """(name to write, entry) for every entry: plain names, then qualified forms where a
+        name clashes (ambiguous or shadowed by a built-in)."""
+        return list(self.items()) + [(e.qualified, e) for e in self.shadowed()]
+
     def __getitem__(self, name: str) -> Entry:
         return self.resolve(name)
 
@@ -202,10 +215,19 @@ class Registry(Mapping[str, Entry]):
 _cache: dict[str, tuple[int, Registry]] = {}
 
 
+def check_kind(kind: Any) -> None:
+    """An unknown kind is a usage error listing the kinds (a ValueError too, for old callers)."""
+    if kind not in KINDS:
+        raise UnknownKindError(str(unknown_name("registry kind", str(kind), list(KINDS))))
+
+
+class UnknownKindError(ClipxUsageError, ValueError):
+    """`entries` / `get` with a kind that is not one of KINDS."""
+
+
 def entries(kind: str) -> Registry:
     """All entries of one kind, name -> Entry, in plugin registration order (built-ins first)."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown registry kind {kind!r}")
+    check_kind(kind)
     hook_list = hook_callers(KINDS[kind])  # loads the plugins first
     cached = _cache.get(kind)
     if cached is not None and cached[0] == pm.generation:
@@ -237,7 +259,7 @@ def entries(kind: str) -> Registry:
             entry = Entry(
                 kind,
                 name,
-                _as_checked(kind, name, obj),
+                _as_checked(kind, name, obj, plugin),  # noqa: B023
                 plugin,  # noqa: B023 - used while this plugin's hook runs
                 description,
                 modality,
@@ -261,21 +283,26 @@ def entries(kind: str) -> Registry:
     return registry
 
 
-def _as_checked(kind: str, name: str, obj: Any) -> Any:
+def _as_checked(kind: str, name: str, obj: Any, plugin: str = "") -> Any:
     """Every registered factory goes through `params.checked`: unknown keyword arguments are
-    usage errors naming the closest parameter, whoever calls it (recipes, CLI, Python)."""
-    if kind not in FACTORY_KINDS or not callable(obj) or is_checked(obj):
+    usage errors naming the closest parameter, whoever calls it (recipes, CLI, Python). A
+    third-party factory's own ValueError / TypeError (a bad value) becomes a usage error too."""
+    if kind not in FACTORY_KINDS or not callable(obj):
         return obj
-    try:
-        return checked(obj, f"{SINGULAR[kind]} '{name}'")
-    except (TypeError, ValueError):  # no signature to check against (some builtins)
-        return obj
+    what = f"{SINGULAR[kind]} '{name}'"
+    if not is_checked(obj):
+        try:
+            obj = checked(obj, what)
+        except (TypeError, ValueError):  # no signature to check against (some builtins)
+            pass
+    if plugin and not is_builtin(plugin):
+        obj = plugin_usage_errors(obj, f"{what} (plugin '{plugin}')")
+    return obj
 
 
 def get(kind: str, name: str) -> Entry:
     """One entry by `name` or `plugin:name`; unknown or ambiguous names raise ClipxUsageError."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown registry kind {kind!r}")
+    check_kind(kind)
     return entries(kind).resolve(name)
 
 

@@ -65,3 +65,41 @@ def cifar10_batch(n: int, seed: int = 0):
     idx = sample_indices(len(ds), n, seed)
     xs, ys = zip(*(ds[i] for i in idx))
     return torch.stack(xs), torch.tensor(ys)
+
+
+def robust_flags(run_dir: Path, label: str, protocol: str, view: str, attack: str):
+    """Per-image outcomes (clean and correct under `attack`, the records' per-attack accuracy)
+    of one model in a run dir, with the image indices: the unit a paired test compares."""
+    import json
+
+    import numpy as np
+
+    from clip_robust_ext.evaluation.records import result_path
+
+    data = json.loads(result_path(run_dir, label, protocol, view).read_text())
+    samples = data["samples"]
+    key = next(k for k in samples["attacks"] if k == attack or k.startswith(f"{attack}@"))
+    clean = np.array([c == "1" for c in samples["clean"]])
+    return samples["indices"], clean & np.array([c == "1" for c in samples["attacks"][key]])
+
+
+def paired_effect(a, b) -> dict:
+    """A - B on the same images, in points: the difference, its 95% normal interval over the
+    per-image differences, and the exact McNemar p (scipy's two-sided binomial test on the
+    images only one of them gets right)."""
+    import numpy as np
+    from scipy.stats import binomtest
+
+    d = a.astype(float) - b.astype(float)
+    half = 1.96 * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("inf")
+    gained, lost = int((a & ~b).sum()), int((~a & b).sum())
+    p = binomtest(gained, gained + lost, 0.5).pvalue if gained + lost else 1.0
+    diff = 100 * d.mean()
+    return {
+        "diff": diff,
+        "lo": diff - 100 * half,
+        "hi": diff + 100 * half,
+        "p": p,
+        "gained": gained,
+        "lost": lost,
+    }

@@ -49,8 +49,8 @@ def test_blend_is_the_weighted_mean_and_exact_at_the_ends():
             assert torch.allclose(mid[key], 0.7 * ta + 0.3 * b[key], atol=1e-6), key
     mask = torch.tensor([float("-inf"), 0.0])  # equal buffers are kept, not lerped into NaN
     assert torch.equal(blend_state({"m": mask}, {"m": mask.clone()}, 0.5)["m"], mask)
-    with pytest.raises(ClipxUsageError, match="int64 values differ"):
-        blend_state({"i": torch.tensor([1])}, {"i": torch.tensor([2])}, 0.5)
+    counters = {"i": torch.tensor([1])}, {"i": torch.tensor([2])}  # no mean: the nearer end's
+    assert [int(blend_state(*counters, t)["i"]) for t in (0.0, 0.49, 0.5, 1.0)] == [1, 1, 2, 2]
 
 
 def test_architecture_check_names_the_differences():

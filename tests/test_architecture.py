@@ -51,8 +51,10 @@ FLOORS = {
     "run.evaluate": 9,
     "analysis": 10,
     "export": 10,
+    "scaffold": 10,  # `clipx plugin new`: writes a plugin skeleton from its template
     "cli": 11,
     "datacli": 11,
+    "comparecli": 11,  # `clipx compare` / `clipx samples` (the compare helper's CLI module)
     "__main__": 11,
 }
 

@@ -147,6 +147,7 @@ def d(tmp_path_factory) -> Path:
         TOY_RUN.format(data='dataset = "bad-uint8"', evaluate=shapes)
     )
     _round2_files(root)
+    _round3_files(root)
     return root
 
 
@@ -194,6 +195,16 @@ def _round2_files(root: Path) -> None:
     (root / "stale" / "tecoa").mkdir(parents=True)
     (root / "stale" / "tecoa" / "done.json").write_text('{"key": {"params"')  # truncated
     (root / "stale" / "tecoa" / "final.pt").write_bytes(b"")
+
+
+def _round3_files(root: Path) -> None:
+    """Files for the issue-34 cases: absurd lock files."""
+    for name, text in (
+        ("pid-1e30", json.dumps({"pid": 1e30, "host": os.uname().nodename, "started": 1.0})),
+        ("pid-inf", '{"pid": Infinity, "host": 3, "started": "noon"}'),
+    ):
+        (root / "locks" / name).mkdir(parents=True)
+        (root / "locks" / name / "run.lock").write_text(text)
 
 
 # --------------------------------------------------------------------------------- the table
@@ -279,7 +290,7 @@ CASES = [
          ("data.templates: unknown template set 'tecao' (did you mean 'tecoa'?)",)),
     # -- click's own usage errors, one line too
     Case("bad-option-value", [*EVAL, "--protocol", "clean", "--n", "0"],
-         ("Invalid value for '--n': 0 is not in the range x>=1", "(see 'clipx eval --help')")),
+         ("Invalid value for '--n-samples' / '--n': 0 is not in the range x>=1", "(see 'clipx eval --help')")),
     Case("unknown-command", ["evaluate"], ("No such command 'evaluate'", "(see 'clipx --help')")),
     # -- data on disk
     Case("dataset-dir-missing", [*EVAL, *_ds('{{dataset="image-folder", root="{d}/no-such-dir"}}')],
@@ -491,6 +502,47 @@ ROUND2 = [
          ("attack_params.sga.scale: unknown key",)),
 ]  # fmt: skip
 CASES += ROUND2
+
+# -- issue 34 (reliability round 3)
+_LONG = "a" * 300
+ROUND3 = [
+    # -- a model's own device is a device name too
+    Case("device-model-arg-tpu", [*EV, "--model-arg", 'device="tpu"'],
+         ("model.device: unknown device 'tpu'", "use auto, cpu, cuda, cuda:N or mps")),
+    Case("device-model-arg-cuda-abc", [*EV, "--model-arg", 'device="cuda:abc"'],
+         ("model.device: unknown device 'cuda:abc'",)),
+    Case("device-recipe-model-tpu", _rs("model.device='tpu'"), ("model.device: unknown device 'tpu'",)),
+    Case("device-recipe-model-number", _rs("model.device=3"), ("model.device: expected a string, got 3",)),
+    Case("device-recipe-model-cuda-99", _rs("model.device='cuda:99'"),
+         ("model.device: device 'cuda:99' requested but",)),
+    # -- budgets that an fp32 attack would not use as written
+    Case("eps-underflow-cli", [*PGD, "--eps", "1e-400"],
+         ("evaluate.eps.0: '1e-400' is too small to represent", "would use 0.0")),
+    Case("eps-underflow-set", _rs("defense.eps=1e-400"),
+         ("--set defense.eps: number 1e-400 is not zero but is 0.0 as a float",)),
+    Case("eps-underflow-set-string", _rs("defense.eps='1e-400'"), ("defense.eps: '1e-400' is too small",)),
+    Case("eps-fp32-subnormal", _rs("evaluate.eps=['1e-40']"), ("evaluate.eps.0: '1e-40' is too small",)),
+    Case("eps-expression-underflow", _rs("evaluate.alpha='eps*1e-400'"),
+         ("evaluate.alpha: cannot evaluate 'eps*1e-400': 1e-400 is not representable as a float",)),
+    Case("eps-expression-overflow", _rs("evaluate.alpha='eps/1e400'"),
+         ("evaluate.alpha: cannot evaluate 'eps/1e400': 1e400 is not representable", "would be inf")),
+    Case("eps-underflow-attack-alpha", [*PGD, "--set", "attacks=[{{name='pgd', alpha='1e-400'}}]"],
+         ("evaluate.attacks.0.alpha: '1e-400' is too small",)),
+    # -- names and paths past the file system's limits, refused before any work
+    Case("label-300-chars", _rs(f"defense.label='{_LONG}'"), ("defense.label: 'aaaa", "is 300 bytes long")),
+    Case("label-300-chars-baseline", ["recipe", "show", "mmcoa", "--set", f"baselines.0.label='{_LONG}'"],
+         ("baselines.0.label: 'aaaa", "is 300 bytes long")),
+    Case("label-300-chars-cli", [*EV, "--label", _LONG], ("--label: 'aaaa", "at most 200 bytes")),
+    Case("recipe-name-300-chars", _rs(f"recipe.name='{_LONG}'"), ("recipe.name: 'aaaa", "is 300 bytes long")),
+    Case("run-dir-path-too-long", [*EV, "--run-dir", "{d}/" + "x/" * 1600],
+         ("run dir: the path is", "the system limit is 4096")),
+    # -- lock files with absurd values: a stale lock, never an exception
+    Case("state-lock-pid-1e30", ["recipe", "run", "{d}/train-data-missing.toml", "--run-dir", "{d}/locks/pid-1e30"],
+         ("an earlier run (pid -1, started", "pass --resume to continue it")),
+    Case("state-lock-pid-infinity", ["recipe", "run", "{d}/train-data-missing.toml", "--run-dir", "{d}/locks/pid-inf"],
+         ("an earlier run (pid -1, started an unknown time) did not finish",)),
+]  # fmt: skip
+CASES += ROUND3
 
 
 def _fill(text: str, d: Path, case: Case) -> str:

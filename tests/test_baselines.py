@@ -232,14 +232,6 @@ def test_ft_standard_contrastive_loss_and_class_aware_targets():
     torch.testing.assert_close(aware, manual)
 
 
-def test_apgd_checkpoints_follow_the_paper_schedule():
-    from clipx_baselines.fare_attack import apgd_checkpoints
-
-    # p: 0, .22, .41, .57, .70, .80, .87, .93, .99 (written from Croce & Hein 2020, section 3)
-    assert apgd_checkpoints(100) == [0, 22, 41, 57, 70, 80, 87, 93, 99]
-    assert apgd_checkpoints(10) == [0, 3, 5, 6, 7, 8, 9, 10]
-
-
 def test_apgd_reaches_the_constrained_maximum_of_a_concave_loss():
     """max -||x - t||^2 over the eps ball and [0, 1]: the answer is t clipped to both."""
     from clipx_baselines.fare_attack import apgd_maximise

@@ -90,34 +90,85 @@ def test_use_linear_switch():
         PaperConfig.from_dict({"select_epoch": "best"})
 
 
-def test_best_robust_on_test_selection_restores_the_best_epoch():
+def test_best_robust_on_test_restores_the_epoch_a_fixed_episode_oracle_picks(monkeypatch):
+    """The reference (train.py:221-223, 294, 617-652; samplers.py:30-57) scores every epoch on ONE
+    fixed set of n_val episodes by adversarial accuracy alone and keeps the first strictly best
+    epoch. The attack is replaced by a deterministic one (each query gets the previous query's
+    image), so the oracle below can score each epoch's weights with plain forward passes."""
+    import copy
+
+    from clipx_laat import paper
+
     g = torch.Generator().manual_seed(0)
     seen_anchor = F.normalize(torch.randn(2, 16, generator=g), dim=-1)
     novel_anchor = F.normalize(torch.randn(3, 16, generator=g), dim=-1)
     anchors = AnchorSet(seen_anchor, novel_anchor, None)
-    x = torch.rand(24, 3, 16, 16, generator=g)
-    data = SplitData(
-        seen=["a", "b"],
-        novel=["c", "d", "e"],
-        train_x=x[:16],
-        train_y=torch.arange(16) % 2,
-        seen_x=x[:0],
-        seen_y=torch.zeros(0, dtype=torch.long),
-        novel_x=x[:12],
-        novel_y=torch.arange(12) % 3,
-    )
+    colours = torch.rand(5, 3, 1, 1, generator=g)  # class c's images: colour c + noise
+    labels = torch.cat([torch.arange(16) % 2, 2 + torch.arange(24) % 3])
+    x = (colours[labels] + 0.3 * torch.rand(40, 3, 16, 16, generator=g)).clamp(0, 1)
+    data = SplitData(seen=["a", "b"], novel=["c", "d", "e"], train_x=x[:16],
+                     train_y=torch.arange(16) % 2, seen_x=x[:0], seen_y=torch.zeros(0, dtype=torch.long),
+                     novel_x=x[16:], novel_y=torch.arange(24) % 3)  # fmt: skip
     cfg = PaperConfig(
-        backbone="conv4", width=8, epochs=3, batch_size=8, train_steps=1, test_steps=1,
-        augment=False, select_epoch="best-robust-on-test", select_episodes=2, n_way=3, n_query=2,
+        backbone="conv4", width=8, epochs=6, batch_size=4, train_steps=1, test_steps=1, lr=0.2,
+        augment=False, select_epoch="best-robust-on-test", select_episodes=3, n_way=2, n_query=4,
         use_linear=True,
     )  # fmt: skip
-    records = []
-    model = train_backbone(anchors, data, cfg, records.append)
-    scores = [r["select_robust_acc"] for r in records if "select_robust_acc" in r]
-    assert len(scores) == 3
-    summary = model.selection
-    assert summary["selected_epoch"] == scores.index(max(scores))
-    assert summary["per_epoch_robust_acc"] == scores
+    monkeypatch.setattr(paper, "attack_batch", lambda name, model, xb, yb, eps, **kw: xb.roll(1, 0))
+    nets, calls, snapshots = [], [], []
+
+    class Kept(AnchorNet):  # the trained network, to snapshot its weights after every epoch
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            nets.append(self)
+
+    monkeypatch.setattr(paper, "AnchorNet", Kept)
+    evaluate = paper.evaluate_head
+
+    def recording(model, head, xs, ys, c, **kw):
+        calls.append((head.clone(), xs.clone(), ys.clone()))
+        return evaluate(model, head, xs, ys, c, **kw)
+
+    monkeypatch.setattr(paper, "evaluate_head", recording)
+
+    def log(record):
+        if "select_robust_acc" in record:
+            snapshots.append(copy.deepcopy(nets[0].state_dict()))
+
+    model = train_backbone(anchors, data, cfg, log)
+    per_epoch = [calls[i : i + 3] for i in range(0, len(calls), 3)]
+    assert len(per_epoch) == cfg.epochs
+    for epoch_calls in per_epoch[1:]:  # the same episodes every epoch
+        for (h0, x0, y0), (h, xs, ys) in zip(per_epoch[0], epoch_calls, strict=True):
+            assert torch.equal(h, h0) and torch.equal(xs, x0) and torch.equal(ys, y0)
+
+    def oracle_scores(adversarial_only: bool) -> list[float]:
+        out = []
+        for state in snapshots:
+            net = copy.deepcopy(nets[0])
+            net.load_state_dict(state)
+            net.eval()
+            accs = []
+            for head, xs, ys in per_epoch[0]:
+                net.set_anchors(head)
+                with torch.no_grad():
+                    adv_ok = net(xs.roll(1, 0)).argmax(1) == ys
+                    clean_ok = net(xs).argmax(1) == ys
+                ok = adv_ok if adversarial_only else adv_ok & clean_ok
+                accs.append(ok.float().mean().item())
+            out.append(sum(accs) / len(accs))
+        return out
+
+    scores = oracle_scores(adversarial_only=True)
+    pick = max(range(len(scores)), key=lambda e: (scores[e], -e))  # first strictly best
+    assert model.selection["selected_epoch"] == pick
+    assert model.selection["per_epoch_robust_acc"] == pytest.approx(scores)
+    assert len({round(s, 6) for s in scores}) > 1  # the epochs differ: the pick means something
+    assert scores != pytest.approx(oracle_scores(adversarial_only=False))  # not clean-and-adv
+    restored = model.state_dict()
+    for name, value in snapshots[pick].items():
+        if name != "anchors":
+            torch.testing.assert_close(restored[name], value, rtol=0, atol=0)
     torch.testing.assert_close(model.anchors, seen_anchor)  # back on the training head
 
 

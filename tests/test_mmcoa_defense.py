@@ -205,3 +205,29 @@ def test_leak_option_adds_every_attack_steps_gradients_to_the_step(data):
         )
     assert leaked["token_embedding.weight"].abs().sum() > 0  # both towers leak
     assert leaked["visual.conv1.weight"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("amp", ["fp16", "bf16"])
+def test_leak_is_refused_under_fp16_where_the_scaler_would_shrink_it(tmp_path, amp):
+    """Under fp16 the Trainer's GradScaler scales the loss, not the attack's backward(), and then
+    divides every gradient by its scale: the leaked attack gradients would reach the step ~65536x
+    smaller than in the reference's fp32. bf16 has no scaler, so the leak arrives unscaled."""
+    from clip_robust_ext.training import TrainConfig, train
+
+    loaded = tiny_clip(seed=2)
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    ds = ProceduralShapes("train", n=8, seed=0)
+    config = TrainConfig(max_steps=1, batch_size=8, lr=1e-4, amp=amp)
+    run = lambda: train(  # noqa: E731
+        loaded, _mmcoa(leak_attack_gradients=True), ds, config, tmp_path, progress=False
+    )
+    if amp == "fp16":
+        with pytest.raises(ClipxUsageError, match="leak_attack_gradients needs amp"):
+            run()
+        after = loaded.model.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)  # refused before any step
+    else:
+        run()
+        assert not torch.equal(
+            before["visual.conv1.weight"], loaded.model.state_dict()["visual.conv1.weight"]
+        )

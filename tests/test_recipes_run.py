@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,7 @@ from test_recipes import ToyPlugin
 
 from clip_robust_ext import ClipxUsageError
 from clip_robust_ext.cli import cli
+from clip_robust_ext.evaluation.outcomes import read_samples
 from clip_robust_ext.run.layout import LOCK_NAME
 from clip_robust_ext.run.lock import RunLock
 
@@ -166,6 +168,11 @@ def test_seeds_run_once_per_seed_and_report_mean_and_spread(tmp_path, register_p
     records = json.loads((run_dir / "results.json").read_text())
     assert sorted({r["run_seed"] for r in records}) == [4, 5]
     assert len(records) == 2 * 2 * 2  # seeds x models x views
+    for rec in records:  # the top-level records name the plugin behind every component
+        parts = rec["components"]
+        assert {"model", "protocol", "dataset"} <= set(parts)
+        if rec["label"] == "toy-ce":
+            assert parts["defense"]["plugin"] == "toy-seeds"
     trained = {r["run_seed"]: r["model"]["fingerprint"] for r in records if r["label"] == "toy-ce"}
     assert trained[4] != trained[5]  # different training seeds, different weights
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -175,6 +182,14 @@ def test_seeds_run_once_per_seed_and_report_mean_and_spread(tmp_path, register_p
     for row in summary:  # (the toy's start model is a random init: it moves with the seed too)
         assert row["n_seeds"] == 2 and len(row["clean"]["values"]) == 2
         assert row["seeds"] == [4, 5]
-    assert "± " in result.stdout
+        assert row["components"]["protocol"]["plugin"] == "builtin"
     assert any(line.split()[:2] == ["toy-ce", "2"] for line in result.stdout.splitlines())
+    cells = (run_dir / "results.md").read_text()
+    assert re.search(r"\| toy-ce \| 2 \| \d+\.\d \[\d+\.\d, \d+\.\d\] \|", cells)
+    for row in summary:  # 95% intervals from the seeds' per-sample outcomes (samples.npz)
+        assert row["clean"]["ci_method"] in ("clopper-pearson", "bootstrap")
+    blocks = read_samples(run_dir / "samples.npz")
+    assert sorted({(b.label, b.seed) for b in blocks}) == [
+        (m, s) for m in ("clip", "toy-ce") for s in (4, 5)
+    ]
     assert "| model | seeds | clean |" in (run_dir / "results.md").read_text()

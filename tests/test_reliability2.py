@@ -181,7 +181,7 @@ def test_pretrain_cache_marker_must_record_its_key(tmp_path, capsys):
 
     folder = tmp_path / "procedural-small-k"
     folder.mkdir()
-    (folder / "model.pt").write_bytes(b"weights")
+    torch.save({"w": torch.zeros(2)}, folder / "model.pt")
     assert not _finished(folder, "k")  # no meta.json: not finished
     (folder / "meta.json").write_text('{"name": "procedural-small", "ke')  # truncated by a crash
     assert not _finished(folder, "k") and "rebuilding" in capsys.readouterr().err

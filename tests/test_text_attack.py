@@ -12,11 +12,10 @@ from clip_robust_ext.attacks import build_attack, verify_adversarial
 from clip_robust_ext.attacks.text import (
     CLIPTextAttacker,
     TextAttackConfig,
-    TextAttackRecord,
     attack_class_prompts,
     stopwords,
 )
-from clip_robust_ext.errors import ClipxError, ClipxUsageError
+from clip_robust_ext.errors import ClipxUsageError
 from clip_robust_ext.models import ZeroShotClassifier
 
 CLASSES = ["cat", "dog", "airplane", "circle"]
@@ -414,33 +413,6 @@ def test_bert_substitute_offset_option_takes_the_previous_tokens_predictions():
     assert aligned and shifted and set(aligned) != set(shifted)
     assert set(aligned) <= top(pos) and set(shifted) <= top(pos - 1)
     assert not set(shifted) & (top(pos) - top(pos - 1))
-
-
-def test_reference_stopwords_are_case_sensitive_and_never_substitutes(zs):
-    from clip_robust_ext.attacks.text.env import stopword_set
-
-    ref, ours = stopword_set("reference"), stopword_set("clipx")
-    assert "this" in ref and "This" not in ref and "." in ref  # the reference attacks "This"
-    assert "This" in ours and "this" in ours
-    mlm, tok = _tiny_bert(boost=("the", "of", "kite"))
-    text, index = "This is a photo of a cat", 3
-    clipx = _substitutes(mlm, tok, text, index, max_candidates=10)
-    reference = _substitutes(mlm, tok, text, index, max_candidates=10, stopwords="reference")
-    assert {"the", "of", "kite"} <= set(clipx)  # stop words may be substitutes by default
-    assert "kite" in reference and not set(reference) & ref
-    assert set(reference) == set(clipx) - ref
-    # the threat-model check follows the list: changing "This" is allowed only by the reference's
-    record = TextAttackRecord(
-        text,
-        "That is a photo of a cat",
-        "perturbed",
-        changed=[{"index": 0, "old": "This", "new": "That"}],
-    )
-    CLIPTextAttacker(zs, TextAttackConfig(transformation="charswap", stopwords="reference")).check(
-        record
-    )
-    with pytest.raises(ClipxError, match="stop word"):
-        CLIPTextAttacker(zs, TextAttackConfig(transformation="charswap")).check(record)
 
 
 @pytest.mark.parametrize("target", ["clean-prompts", "perturbed-prompts"])

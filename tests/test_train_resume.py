@@ -39,11 +39,13 @@ def _losses(run_dir: Path) -> dict[int, float]:
 
 
 @pytest.mark.slow
-def test_kill9_resume_is_bitwise_exact(tmp_path):
-    # TeCoA's PGD random starts consume the torch RNG; AdamW state; both towers trained
+@pytest.mark.parametrize("scope", ["full", "lora"])
+def test_kill9_resume_is_bitwise_exact(tmp_path, scope):
+    # TeCoA's PGD random starts consume the torch RNG; AdamW state; both towers trained (with
+    # scope lora: peft adapters on both towers, frozen base weights, merged into final.pt)
     defense = "tecoa"
     ref = tmp_path / "uninterrupted"
-    done = _run(ref, "--defense", defense)
+    done = _run(ref, "--defense", defense, "--scope", scope)
     assert done.returncode == 0, done.stderr[-2000:]
 
     run = tmp_path / "killed"
@@ -57,6 +59,8 @@ def test_kill9_resume_is_bitwise_exact(tmp_path):
         str(STEPS),
         "--sleep",
         "0.3",
+        "--scope",
+        scope,
     ]
     proc = subprocess.Popen(
         cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -83,10 +87,15 @@ def test_kill9_resume_is_bitwise_exact(tmp_path):
         and raw["fingerprint"]["defense"]["name"] == defense
     )
 
-    resumed = _run(run, "--defense", defense)
+    if scope == "lora":  # the checkpoint holds the adapters beside the untouched base weights
+        assert any(".lora_B." in k for k in raw["model"])
+    resumed = _run(run, "--defense", defense, "--scope", scope)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a, b = read_state_dict(ref / "final.pt"), read_state_dict(run / "final.pt")
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), f"{key} differs after resume"
     assert _losses(ref) == _losses(run)
+    if scope == "lora":
+        adapters = [p / "adapter" / "adapter_model.safetensors" for p in (ref, run)]
+        assert adapters[0].read_bytes() == adapters[1].read_bytes()

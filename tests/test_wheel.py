@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_SUFFIXES = (".toml", ".json", ".txt")
+DATA_SUFFIXES = (".tmpl", ".toml", ".json", ".txt")
 
 
 def _source_tree(dest: Path) -> Path:

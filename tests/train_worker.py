@@ -25,6 +25,7 @@ def main() -> None:
     p.add_argument("--checkpoint-every", type=int, default=2)
     p.add_argument("--amp", default="off")
     p.add_argument("--sleep", type=float, default=0.0)
+    p.add_argument("--scope", default="full", help="TrainConfig.scope (full, lora, first-blocks)")
     args = p.parse_args()
     torch.set_num_threads(1)
 
@@ -54,6 +55,8 @@ def main() -> None:
         amp=args.amp,
         seed=5,
         trainable="both",
+        scope=args.scope,
+        lora_rank=4,
     )
 
     def pause(loaded, step):

@@ -61,15 +61,17 @@ def check_same_architecture(
 def blend_state(
     a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], alpha: float
 ) -> dict[str, torch.Tensor]:
-    """(1 - alpha) a + alpha b per floating tensor (torch.lerp: exactly a at 0, exactly b at 1);
-    tensors equal on both sides (buffers such as the -inf attention mask) are taken as they are."""
+    """(1 - alpha) a + alpha b per floating tensor (torch.lerp: exactly a at 0, exactly b at 1),
+    BatchNorm running statistics included (WiSE-FT); tensors equal on both sides (buffers such as
+    the -inf attention mask) are taken as they are. Integer and boolean buffers (BatchNorm's
+    num_batches_tracked) have no weighted mean: they come from the nearer end (A below 0.5)."""
     out = {}
     for key, ta in a.items():
         tb = b[key]
         if torch.equal(ta, tb):
             out[key] = ta.clone()
         elif not ta.is_floating_point():
-            raise ClipxUsageError(f"cannot interpolate '{key}': {ta.dtype} values differ")
+            out[key] = (ta if alpha < 0.5 else tb).clone()
         else:
             out[key] = torch.lerp(ta, tb.to(ta.dtype), alpha)
     return out
@@ -103,7 +105,8 @@ def run_interpolation(
     ends = {"a": (a, loaded_a), "b": (b, loaded_b)}
     doc: dict[str, Any] = {
         "kind": "interpolation",
-        "formula": "theta(alpha) = (1 - alpha) * theta_A + alpha * theta_B (every weight)",
+        "formula": "theta(alpha) = (1 - alpha) * theta_A + alpha * theta_B (every floating "
+        "weight and running statistic; integer buffers from A for alpha < 0.5, else from B)",
         **{
             side: {
                 "label": m.label,

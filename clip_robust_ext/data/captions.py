@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,24 @@ CLASS_CAPTIONS = (
 )
 
 
+# Co-Attack's and SGA's caption cleaning (their dataset `pre_caption`): these characters are
+# deleted, '-' and '/' become spaces, runs of two or more whitespace characters become one space
+_DELETED = str.maketrans("", "", ",.'!?\"()*#:;~")
+_SPACED = str.maketrans({"-": " ", "/": " "})
+_WHITESPACE_RUN = re.compile(r"\s{2,}")
+REFERENCE_MAX_WORDS = 30
+
+
+def pre_caption(caption: str, max_words: int = REFERENCE_MAX_WORDS) -> str:
+    """A caption as Co-Attack's and SGA's loaders feed it to every model and attack: lower-cased,
+    punctuation deleted, '-' and '/' spaced, '<person>' -> 'person', whitespace runs collapsed,
+    trailing newlines and surrounding spaces stripped, cut to `max_words` space-separated words.
+    With their case-sensitive stop words this decides what is attackable ("A" -> "a")."""
+    text = caption.lower().translate(_DELETED).translate(_SPACED).replace("<person>", "person")
+    text = _WHITESPACE_RUN.sub(" ", text).rstrip("\n").strip(" ")
+    return " ".join(text.split(" ")[:max_words])
+
+
 @dataclass
 class CaptionGallery:
     images: torch.Tensor  # (M, 3, H, W) in [0, 1]
@@ -56,6 +75,14 @@ class CaptionGallery:
     def text_owner(self) -> torch.Tensor:
         """(T,) index of the image each caption belongs to."""
         return torch.tensor([i for i, caps in enumerate(self.captions) for _ in caps])
+
+
+def cleaned_gallery(
+    gallery: CaptionGallery, max_words: int = REFERENCE_MAX_WORDS
+) -> CaptionGallery:
+    """The gallery with `pre_caption` applied to every caption (the images are shared)."""
+    caps = [[pre_caption(c, max_words) for c in own] for own in gallery.captions]
+    return CaptionGallery(gallery.images, caps, name=gallery.name)
 
 
 def procedural_galleries(

@@ -22,12 +22,14 @@ from typing import Any
 
 import torch
 
-from ..utils.io import atomic_write_json
+from ..utils.io import atomic_write_json, atomic_write_text
+from ..utils.provenance import provenance_stamp
 from ..utils.versions import versions
 from . import distributed as D
 from . import records as R
 from .certified_card import add_certified, certified_markdown
 from .protocols import Protocol, dataset_key
+from .provenance import merged_components, read_components, record_components
 from .strength import enforce, run_checks
 
 CARD_SCHEMA = "clipx.card.v1"
@@ -136,6 +138,8 @@ def model_identity(
         "checkpoint_sha256": _file_sha256(path) if path else None,
         "weights_sha256": full,
         "parameters": sum(p.numel() for p in loaded.model.parameters()),
+        # how it was trained: scope, trainable parameters, base fingerprint (training/scope.py)
+        "scope": (getattr(loaded, "info", None) or {}).get("scope"),
         "certified": bool(spec.get("certified", False)),
     }
 
@@ -252,7 +256,6 @@ def build_card(
     checks: dict[str, Any],
     identity: dict[str, Any],
 ) -> dict[str, Any]:
-
     content = protocol_content(protocol, run_dir, label, records)
     card = {
         "schema": CARD_SCHEMA,
@@ -266,19 +269,32 @@ def build_card(
             "description": protocol.description,
         },
         "results": results_of([r for r in records if r.get("kind") != "certified"]),
+        # per-sample outcomes behind the numbers (clipx compare reads them), relative to the run dir
+        "outcomes": {
+            "samples": "samples.npz",
+            "results": f"eval/{R.safe_name(label)}/{R.safe_name(protocol.name)}/",
+        },
+        "components": card_components(run_dir, records),
         "cost": cost,
         "checks": checks,
         "versions": versions(),
+        "provenance": provenance_stamp(cost.get("cpu_s"), cost.get("wall_s")),
         "created_at": R.now(),
         "formulas": R.FORMULAS,
     }
     return add_certified(card, records)
 
 
+def card_components(run_dir: str | os.PathLike, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every component behind the card's records, with its plugin and distribution version."""
+    by_label = read_components(run_dir)
+    return merged_components([record_components(by_label, r) for r in records])
+
+
 def write_card(card: dict[str, Any], run_dir: str | os.PathLike) -> Path:
     path, md = card_paths(run_dir, card["label"], card["protocol"]["name"])
     atomic_write_json(path, card)
-    md.write_text(card_markdown(card))
+    atomic_write_text(md, card_markdown(card))
     return path
 
 
@@ -291,6 +307,34 @@ def _fmt(v: Any) -> str:
     return "-" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
 
 
+def _provenance_lines(prov: dict[str, Any] | None) -> list[str]:
+    if not prov:
+        return []
+    commit = (prov.get("commit") or "unknown")[:10] + (" (dirty tree)" if prov.get("dirty") else "")
+    start = prov.get("start_model") or {}
+    same = {True: "the published one", False: "NOT the published one", None: "no published one"}
+    machine = prov.get("machine", {})
+    return [
+        f"- code: commit `{commit}`; machine {machine.get('cpu_model')}, "
+        f"{machine.get('torch_threads')} torch thread(s)",
+        f"- start model: `{start.get('source')}` weights sha256 "
+        f"`{(start.get('weights_sha256') or '-')[:16]}...` "
+        f"({same[start.get('matches_reference')]})"
+        if start
+        else "- start model: not recorded (evaluated outside a recipe)",
+    ]
+
+
+def _scope_line(scope: dict[str, Any] | None) -> list[str]:
+    if not scope:
+        return []
+    return [
+        f"- scope `{scope.get('scope')}` on {', '.join(scope.get('towers') or []) or '-'}: "
+        f"{scope.get('trainable_params') or '-'} trainable parameters, base weights "
+        f"fingerprint `{scope.get('base_fingerprint') or '-'}`"
+    ]
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     """The card as a human-readable page (the JSON is the record)."""
     m, p, c = card["model"], card["protocol"], card["cost"]
@@ -300,6 +344,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         "",
         f"- model: label `{m['label']}`, arch `{m.get('arch')}`, source `{json.dumps(m.get('source'))}`",
         f"- checkpoint sha256: `{m.get('checkpoint_sha256') or '-'}`; weights sha256 `{m['weights_sha256'][:16]}...`",
+        *_scope_line(m.get("scope")),
         f"- protocol `{p['name']}`, hash `{p['hash']}`; eps {p['content']['eps']} ({p['content']['norm']}), "
         f"seed {p['content']['seed']}",
         "- attacks: "
@@ -309,6 +354,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"- cost: {c.get('wall_s')} s wall, {c.get('cpu_s')} s CPU on {c.get('device')}; "
         f"{c.get('forward_per_sample')} forward / {c.get('backward_per_sample')} backward "
         "image-tower passes per sample",
+        *_provenance_lines(card.get("provenance")),
         "",
         "| dataset | n | sample indices sha256 | classes |",
         "|---|---|---|---|",

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any
 
 import torch
@@ -34,8 +35,10 @@ from ..errors import AdversarialCheckError, ClipxError, ClipxUsageError
 from ..models import LoadedCLIP, ZeroShotClassifier
 from ..models.accelerate import accelerated
 from ..models.checkpoints import check_weights
+from ..plugin_manager import distribution_of
 from ..registry import get
 from ..utils.devices import model_device
+from ..utils.provenance import provenance_stamp
 from ..utils.versions import versions
 from . import distributed as D
 from . import records as R
@@ -171,14 +174,19 @@ def at_resolution(dataset, size: int | None):
 
 
 def _backend_of(attack: BuiltAttack, plugin: str) -> str:
+    """Whose code computes the attack: its own `backend` string, torchattacks for torchattacks'
+    classes, else the plugin (with its distribution and version), "on torchattacks" when a
+    plugin's class runs through the torchattacks adapter."""
     backend = getattr(attack.impl, "backend", None)
     if isinstance(backend, str):
         return backend
+    dist, version = distribution_of(plugin)
+    own = f"plugin {plugin}" + (f" ({dist} {version})" if version else "")
     if type(attack.impl).__module__.endswith("torchattacks_adapter"):
-        from importlib import metadata
-
-        return f"torchattacks {metadata.version('torchattacks')}"
-    return f"plugin {plugin}"
+        base = f"torchattacks {metadata.version('torchattacks')}"
+        inner = type(getattr(attack.impl, "attack", None)).__module__
+        return base if inner.split(".")[0] == "torchattacks" else f"{own} on {base}"
+    return own
 
 
 def plan_attacks(zs: nn.Module, protocol: Protocol, key: str = "dataset") -> list[PlannedAttack]:
@@ -310,7 +318,7 @@ def run_batch(
     """Clean and per-attack correctness of one batch, as '0101' strings."""
     with torch.no_grad():
         clean = zs(x).argmax(1) == y
-    out: dict[str, Any] = {"clean": R.bits(clean), "attacks": {}}
+    out: dict[str, Any] = {"clean": R.bits(clean), "labels": y.tolist(), "attacks": {}}
     survivors: dict[float | None, torch.Tensor] = {}  # cascade: robust so far, per budget
     for p in plan:
         flags = torch.zeros(len(y), dtype=torch.bool, device=y.device)
@@ -367,15 +375,18 @@ def run_samples(
     done: dict[str, dict] | None = None,
     on_batch: Callable[[dict[str, dict]], None] | None = None,
     progress: bool = False,
+    only: Sequence[int] | None = None,
 ) -> dict[str, dict]:
-    """Per-batch results for all batches ({str(batch id): result}), gathered across ranks."""
+    """Per-batch results for all batches ({str(batch id): result}), gathered across ranks;
+    `only`: just these batch ids (an array-job shard's), each still seeded by its global id."""
     rank, world = D.world()
     batches = [
         list(indices[i : i + protocol.batch_size])
         for i in range(0, len(indices), protocol.batch_size)
     ]
-    done = dict(done or {})
-    mine = [b for b in D.shard(list(range(len(batches))), rank, world) if str(b) not in done]
+    wanted = list(range(len(batches))) if only is None else sorted(only)
+    done = {b: r for b, r in (done or {}).items() if int(b) in wanted}
+    mine = [b for b in D.shard(wanted, rank, world) if str(b) not in done]
     local: dict[str, dict] = {}
     device = zs.device
     if mine:
@@ -405,22 +416,25 @@ def run_samples(
     merged = dict(done)
     for part in D.all_gather(local):
         merged.update(part)
-    missing = [b for b in range(len(batches)) if str(b) not in merged]
+    missing = [b for b in wanted if str(b) not in merged]
     if missing:
         raise ClipxError(f"{key}: batches {missing[:5]} were not evaluated")
     return merged
 
 
 def flatten(batch_results: dict[str, dict], plan: list[PlannedAttack]) -> dict[str, Any]:
-    """Per-sample flags in sample order: {'clean': '0101', 'attacks': {key: '0101'}}, plus
+    """Per-sample flags in sample order: {'clean': '0101', 'attacks': {key: '0101'}}, the labels
+    (absent when a batch was resumed from a file written before labels were kept), plus
     'attack_info': {key: summary} for text attacks (the first batch that ran them)."""
     order = sorted(batch_results, key=int)
     info: dict[str, Any] = {}
     for b in order:
         for key, summary in batch_results[b].get("info", {}).items():
             info.setdefault(key, summary)
+    labels = [batch_results[b].get("labels") for b in order]
     return {
         "clean": "".join(batch_results[b]["clean"] for b in order),
+        **({"labels": sum(labels, [])} if all(x is not None for x in labels) else {}),
         "attacks": {
             p.key: "".join(batch_results[b]["attacks"][p.key] for b in order) for p in plan
         },
@@ -543,23 +557,31 @@ def evaluate(
     resume: bool = True,
     progress: bool = True,
     checkpoint_s: float = 30.0,
+    shard: Any = None,
 ) -> list[dict[str, Any]]:
     """Evaluate `loaded` under `protocol`; one JSON result per dataset under run_dir/eval.
 
     Datasets whose result file matches the protocol settings and model weights are skipped (and
     their records returned); interrupted datasets continue from their finished batches. Under
-    torchrun (WORLD_SIZE > 1) batches are sharded across ranks and rank 0 writes the files.
+    torchrun, srun or accelerate (several processes) batches are sharded across ranks and rank 0
+    writes the files. `shard` (evaluation/shards.py): only that array-job shard's batches, written
+    as parts for `clipx eval-merge` (returns no records).
     Returns one record per (dataset, eps); see records.FORMULAS for the definitions."""
     protocol = protocol_from_dict(protocol)
     check_weights(loaded.model.named_parameters(), f"model '{label}'")
     custom = getattr(protocol, "evaluate_with", None)
+    if custom is not None and shard is not None:
+        raise ClipxUsageError(
+            f"--shard: protocol '{protocol.name}' is not per-sample classification and is not "
+            "sharded; run it without --shard"
+        )
     if custom is not None:  # protocols that are not per-sample classification (e.g. retrieval)
         return custom(loaded, run_dir, label, resume=resume, progress=progress)
     with accelerated(loaded, protocol.channels_last, protocol.compile) as fast:
-        out = _evaluate(fast, protocol, run_dir, label, resume, progress, checkpoint_s)
-        for spec in protocol.testtime:  # the same model behind each test-time defense
+        out: list[dict[str, Any]] = []
+        for spec in [None, *protocol.testtime]:  # the same model behind each test-time defense
             out += _evaluate(
-                fast, protocol, run_dir, label, resume, progress, checkpoint_s, testtime=spec
+                fast, protocol, run_dir, label, resume, progress, checkpoint_s, spec, shard
             )
         return out
 
@@ -582,6 +604,7 @@ class _Evaluation:
     stamp: dict[str, Any]
     rank: int
     world: int
+    shard: Any = None  # evaluation/shards.py: only this shard's batches, written as a part
 
 
 def _evaluate(
@@ -593,6 +616,7 @@ def _evaluate(
     progress: bool,
     checkpoint_s: float,
     testtime: dict[str, Any] | None = None,
+    shard: Any = None,
 ) -> list[dict[str, Any]]:
     rank, world = D.maybe_init()
     full_label, defense = label, None
@@ -602,7 +626,7 @@ def _evaluate(
     fingerprint = R.model_fingerprint(loaded.model)
     run = _Evaluation(
         loaded, protocol, run_dir, full_label, label, resume, progress, checkpoint_s,
-        testtime, defense, fingerprint, versions(), rank, world,
+        testtime, defense, fingerprint, versions(), rank, world, shard,
     )  # fmt: skip
     out: list[dict[str, Any]] = []
     for spec in protocol.datasets:
@@ -617,11 +641,14 @@ def _evaluate_dataset(run: _Evaluation, spec: dict[str, Any]) -> list[dict[str, 
     inputs, phash, path = _dataset_identity(run, spec, key)
     reused = _reused_records(run, key, inputs, phash, path)
     if reused is not None:
-        return reused
-    start = time.time()
+        return [] if run.shard else reused
+    start, cpu_start = time.time(), time.process_time()
     ds, indices = protocol_samples(protocol, spec)
     if len(ds) == 0:
         raise ClipxUsageError(f"dataset '{spec['dataset']}' ({key}) is empty: 0 samples")
+    only = None if run.shard is None else run.shard.assigned(run.label, key)
+    if only is not None and not only:
+        return []  # another shard's dataset
     attacked = list(ds[indices[0]][0].shape[-2:]) if len(indices) else None
     scored, plan = _scored_plan(run, ds, spec, key)
     done = _finished_batches(run, key, path, phash)
@@ -636,26 +663,42 @@ def _evaluate_dataset(run: _Evaluation, spec: dict[str, Any]) -> list[dict[str, 
         done=done,
         on_batch=checkpoint,
         progress=run.progress,
+        only=only,
     )
-    samples = flatten(batch_results, plan)
     elapsed = round(time.time() - start, 3)
-    records = summarize(samples, plan, protocol)
-    for rec in records:
-        rec.update(_record_fields(run, spec, key, phash, ds, attacked, elapsed))
+    cost = {"cpu_s": time.process_time() - cpu_start, "wall_s": elapsed}
+    fields = _record_fields(run, spec, key, phash, ds, attacked, elapsed)
+    if run.shard is not None:
+        part = {"path": path, "protocol_hash": phash, "key": inputs, "dataset_key": key}
+        run.shard.write_part(run, part, indices, plan, batch_results, fields)
+        D.barrier()
+        return []
+    samples = flatten(batch_results, plan)
+    stamp = provenance_stamp(**cost)
+    records = [{**rec, **fields, "provenance": stamp} for rec in summarize(samples, plan, protocol)]
     if run.rank == 0:
-        result = {
-            "schema": R.SCHEMA,
-            "protocol_hash": phash,
-            "key": inputs,
-            "label": run.label,
-            "protocol": protocol.name,
-            "dataset_key": key,
-            "records": records,
-            "samples": {"indices": list(indices), **samples},
-        }
+        samples = {"indices": list(indices), **samples}
+        result = result_document(phash, inputs, key, records, samples)
         _write_dataset(run, path, key, result, elapsed, len(done))
     D.barrier()
     return records
+
+
+def result_document(
+    phash: str, inputs: dict, key: str, records: list[dict[str, Any]], samples: dict[str, Any]
+) -> dict[str, Any]:
+    """A finished dataset's result file: its records and per-sample flags (also what
+    `clipx eval-merge` writes from shards)."""
+    return {
+        "schema": R.SCHEMA,
+        "protocol_hash": phash,
+        "key": inputs,
+        "label": records[0]["label"],
+        "protocol": records[0]["protocol"],
+        "dataset_key": key,
+        "records": records,
+        "samples": samples,
+    }
 
 
 def _dataset_identity(run: _Evaluation, spec: dict[str, Any], key: str) -> tuple[dict, str, Any]:
@@ -678,7 +721,10 @@ def _reused_records(
     """The records of a result file computed from the same inputs (rank 0 decides), or None."""
     existing = R.read_json(path) if run.resume else None
     reuse = bool(
-        existing and existing.get("schema") == R.SCHEMA and existing.get("protocol_hash") == phash
+        existing
+        and existing.get("schema") == (run.shard.SCHEMA if run.shard else R.SCHEMA)
+        and existing.get("protocol_hash") == phash
+        and (run.shard is None or run.shard.same_batches(existing, run.label, key))
     )
     if existing and not reuse and run.rank == 0:
         why = ", ".join(changed(existing.get("key"), inputs)[:6])
@@ -689,7 +735,7 @@ def _reused_records(
     existing = existing or R.read_json(path)  # rank 0 decided; every rank reads the file
     if run.rank == 0:
         _note(run, "skipped", key)
-    return existing["records"]
+    return existing.get("records", [])
 
 
 def _scored_plan(

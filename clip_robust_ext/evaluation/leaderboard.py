@@ -23,7 +23,9 @@ from typing import Any
 from ..errors import ClipxUsageError
 from ..models.zoo import zoo
 from ..utils.io import atomic_write, atomic_write_json, atomic_write_text
+from .boardstats import annotate
 from .cards import read_card
+from .provenance import plugin_summary
 
 
 def find_cards(paths: list[str | os.PathLike]) -> list[tuple[Path, dict[str, Any]]]:
@@ -95,7 +97,10 @@ def rank(cards: list[tuple[Path, dict[str, Any]]]) -> tuple[list[str], list[dict
             "bwd/sample": c["cost"].get("backward_per_sample"),
             "wall_s": c["cost"].get("wall_s"),
             "weights": c["model"]["weights_sha256"][:12],
+            "plugins": plugin_summary(c.get("components") or {}) or "-",
+            "components": c.get("components") or {},
             "card": str(path),
+            "_card": (path, c),
         }
         rows.append(row)
     key = f"robust@{top}" if top else "clean"
@@ -113,10 +118,22 @@ def rank(cards: list[tuple[Path, dict[str, Any]]]) -> tuple[list[str], list[dict
     )
     for i, r in enumerate(rows, 1):  # a card whose attacks look too weak is listed, not ranked
         r["rank"] = "flagged" if id(r) in flagged else i
-    columns = ["rank", "model", "kind", "clean", *[f"robust@{e}" for e in budgets]]
+    annotate(rows, top)  # intervals; entries that cannot be told apart share a rank
+    seeds = ["seed"] if len({r["seed"] for r in rows}) > 1 else []
+    columns = ["rank", "model", *seeds, "kind", "clean", *[f"robust@{e}" for e in budgets]]
+    columns += ["ci"]
     columns += ["robust_mean"] if len(budgets) > 1 else []
     columns += [f"{a}@{top}" for a in attacks]
-    columns += ["checks", "fwd/sample", "bwd/sample", "wall_s", "weights", "card"]
+    columns += [
+        "vs above",
+        "checks",
+        "fwd/sample",
+        "bwd/sample",
+        "wall_s",
+        "weights",
+        "plugins",
+        "card",
+    ]
     return columns, rows
 
 
@@ -222,8 +239,12 @@ def markdown(board: dict[str, Any]) -> str:
         f"{datasets}; attacks {attacks}; {content['norm']} eps "
         + ", ".join(f"{e * 255:g}/255" for e in content["eps"])
         + f"; seed {content['seed']}. Mean accuracy over datasets (%), ranked by robust accuracy "
-        "at the largest eps (ties: mean robust over the eps list, then clean); robust = per-sample worst case over the attacks. `checks`: failed "
-        "attack-strength checks (such cards are listed last, unranked), else the level that ran.",
+        "at the largest eps; robust = per-sample worst case over the attacks. `ci`: its 95% "
+        "interval (Clopper-Pearson, samples pooled over datasets). An entry that cannot be told "
+        "apart from the one above shares its rank (`vs above`: paired bootstrap interval and exact "
+        "McNemar on the per-sample outcomes, or Fisher's exact test where a card has none). "
+        "`checks`: failed attack-strength checks (such cards are listed last, unranked), else the "
+        "level that ran.",
         "",
     ]
     shown = [c for c in board["columns"] if c != "card"]

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,13 +64,17 @@ def _dataset_spec(item: Any) -> dict[str, Any]:
 
 
 def dataset_key(spec: dict[str, Any]) -> str:
-    """File-name-safe identity of a dataset spec: name, split, and a hash of other factory args."""
+    """File-name-safe identity of a dataset spec: name, split, and a hash of other factory args,
+    the folder or file it reads included (two image folders evaluated under one dataset name are
+    two results, not one replacing the other)."""
     from ..data.splits import subset_tag
 
     kwargs = {
-        k: v
+        k: _where(v) if k in ("root", "path") else v
         for k, v in spec.items()
-        if k not in _DATASET_KEYS_RESERVED and k not in ("root", "path", "download")
+        if k not in _DATASET_KEYS_RESERVED
+        and k != "download"
+        and not (k in ("root", "path") and v is None)
     }
     key = f"{spec['dataset']}_{spec.get('split', 'test')}"
     if subset_tag(spec):  # seen / unseen classes, held-out part: readable in file names and tables
@@ -81,6 +86,10 @@ def dataset_key(spec: dict[str, Any]) -> str:
     if kwargs:
         key += "_" + hashlib.sha256(_canonical(kwargs).encode()).hexdigest()[:8]
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in key)
+
+
+def _where(path: Any) -> Any:
+    return os.path.realpath(os.path.expanduser(path)) if isinstance(path, str) else path
 
 
 def _canonical(obj: Any) -> str:

@@ -12,7 +12,6 @@ weights fingerprint) matches; otherwise the dataset is recomputed and the file r
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -20,7 +19,8 @@ from typing import Any
 
 import torch
 
-from ..utils.io import atomic_write_json
+from ..models.checkpoints import model_fingerprint  # noqa: F401 - re-exported
+from ..utils.io import append_text, atomic_write_json
 
 SCHEMA = "clipx.eval.v1"
 UNITS = "percent"
@@ -74,10 +74,7 @@ def log_event(run_dir: str | os.PathLike, **event: Any) -> None:
     path = eval_dir(run_dir) / "eval_log.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     event = {"time": now(), **event}
-    with open(path, "a") as fh:
-        fh.write(json.dumps(event, default=str) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    append_text(path, json.dumps(event, default=str) + "\n", sync=True)
 
 
 def read_log(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -89,20 +86,6 @@ def read_log(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 of the weights (names, shapes, dtypes, values): a retrained model is not reused."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        t = t.detach()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        if t.dtype == torch.bfloat16:
-            t = t.float()
-        # hash the array's buffer: .tobytes() copied every weight first (97 MiB transient for
-        # ViT-B/32's token embedding, ~20% of the time; benchmarks/); same digest
-        h.update(t.cpu().contiguous().numpy())
-    return h.hexdigest()[:16]
 
 
 def bits(flags: list[bool] | torch.Tensor) -> str:

@@ -12,7 +12,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..utils.io import atomic_write, atomic_write_text
+from ..utils.io import atomic_write, atomic_write_json, atomic_write_text
+from .intervals import add_intervals
+from .outcomes import blocks_from_run, write_samples
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -47,6 +49,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "seeds": [r.get("run_seed") for r in recs],
             "n_seeds": len(recs),
             "n": recs[0].get("n"),
+            "components": recs[0].get("components", {}),
         }
         metrics = {"clean": [r["clean_acc"] for r in recs]}
         if eps is not None:
@@ -107,14 +110,25 @@ def retrieval_spread_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _cell(stat: dict[str, Any] | None) -> str:
+    """'59.4 [47.3, 70.2]' (mean, 95% interval) when intervals were added, else 'mean ± std'."""
     if stat is None:
         return ""
+    if stat.get("ci"):
+        return f"{stat['mean']:.1f} [{stat['ci'][0]:.1f}, {stat['ci'][1]:.1f}]"
     return f"{stat['mean']:.1f} ± {stat['std']:.1f}"
+
+
+INTERVAL_NOTE = (
+    "Mean over seeds with its 95% interval in brackets: seeds and test images resampled "
+    "(hierarchical bootstrap), or Clopper-Pearson where every seed gave the same per-sample "
+    "outcomes; per-seed values in summary.json. Differences between models: `clipx compare`.\n\n"
+)
 
 
 def spread_table(rows: list[dict[str, Any]]) -> str:
     """Markdown, one table per dataset view: a row per model; clean, the worst case at each
-    budget and, when several attacks ran, each attack (mean ± std over seeds)."""
+    budget and, when several attacks ran, each attack (mean and 95% interval, see intervals.py;
+    mean ± std for rows without intervals)."""
     labels = list(dict.fromkeys(r["label"] for r in rows))
     views = list(dict.fromkeys(r["dataset_key"] for r in rows))
     budgets = sorted({r["eps"] for r in rows if r["eps"] is not None})
@@ -139,7 +153,12 @@ def spread_table(rows: list[dict[str, Any]]) -> str:
             ]
             lines.append("| " + " | ".join(cells) + " |")
         out.append("\n".join(lines))
-    return "\n\n".join(out) + "\n"
+    note = (
+        INTERVAL_NOTE
+        if any(isinstance(v, dict) and v.get("ci") for r in rows for v in r.values())
+        else ""
+    )
+    return note + "\n\n".join(out) + "\n"
 
 
 def unseen_view(rows: list[dict[str, Any]]) -> str | None:
@@ -154,7 +173,17 @@ def unseen_view(rows: list[dict[str, Any]]) -> str | None:
 def _attack_names(rows: list[dict[str, Any]]) -> list[str]:
     """The per-attack metrics of aggregated rows (none when a single attack ran: its number is
     the worst case)."""
-    fixed = {"label", "dataset_key", "eps", "eps_str", "class_split", "seeds", "n_seeds", "n"}
+    fixed = {
+        "label",
+        "dataset_key",
+        "eps",
+        "eps_str",
+        "class_split",
+        "seeds",
+        "n_seeds",
+        "n",
+        "components",
+    }
     names = list(dict.fromkeys(k for r in rows for k in r if k not in fixed | {"clean", "robust"}))
     return names if len(names) > 1 else []
 
@@ -211,4 +240,18 @@ def write_spread(run_dir: str | os.PathLike, rows: list[dict[str, Any]]) -> str:
     table = spread_table(rows)
     atomic_write_text(Path(run_dir) / "summary.md", table)
     plot_unseen(rows, Path(run_dir) / "transfer.png")
+    return table
+
+
+def write_seed_summary(run_dir: str | os.PathLike, records: list[dict[str, Any]]) -> str:
+    """A multi-seed run's summary.json, summary.md, results.md (with 95% intervals from the
+    per-sample outcomes of its seed-*/ folders), transfer.png and samples.npz; the markdown."""
+    blocks = blocks_from_run(run_dir)
+    rows = aggregate(records)
+    add_intervals(rows, blocks)
+    atomic_write_json(Path(run_dir) / "summary.json", rows)
+    table = write_spread(run_dir, rows)
+    atomic_write_text(Path(run_dir) / "results.md", table)
+    if blocks:
+        write_samples(blocks, Path(run_dir) / "samples.npz")
     return table

@@ -14,6 +14,7 @@ import torch
 
 from ..errors import ClipxError, ClipxUsageError, unknown_name
 from . import tiny_towers  # noqa: F401 - registers the timm towers the tiny configs name
+from .adapters import load_adapter
 from .checkpoints import load_into_clip, read_state_dict
 from .hub import CONFIG_NAME, has_schema, hub_cache_dir, model_folder
 from .zoo import zoo_plan
@@ -71,6 +72,8 @@ def load_clip(
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     config: str | os.PathLike | None = None,
+    adapter: str | os.PathLike | None = None,
+    merge_adapter: bool = True,
 ) -> LoadedCLIP:
     """Build `arch` with open_clip and load weights.
 
@@ -82,6 +85,9 @@ def load_clip(
     or a local checkpoint in any format `checkpoints.py` accepts. Weights other than tags are
     read by clipx's safe loader. `config` adds an architecture JSON (e.g.
     ../shared/assets/small_clip/clipx-small-c10.json) before building.
+    adapter: a LoRA / first-blocks adapter folder (a path, `local-dir:PATH` or `hf-hub:ORG/NAME`;
+    models/adapters.py) put on top; refused unless the loaded weights are the base it names.
+    merge_adapter folds LoRA into the weights (a plain open_clip model); False keeps peft layers.
     """
     if config is not None:
         if not Path(config).exists():
@@ -89,6 +95,11 @@ def load_clip(
         register_model_config(config)
     if precision not in _PRECISIONS:
         raise unknown_name("precision", precision, _PRECISIONS)
+    if adapter is not None:
+        base = load_clip(arch, pretrained, "cpu", "fp32", config)
+        load_adapter(base, adapter, merge=merge_adapter)
+        base.model.to(device=device, dtype=_PRECISIONS[precision])
+        return base
     if arch.startswith("zoo:"):
         if pretrained is not None:
             raise ClipxUsageError(f"{arch}: a zoo model brings its own weights; drop pretrained")

@@ -77,10 +77,10 @@ def _hub_file(repo: str, filename: str) -> Path | None:
         path = hf_hub_download(
             repo, filename, cache_dir=hub_cache_dir(), local_files_only=hub_offline()
         )
+    except LocalEntryNotFoundError:  # before its base class EntryNotFoundError
+        return None if _cached_snapshot(repo) else _not_cached(repo, filename)
     except EntryNotFoundError:
         return None
-    except LocalEntryNotFoundError:
-        return None if _cached_snapshot(repo) else _not_cached(repo, filename)
     except RepositoryNotFoundError:
         raise ClipxUsageError(
             f"{HUB_PREFIX}{repo}: no such model repository on the Hugging Face hub "
@@ -98,7 +98,8 @@ def _hub_file(repo: str, filename: str) -> Path | None:
 def _cached_snapshot(repo: str) -> bool:
     """Whether some snapshot of `repo` is cached (then a missing file is really absent)."""
     snapshots = repo_cache_path(repo) / "snapshots"
-    return snapshots.is_dir() and any((s / CONFIG_NAME).is_file() for s in snapshots.iterdir())
+    names = (CONFIG_NAME, "adapter_config.json")  # a model folder or an adapter folder
+    return snapshots.is_dir() and any((s / n).is_file() for s in snapshots.iterdir() for n in names)
 
 
 def _not_cached(repo: str, filename: str):

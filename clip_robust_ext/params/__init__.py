@@ -26,6 +26,7 @@ from ..errors import ClipxUsageError, closest
 from ..utils.eps import parse_eps, resolve_budget_expr
 
 EPS_LIKE = re.compile(r"(^|_)(eps|epsilon|alpha|step_size)($|_)")
+NOT_BUDGETS = frozenset({"lora_alpha"})  # LoRA's scale numerator (TrainConfig), not a pixel budget
 
 __all__ = [
     "EPS_LIKE",
@@ -45,7 +46,7 @@ __all__ = [
 
 def is_eps_like(key: str) -> bool:
     parts = [p for p in key.split(".") if not p.isdigit()]
-    return bool(parts) and bool(EPS_LIKE.search(parts[-1]))
+    return bool(parts) and parts[-1] not in NOT_BUDGETS and bool(EPS_LIKE.search(parts[-1]))
 
 
 def _number(value: Any, key: str) -> float:
@@ -314,6 +315,35 @@ def checked(
     factory.__signature__ = signature  # type: ignore[attr-defined]
     factory.checked_as = what  # type: ignore[attr-defined]
     return factory
+
+
+def plugin_usage_errors(factory: Callable, what: str) -> Callable:
+    """`factory` whose ValueError / TypeError (a plugin rejecting a value at construction)
+    becomes a one-line ClipxUsageError naming `what` and the parameter(s) the message names,
+    or every value given when it names none; ClipxUsageError passes through."""
+
+    @functools.wraps(factory, assigned=("__module__", "__name__", "__qualname__", "__doc__"))
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return factory(*args, **kwargs)
+        except (ValueError, TypeError) as exc:
+            if isinstance(exc, ClipxUsageError):
+                raise
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            named = [k for k in kwargs if k in text]
+            given = ", ".join(
+                f"parameter '{k}'" if k in named else f"{k}={kwargs[k]!r}"
+                for k in (named or list(kwargs))
+            )
+            raise ClipxUsageError(f"{what}: {given or 'no parameters'}: {text}") from None
+
+    try:
+        guarded.__signature__ = inspect.signature(factory)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):  # no signature (some builtins): none to show
+        pass
+    if is_checked(factory):
+        guarded.checked_as = factory.checked_as  # type: ignore[attr-defined]
+    return guarded
 
 
 def is_checked(obj: Any) -> bool:

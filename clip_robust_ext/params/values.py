@@ -6,6 +6,7 @@ Each check raises ClipxUsageError naming the dotted key; callers pass the key th
 from __future__ import annotations
 
 import math
+import os
 import re
 import string
 from typing import Any
@@ -34,6 +35,10 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 # reports the clean accuracy as "robust" (torchattacks runs range(steps) without complaint)
 ITERATION_KEYS = ("steps", "n_iter", "iterations", "max_iter", "n_restarts", "restarts")
 DEVICE_TYPES = ("auto", "cpu", "cuda", "mps")
+# NAME_MAX is 255 bytes on Linux, macOS and Windows file systems; 55 are left for suffixes
+MAX_NAME_BYTES = 200
+# PATH_MAX is 4096: a run dir leaves room for eval/<label>/<protocol>/<dataset>... inside it
+MAX_RUN_DIR_BYTES = 4096 - 4 * 256
 
 
 def check_seed(value: Any, key: str) -> int:
@@ -52,11 +57,37 @@ def check_label(value: Any, key: str) -> str:
             f"{key}: {value!r} must be a simple name (letters, digits, - _ . +; not starting "
             f"with '.' or '-') and not one the run dir uses ({', '.join(RESERVED_NAMES[:6])}, ...)"
         )
+    return check_name_length(value, key)
+
+
+def check_name_length(value: str, key: str) -> str:
+    """A name that becomes a file or folder name fits the file system's limit (255 bytes) with
+    the suffixes clipx adds (.stale-N, atomic-write temp names): refused here, not as exit 1
+    'File name too long' after the work started."""
+    size = len(value.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        raise ClipxUsageError(
+            f"{key}: {value[:24]!r}... is {size} bytes long; names that become file names "
+            f"must be at most {MAX_NAME_BYTES} bytes"
+        )
     return value
+
+
+def check_path_room(folder: Any, key: str) -> None:
+    """The run dir leaves room below the path limit (4096 bytes on Linux) for what clipx writes
+    inside it (eval/<label>/<protocol>/<dataset>.partial.rankN.json)."""
+    size = len(os.fsencode(os.path.abspath(os.fspath(folder))))
+    if size > MAX_RUN_DIR_BYTES:
+        raise ClipxUsageError(
+            f"{key}: the path is {size} bytes long; at most {MAX_RUN_DIR_BYTES} leaves room for "
+            "the files clipx writes inside it (the system limit is 4096)"
+        )
 
 
 def check_device(value: Any, key: str) -> str:
     """auto, cpu, cuda, cuda:N or mps - and available on this machine."""
+    if type(value).__module__ == "torch" and type(value).__name__ == "device":
+        value = str(value)  # the Python API's torch.device("cuda", 0)
     if not isinstance(value, str):
         raise ClipxUsageError(f"{key}: expected a device name, got {value!r}")
     match = re.fullmatch(r"(auto|cpu|mps|cuda)(?::(\d+))?", value)
@@ -84,6 +115,13 @@ def check_device(value: Any, key: str) -> str:
         if mps is None or not mps.is_available():
             raise ClipxUsageError(f"{key}: device 'mps' requested but MPS is not available here")
     return value
+
+
+def check_device_params(params: dict[str, Any], key: str) -> None:
+    """A factory's own `device` argument (a model's, an attack's) is a device name too: checked
+    like --device, so `model.device = "tpu"` fails at `recipe show`, not inside torch."""
+    if params.get("device") is not None:
+        check_device(params["device"], f"{key}.device")
 
 
 def check_template(value: Any, key: str) -> str:

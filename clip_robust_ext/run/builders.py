@@ -13,8 +13,10 @@ from ..data.checks import check_image
 from ..data.splits import factory_kwargs
 from ..errors import ClipxError, ClipxUsageError
 from ..models import load_into_clip, read_state_dict
+from ..models.adapters import load_adapter, read_scope
 from ..registry import get
 from ..training.config import TrainConfig
+from ..utils.devices import resolve_device
 from ..utils.seeding import seed_everything
 
 
@@ -23,7 +25,9 @@ def build_model(spec: dict[str, Any], device: Any = None, seed: int | None = Non
 
     if seed is not None:
         seed_everything(seed)
-    kwargs = {k: v for k, v in spec.items() if k not in ("source", "checkpoint")}
+    kwargs = {k: v for k, v in spec.items() if k not in ("source", "checkpoint", "adapter")}
+    if kwargs.get("device") == "auto":  # a model's own device: validated like --device
+        kwargs["device"] = str(resolve_device("auto"))
     loaded = get("models", spec["source"]).obj(**kwargs)
     if spec.get("checkpoint"):
         path = Path(spec["checkpoint"]).expanduser()
@@ -31,6 +35,8 @@ def build_model(spec: dict[str, Any], device: Any = None, seed: int | None = Non
             raise ClipxUsageError(f"model.checkpoint: file not found: {path}")
         load_into_clip(loaded.model, read_state_dict(path), str(path))
         loaded.info["checkpoint"] = str(path.resolve())
+    if spec.get("adapter"):
+        load_adapter(loaded, spec["adapter"])
     if device is not None:
         loaded.model.to(device)
     return loaded
@@ -41,6 +47,9 @@ def load_weights(loaded, path: Path):
     its info."""
     load_into_clip(loaded.model, read_state_dict(path), str(path))
     loaded.info["checkpoint"] = str(path)
+    scope = read_scope(Path(path).parent)  # scope, trainable count, base of a trained model
+    if scope is not None:
+        loaded.info["scope"] = scope
     return loaded
 
 

@@ -11,7 +11,10 @@ from typing import Any
 import open_clip
 
 from ..errors import ClipxUsageError, unknown_name
+from ..evaluation import distributed as D
 from ..evaluation import load_records, protocol_from_dict
+from ..evaluation.merge import merge_shards
+from ..evaluation.shards import evaluate_shard, parse_shard, shard_dir
 from ..models.hub import has_schema
 from ..params import signature_of
 from ..params.values import check_device, check_label
@@ -41,6 +44,7 @@ def eval_model_spec(
     pretrained: str | None = None,
     checkpoint: str | None = None,
     model_args: tuple[str, ...] = (),
+    adapter: str | None = None,
 ) -> tuple[dict[str, Any], str]:
     """--model & co -> a [model] table and a default label."""
 
@@ -87,6 +91,9 @@ def eval_model_spec(
         label = _file_label(Path(checkpoint))
     elif pretrained and Path(pretrained).expanduser().is_file():
         label = _file_label(Path(pretrained))
+    if adapter is not None:
+        spec["adapter"] = adapter
+        label = f"{label}+{_file_label(Path(str(adapter).split(':', 1)[-1]))}"
     return spec, label
 
 
@@ -107,6 +114,7 @@ def run_eval(
     pretrained: str | None = None,
     checkpoint: str | None = None,
     model_args: tuple[str, ...] = (),
+    adapter: str | None = None,
     attacks: tuple[str, ...] = (),
     eps: tuple[str, ...] = (),
     datasets: tuple[str, ...] = (),
@@ -118,12 +126,15 @@ def run_eval(
     label: str | None = None,
     run_dir: str | Path | None = None,
     device: str = "auto",
+    shard: str | None = None,
 ) -> RunResult:
     """Evaluate one model under a protocol (`clipx eval`). Earlier results in run_dir (other
     datasets, other models) are kept and appear in the tables; finished datasets are reused."""
 
     reg = Registries()
-    raw_spec, default_label = eval_model_spec(model, arch, pretrained, checkpoint, model_args)
+    raw_spec, default_label = eval_model_spec(
+        model, arch, pretrained, checkpoint, model_args, adapter
+    )
     spec = model_section(raw_spec, reg)
     section, proto = eval_protocol(
         protocol, attacks, eps, datasets, n_samples, templates, seed, overrides, reg, testtime
@@ -132,16 +143,45 @@ def run_eval(
     label = eval_label(label, default_label)
     check_device(device, "--device")
     run_dir = Path(run_dir) if run_dir else Path("runs") / f"eval-{label}"
-    with RunLock(run_dir, resume=True, what="evaluation"):
-        check_writable(run_dir)
-        loaded = build_model(spec, resolve_device(device), seed=0)
-
-        note_components(run_dir, {label: {"model": provenance("models", spec["source"])}})
-        log(f"{label}: evaluating under protocol '{proto.name}' into {run_dir}")
-        records = evaluate_loaded(loaded, proto, run_dir, label, spec=spec)
-        everything = load_records(run_dir)
-        table = write_results(run_dir, everything)
     request = {"label": label, "model": spec, "evaluate": section}
+    part = parse_shard(shard) if shard else None
+    where = shard_dir(run_dir, *part) if part else run_dir
+    D.maybe_init()  # torchrun, srun, accelerate: rank 0 holds the lock and writes
+    with D.held_by_main(RunLock(where, resume=True, what="evaluation")):
+        D.on_main(lambda: check_writable(where))
+        loaded = build_model(spec, resolve_device(device), seed=0)
+        if part:
+            return eval_shard(loaded, proto, run_dir, label, part, request)
+        components = {label: {"model": provenance("models", spec["source"])}}
+        D.on_main(lambda: note_components(run_dir, components))
+        D.on_main(lambda: log(f"{label}: evaluating under protocol '{proto.name}' into {run_dir}"))
+        records = evaluate_loaded(loaded, proto, run_dir, label, spec=spec)
+        table = D.on_main(lambda: write_results(run_dir, load_records(run_dir)))
+    return RunResult(run_dir, records, table, request, kind="request")
+
+
+def eval_shard(loaded, proto, run_dir: Path, label: str, part, request) -> RunResult:
+    """One array-job shard of `clipx eval` (evaluation/shards.py); merged by eval_merge."""
+    model = provenance("models", request["model"]["source"])
+    request = {**request, "protocol_name": proto.name, "components": {label: {"model": model}}}
+    D.on_main(lambda: log(f"{label}: shard {part[0]}/{part[1]} of protocol '{proto.name}'"))
+    manifest = evaluate_shard(loaded, proto, run_dir, label, part, request)
+    done = len(manifest["assigned"])
+    table = (
+        f"shard {part[0]}/{part[1]}: {done} batches done; when every shard has finished: "
+        f"clipx eval-merge {run_dir}\n"
+    )
+    return RunResult(run_dir, [], table, request, kind="request")
+
+
+def eval_merge(run_dir: str | Path) -> RunResult:
+    """`clipx eval-merge`: the shards of run_dir as one evaluation's results (and tables)."""
+    run_dir = Path(run_dir)
+    with RunLock(run_dir, resume=True, what="merge"):
+        check_writable(run_dir)
+        records, request = merge_shards(run_dir)
+        note_components(run_dir, request.get("components", {}))
+        table = write_results(run_dir, load_records(run_dir))
     return RunResult(run_dir, records, table, request, kind="request")
 
 

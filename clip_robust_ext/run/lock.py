@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ClipxError, ClipxUsageError
+from ..params.values import check_path_room
+from ..utils.io import named
 from ..utils.log import log
+from ..utils.procs import parse_owner, started_after_lock
 from .layout import LOCK_NAME
 
 
@@ -95,6 +98,7 @@ class RunLock:
 
     def acquire(self) -> None:
         folder = self.path.parent
+        check_path_room(folder, "run dir")
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -115,8 +119,12 @@ class RunLock:
         except OSError as exc:
             folder = self.path.parent
             raise ClipxError(f"run dir {folder} is not writable: {exc.strerror or exc}") from None
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self._mine(), fh)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(self._mine(), fh)
+        except OSError as exc:  # a full disk: the file exists but is empty; remove it
+            self.path.unlink(missing_ok=True)
+            raise named(exc, self.path) from None
         self.held = True
         return True
 
@@ -148,23 +156,19 @@ class RunLock:
         return True
 
     def _take_over(self) -> bool:
-        owner = self._read_owner(self.path)
-        if owner is None:
+        raw = self._read_owner(self.path)
+        if raw is None:
             return False  # released meanwhile: create it
-        try:
-            # a lock cut by a crash (or not clipx's) names no host: it was written here
-            pid, host = int(owner.get("pid", -1)), str(owner.get("host") or socket.gethostname())
-            started_at = float(owner.get("started", 0) or 0)
-        except (TypeError, ValueError, OverflowError):
-            pid, host, started_at = -1, socket.gethostname(), 0.0
-        here = host == socket.gethostname()
-        if pid == os.getpid() and here and owner.get("pid_start") == _start_time(pid):
+        owner = parse_owner(raw)  # any field absurd or missing reads as unknown (pid -1)
+        pid, host, here = owner.pid, owner.host, owner.here
+        if pid == os.getpid() and here and owner.pid_start == _start_time(pid):
             raise ClipxUsageError(f"{self.path.parent} is already in use by this process")
-        try:
-            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started_at))
-        except (OverflowError, OSError, ValueError):
-            started = "an unknown time"
-        alive = here and pid > 0 and _pid_alive(pid, owner.get("pid_start"))
+        started = "an unknown time"
+        if owner.started is not None:
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.started))
+        alive = here and pid > 0 and _pid_alive(pid, owner.pid_start)
+        if alive and owner.pid_start is None:  # an old-format lock: a pid reused since?
+            alive = not started_after_lock(owner, _start_time(pid))
         if alive or (not here and not self.resume):
             where = "" if here else f" on {host}"
             raise ClipxUsageError(
@@ -176,7 +180,7 @@ class RunLock:
                 f"{self.path.parent}: an earlier {self.what} (pid {pid}, started {started}) did not "
                 "finish; pass --resume to continue it, or choose another --run-dir"
             )
-        if not self._remove_stale(owner) or not self._create():
+        if not self._remove_stale(raw) or not self._create():
             return False  # another resume took it first: look again
         log(f"resuming the interrupted {self.what} in {self.path.parent}")
         return True

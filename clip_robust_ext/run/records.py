@@ -3,15 +3,17 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..evaluation import evaluate, markdown_table, write_reports
 from ..evaluation.cards import evaluate_with_card
+from ..evaluation.outcomes import export_run
+from ..evaluation.provenance import read_components, record_components
 from ..registry import provenance
 from ..utils.io import atomic_write_json
+from ..utils.provenance import write_run_provenance
 from .layout import COMPONENTS_NAME, START_LABEL
 
 
@@ -95,30 +97,14 @@ def note_components(run_dir: Path, by_label: dict[str, dict[str, Any]]) -> None:
 
 
 def _read_components(run_dir: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((Path(run_dir) / COMPONENTS_NAME).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return read_components(run_dir)
 
 
 def with_components(run_dir: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each record with `components`: every component behind it (model source, defenses,
     protocol, dataset, attacks) with the plugin and distribution that supplied it."""
-
     by_label = _read_components(run_dir)
-    out = []
-    for rec in records:
-        # a model behind a test-time defense has its base model's components, plus the defense
-        parts = dict(by_label.get(rec.get("label")) or by_label.get(rec.get("base_label"), {}))
-        if isinstance(rec.get("testtime"), dict):
-            parts["testtime"] = provenance("testtime", rec["testtime"].get("name"))
-        parts["protocol"] = provenance("evaluators", rec.get("protocol"))
-        parts["dataset"] = provenance("datasets", rec.get("dataset"))
-        if isinstance(rec.get("attacks"), list):
-            parts["attacks"] = [provenance("attacks", a.get("name")) for a in rec["attacks"]]
-        out.append({**rec, "components": {k: v for k, v in parts.items() if v}})
-    return out
+    return [{**rec, "components": record_components(by_label, rec)} for rec in records]
 
 
 def write_results(run_dir: Path, records: list[dict[str, Any]]) -> str:
@@ -127,4 +113,6 @@ def write_results(run_dir: Path, records: list[dict[str, Any]]) -> str:
 
     atomic_write_json(run_dir / "results.json", with_components(run_dir, records))
     write_reports(run_dir, records)
+    export_run(run_dir)  # samples.npz: the per-sample outcomes clipx compare reads
+    write_run_provenance(run_dir, records)
     return markdown_table(records)

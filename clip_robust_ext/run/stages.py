@@ -12,16 +12,20 @@ from ..cachekeys import changed, read_key, training_key
 from ..data.splits import restricts
 from ..errors import ClipxUsageError
 from ..evaluation import protocol_from_dict
+from ..evaluation.cards import weights_sha256
 from ..evaluation.engine import open_eval_dataset
 from ..evaluation.protocols import dataset_key
-from ..evaluation.spread import aggregate, write_spread
+from ..evaluation.spread import write_seed_summary
+from ..models.shipped import reference_sha256
 from ..plugin_manager import plugin_versions
 from ..recipes import ResolvedRecipe, resolve
 from ..training import distributed as D
 from ..training.checkpoint import FINAL_NAME
 from ..training.trainer import train
+from ..utils import provenance as P
 from ..utils.devices import resolve_device
-from ..utils.io import atomic_write_json, atomic_write_text
+from ..utils.integrity import damage, file_record
+from ..utils.io import atomic_write_json, atomic_write_text, read_json_object
 from ..utils.log import log
 from ..utils.versions import versions
 from .builders import build_dataset, build_defense, build_model, load_weights, train_config
@@ -32,6 +36,7 @@ from .records import (
     evaluate_loaded,
     note_components,
     recipe_components,
+    with_components,
     write_results,
 )
 
@@ -90,8 +95,13 @@ def _train_one(
     key = training_key(resolved.doc, method, start_ckpt, class_split_of(resolved, prepared))
     final = out / FINAL_NAME
     if done.is_file() and final.is_file() and read_key(done) == key:
-        log(f"{label}: already trained ({final})")
-        return final
+        broken = damage(final, read_json_object(done).get("final"))
+        if not broken:
+            log(f"{label}: already trained ({final})")
+            return final
+        log(f"{label}: {final} {broken}; writing it again")
+        if prepared["main"]:
+            done.unlink(missing_ok=True)
     if prepared["main"]:
         _set_aside_if_stale(out, key)
         atomic_write_json(out / "inputs.json", {"key": key})
@@ -100,7 +110,7 @@ def _train_one(
     if start_ckpt is not None:
         load_weights(loaded, start_ckpt)
     dataset, classnames, templates = prepared["data"]
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     train(
         loaded,
         prepared["defenses"][label],
@@ -117,7 +127,9 @@ def _train_one(
             {
                 "key": key,
                 "checkpoint": str(final),
+                "final": file_record(final),  # checked before every reuse
                 "seconds": round(time.perf_counter() - started, 2),
+                "cpu_s": round(time.process_time() - cpu_started, 2),
             },
         )
     return final
@@ -157,7 +169,13 @@ def _trained_earlier(
             f"{method['label']}: the model in {done.parent} was trained from other inputs "
             f"({', '.join(changed(previous, key)[:6])}); run the stage that trains it again"
         )
-    return done.parent / "final.pt"
+    final = done.parent / "final.pt"
+    broken = damage(final, read_json_object(done).get("final"))
+    if broken:
+        raise ClipxUsageError(
+            f"{method['label']}: {final} {broken}; run the stage that trains it again"
+        )
+    return final
 
 
 def class_split_of(resolved: ResolvedRecipe, prepared: dict[str, Any] | None = None):
@@ -229,7 +247,8 @@ def run_recipe(
 def run_seeds(resolved: ResolvedRecipe, run_dir: Path, resume: bool = False) -> RunResult:
     """One complete run per seed of `[recipe] seeds` (run_dir/seed-<s>/, each resumable on its
     own), then results.json with every per-seed record (`run_seed`), summary.json / results.md
-    (mean ± std over seeds) and transfer.png (clean vs robust on the unseen classes)."""
+    (mean and 95% interval over seeds and test images), transfer.png (clean vs robust on the
+    unseen classes) and samples.npz."""
 
     main = D.init_distributed().is_main
     if main:
@@ -248,19 +267,32 @@ def run_seeds(resolved: ResolvedRecipe, run_dir: Path, resume: bool = False) -> 
             one = run_recipe(
                 resolved.for_seed(seed), run_dir=run_dir / f"seed-{seed}", resume=resume
             )
-            records += [{**rec, "run_seed": seed} for rec in one.records]
+            seeded = with_components(run_dir / f"seed-{seed}", one.records)
+            records += [{**rec, "run_seed": seed} for rec in seeded]
             checkpoints.update({f"seed-{seed}/{k}": v for k, v in one.checkpoints.items()})
         table = ""
         if main and records:
-            rows = aggregate(records)
             atomic_write_json(run_dir / "results.json", records)
-            atomic_write_json(run_dir / "summary.json", rows)
-            table = write_spread(run_dir, rows)
-            atomic_write_text(run_dir / "results.md", table)
+            table = write_seed_summary(run_dir, records)  # + samples.npz over every seed
+            P.stamp_summary(run_dir, records)
+            P.write_run_provenance(run_dir, records)
     finally:
         if lock:
             lock.release()
     return RunResult(run_dir, records, table, resolved.to_dict(), checkpoints)
+
+
+def _note_start_model(resolved: ResolvedRecipe, start_ckpt: Path | None, device: Any) -> None:
+    """Stamp every artifact this run writes with its start model's weights sha256, compared
+    with the one the published tables came from (utils/provenance.py, models/shipped.py)."""
+    spec = resolved.doc["model"]
+    loaded = build_model(spec, device, seed=resolved.seed)
+    if start_ckpt is not None:
+        load_weights(loaded, start_ckpt)
+    reference = None if start_ckpt is not None else reference_sha256(spec)
+    origin = "pre-trained by this recipe" if start_ckpt else loaded.info.get("weights_origin")
+    source = str(spec.get("source") or spec.get("arch"))
+    P.set_start_model(P.start_model_info(source, weights_sha256(loaded.model), reference, origin))
 
 
 def _run(resolved: ResolvedRecipe, run_dir: Path, main: bool) -> RunResult:
@@ -277,6 +309,7 @@ def _run(resolved: ResolvedRecipe, run_dir: Path, main: bool) -> RunResult:
         checkpoints[doc["pretrain"]["label"]] = str(start_ckpt)
     elif "pretrain" in doc:
         start_ckpt = _trained_earlier(resolved, doc["pretrain"], None, run_dir)
+    _note_start_model(resolved, start_ckpt, device)
     trained: dict[str, Path] = {}
     for method in resolved.methods:
         if "defend" in resolved.stages:

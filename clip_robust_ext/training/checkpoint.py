@@ -113,6 +113,11 @@ def export_open_clip(source: str | Path | torch.nn.Module, path: str | Path) -> 
     if source.is_dir():
         source = source / CHECKPOINT_NAME
     state = load_checkpoint(source)
+    if any(".lora_" in key for key in state["model"]):
+        raise ClipxUsageError(
+            f"{source}: a LoRA run's training checkpoint (peft layer names); export its final.pt "
+            "(merged) or its adapter/ folder (clipx export [--merge-adapter])"
+        )
     module = torch.nn.Module()
     module.state_dict = lambda: state["model"]  # type: ignore[method-assign]
     return save_open_clip_checkpoint(module, path)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +31,18 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
 NON_SEMANTIC = ("checkpoint_every", "eval_every", "log_every", "num_workers")
 # Fields added after runs existed: left out of the resume fingerprint while at these defaults, so
 # a run started before they existed still resumes.
-ADDED_LATER = {"decay_all_params": False, "channels_last": False, "compile": False}
+ADDED_LATER = {
+    "decay_all_params": False,
+    "channels_last": False,
+    "compile": False,
+    "scope": "full",
+    "lora_rank": 8,
+    "lora_alpha": 16.0,
+    "lora_dropout": 0.0,
+    "lora_targets": None,
+    "first_blocks": 1,
+}
+SCOPES = ("full", "lora", "first-blocks", "prompt")
 
 
 @dataclass
@@ -50,6 +62,15 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine (linear warm-up, then cosine to 0) | constant (after warm-up)
     warmup_steps: int = 0
     trainable: str | None = None  # visual | text | both | prompt | last-k:N (None: defense's)
+    # what trains inside the towers `trainable` names (docs/scopes.md): full | lora (peft LoRA on
+    # attention/MLP projections or convs) | first-blocks (stem + first `first_blocks` blocks) |
+    # prompt (a learned prompt context, e.g. APT's; towers frozen)
+    scope: str = "full"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str | None = None  # regex over module names; None: the tower type's default
+    first_blocks: int = 1
     amp: str = "off"  # off | bf16 | fp16 (autocast on the loss; attacks always run in fp32)
     # speed options for the image tower during training (models/accelerate.py): other kernels, so
     # not bitwise eager; measured per tower type by `python -m benchmarks.run --only train_options`
@@ -151,12 +172,49 @@ class TrainConfig:
             self.betas = (float(betas[0]), float(betas[1]))
         if self.trainable is not None:
             parse_trainable(self.trainable)
+        self._validate_scope()
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ClipxUsageError(f"seed must be an integer, got {self.seed!r}")
+
+    def _validate_scope(self) -> None:
+        if self.scope not in SCOPES:
+            raise ClipxUsageError(
+                f"scope must be one of {SCOPES}, got {self.scope!r}{closest(str(self.scope), SCOPES)}"
+            )
+        for name in ("lora_rank", "first_blocks"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ClipxUsageError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.lora_alpha, (int, float)) or not self.lora_alpha > 0:
+            raise ClipxUsageError(f"lora_alpha must be a positive number, got {self.lora_alpha!r}")
+        if not isinstance(self.lora_dropout, (int, float)) or not 0 <= self.lora_dropout < 1:
+            raise ClipxUsageError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        self.lora_alpha, self.lora_dropout = float(self.lora_alpha), float(self.lora_dropout)
+        if self.lora_targets is not None:
+            try:
+                re.compile(self.lora_targets)
+            except (re.error, TypeError) as exc:
+                raise ClipxUsageError(
+                    f"lora_targets must be a regex over module names, got {self.lora_targets!r} "
+                    f"({exc})"
+                ) from None
+        kind = parse_trainable(self.trainable)[0] if self.trainable is not None else None
+        if self.scope in ("lora", "first-blocks") and kind not in (None, "visual", "text", "both"):
+            raise ClipxUsageError(
+                f"scope {self.scope!r} applies to the towers trainable names: visual, text or "
+                f"both, got trainable = {self.trainable!r}"
+            )
+        if self.scope == "prompt" and kind not in (None, "prompt"):
+            raise ClipxUsageError(
+                f"scope 'prompt' trains only a prompt context; trainable = {self.trainable!r} "
+                "contradicts it"
+            )
 
     def resolved(self, defense: Any = None) -> TrainConfig:
         """A copy with None fields filled: defense.train_defaults, then GLOBAL_DEFAULTS."""
         values = self.to_dict()
+        if values["scope"] == "prompt" and values["trainable"] is None:
+            values["trainable"] = "prompt"
         defense_defaults = dict(getattr(defense, "train_defaults", None) or {})
         if defense is not None and getattr(defense, "trainable", None):
             defense_defaults.setdefault("trainable", defense.trainable)

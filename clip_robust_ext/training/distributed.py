@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from ..errors import ClipxUsageError
+from ..utils.launcher import detect, export_env
 
 
 @dataclass(frozen=True)
@@ -35,14 +36,18 @@ class DistInfo:
 
 
 def init_distributed() -> DistInfo:
-    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, nccl on GPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    """Join the launcher's process group when it started several processes (gloo on CPU, nccl on GPU)."""
+    launch = detect()  # torchrun, accelerate, submitit or srun (utils/launcher.py)
+    if launch.world_size <= 1:
         return DistInfo()
     if not dist.is_available():
-        raise ClipxUsageError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        raise ClipxUsageError(
+            f"{launch.world_size} processes ({launch.source}) but this torch build has no "
+            "torch.distributed"
+        )
+    local_rank = launch.local_rank
     if not dist.is_initialized():
+        export_env(launch)
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank)

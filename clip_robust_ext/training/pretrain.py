@@ -4,7 +4,11 @@
 (a ModifiedResNet image tower: the 2-layer ViT of clipx-tiny reached only 26-32% zero-shot in the same
 budget, the ResNet 92%) pre-trained on the seeded ProceduralShapes train split, cached under clip_robust_ext.data.cache_dir()
 keyed by a content hash of (architecture config, hyper-parameters, seed, data and code version),
-built once per machine in a couple of minutes and written atomically under a file lock."""
+built once per machine in a couple of minutes and written atomically under a file lock.
+
+Pre-training runs on one thread (the reduction order, hence the rounding, depends on the thread
+count) and is deterministic on one kind of CPU, not across kinds: the package ships the weights
+its tables came from (models/shipped.py) and uses them whenever the content key matches."""
 
 from __future__ import annotations
 
@@ -28,8 +32,10 @@ from ..data import procedural as _procedural_module
 from ..errors import ClipxUsageError
 from ..models import LoadedCLIP, ZeroShotClassifier, load_clip, save_open_clip_checkpoint
 from ..models.clip import CONFIG_DIR
+from ..models.shipped import record, shipped_weights
 from ..params import checked, keyword_parameters
 from ..registry import get
+from ..utils.integrity import damage, file_record
 from ..utils.io import atomic_write_json
 from .config import TrainConfig
 from .trainer import train
@@ -193,11 +199,16 @@ def _finished(folder: Path, key: str) -> bool:
     if not (meta.is_file() and weights.is_file()):
         return False
     try:
-        recorded = json.loads(meta.read_text()).get("key")
+        marker = json.loads(meta.read_text())
+        recorded = marker.get("key")
     except (OSError, ValueError, AttributeError):
-        recorded = None
+        marker, recorded = {}, None
     if recorded != key:
         print(f"clipx: {meta} is unreadable or for another key; rebuilding", file=sys.stderr)
+        return False
+    broken = damage(weights, marker.get("weights"))
+    if broken:
+        print(f"clipx: {weights} {broken}; rebuilding", file=sys.stderr)
         return False
     return True
 
@@ -216,8 +227,11 @@ def procedural_small_key(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def procedural_small_path(rebuild: bool = False, progress: bool = True, **overrides: Any) -> Path:
-    """The cached checkpoint (open_clip format) of procedural-small, building it if missing."""
+def procedural_small_path(
+    rebuild: bool = False, progress: bool = True, use_shipped: bool = True, **overrides: Any
+) -> Path:
+    """The shipped weights of procedural-small when made for this content key (and neither
+    `rebuild` nor `use_shipped=False`), else the cached checkpoint, building it if missing."""
     unknown = sorted(set(overrides) - set(PROCEDURAL_SMALL_DEFAULTS))
     if unknown:
         raise ClipxUsageError(
@@ -225,6 +239,9 @@ def procedural_small_path(rebuild: bool = False, progress: bool = True, **overri
         )
     spec = {**PROCEDURAL_SMALL_DEFAULTS, **overrides}
     key = procedural_small_key(spec)
+    shipped = shipped_weights("procedural-small", key) if use_shipped and not rebuild else None
+    if shipped is not None:
+        return shipped
     root = cache_dir() / "models"
     folder = root / f"procedural-small-{key}"
     weights, meta = folder / "model.pt", folder / "meta.json"
@@ -242,6 +259,8 @@ def procedural_small_path(rebuild: bool = False, progress: bool = True, **overri
         )
         started = time.perf_counter()
         work = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
         try:
             data = ProceduralShapes("train", n=spec["n_train"], seed=spec["seed"])
             loaded = pretrain_small_clip(
@@ -269,6 +288,7 @@ def procedural_small_path(rebuild: bool = False, progress: bool = True, **overri
                 {  # written last: its presence marks a complete model
                     "name": "procedural-small",
                     "key": key,
+                    "weights": file_record(weights),  # checked before every reuse
                     "spec": spec,
                     "arch_config": _arch_config(spec["arch"]),
                     "zero_shot_test_accuracy": accuracy,
@@ -278,6 +298,7 @@ def procedural_small_path(rebuild: bool = False, progress: bool = True, **overri
                 },
             )
         finally:
+            torch.set_num_threads(threads)
             shutil.rmtree(work, ignore_errors=True)
         print(
             f"clipx: procedural-small ready: zero-shot accuracy {accuracy:.3f} on the procedural test split "
@@ -292,18 +313,27 @@ def procedural_small(
     precision: str = "fp32",
     rebuild: bool = False,
     progress: bool = True,
+    use_shipped: bool = True,
     **overrides: Any,
 ) -> LoadedCLIP:
-    """Model source "procedural-small": the cached pre-trained small CLIP (built on first use)."""
-    weights = procedural_small_path(rebuild=rebuild, progress=progress, **overrides)
+    """Model source "procedural-small": the shipped weights when the content key matches, else
+    the cached pre-trained small CLIP (built on first use)."""
+    weights = procedural_small_path(rebuild, progress, use_shipped, **overrides)
     arch = overrides.get("arch", PROCEDURAL_SMALL_DEFAULTS["arch"])
     loaded = load_clip(arch, pretrained=str(weights), device=device, precision=precision)
-    meta = json.loads((weights.parent / "meta.json").read_text())  # checked by _finished
+    shipped = weights.suffix == ".safetensors"
+    # checked by _finished (cache) or made with the shipped weights (package)
+    meta = (
+        record("procedural-small")
+        if shipped
+        else json.loads((weights.parent / "meta.json").read_text())
+    )
     loaded.info.update(
         {
             "source": "procedural-small",
             "zero_shot_test_accuracy": meta["zero_shot_test_accuracy"],
             "cache_key": meta["key"],
+            "weights_origin": "shipped" if shipped else "pre-trained on this machine",
         }
     )
     return loaded

@@ -43,9 +43,10 @@ from ..models import DEFAULT_TEMPLATES, LoadedCLIP, ZeroShotClassifier, save_ope
 from ..models.accelerate import accelerated
 from ..models.prompts import adopt_prompt_context
 from ..registry import get
-from ..utils.io import atomic_write_text
+from ..utils.io import append_text, atomic_write_text
 from ..utils.seeding import seed_everything
 from . import distributed as D
+from . import scope as S
 from .checkpoint import (
     CHECKPOINT_NAME,
     FINAL_NAME,
@@ -57,7 +58,7 @@ from .checkpoint import (
 )
 from .config import ADDED_LATER, NON_SEMANTIC, TrainConfig
 from .defense import Batch, Defense, TrainContext
-from .schedule import build_optimizer, build_scheduler, set_trainable
+from .schedule import build_optimizer, build_scheduler
 
 METRICS_NAME = "metrics.jsonl"
 LOGIT_SCALE_MAX = math.log(100.0)
@@ -259,8 +260,7 @@ class _Logger:
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(record, default=str) + "\n")
+        append_text(self.path, json.dumps(record, default=str) + "\n")
         if self.tb is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key != "step":
@@ -336,6 +336,7 @@ def train(
     seed_everything(config.seed + info.rank)
     # the reference is the *starting* model, copied before any resumed weights are loaded
     reference = _reference(loaded, defense, classnames, templates, device)
+    scope = S.prepare(loaded, config)  # after the reference: the reference is the base
     if state is not None:
         adopt_prompt_context(model, state["model"])  # a context the defense created, resumed
         model.load_state_dict(state["model"])
@@ -343,10 +344,20 @@ def train(
     run: _Run | None = None
     try:
         if state is not None and state["step"] >= total:
-            _finish(loaded, run_dir, info, defense, total)
+            _finish(loaded, run_dir, info, defense, total, scope)
             return loaded
         setup = _Setup(
-            defense, config, info, device, run_dir, ckpt_path, fingerprint, total, spe, logger
+            defense,
+            config,
+            info,
+            device,
+            run_dir,
+            ckpt_path,
+            fingerprint,
+            total,
+            spe,
+            logger,
+            scope,
         )
         with accelerated(loaded, config.channels_last, config.compile) as fast:
             run = _Run(loaded, setup, reference, classnames, templates, fast)
@@ -354,12 +365,13 @@ def train(
                 run.restore(state)
             run.loop(dataset, eval_fn, progress)
             run.checkpoint()
-        _finish(loaded, run_dir, info, defense, total)
+        _finish(loaded, run_dir, info, defense, total, scope)
         return loaded
     finally:
         if run is not None and run.bar is not None:  # an error must not land on the bar's line
             run.bar.close()
         logger.close()
+        S.release(scope)
         for name, p in model.named_parameters():
             p.requires_grad_(flags.get(name, True))
         model.eval()
@@ -404,6 +416,7 @@ class _Setup:
     total: int  # optimiser steps
     spe: int  # steps per epoch
     logger: _Logger
+    scope: S.Scope
 
 
 class _Run:
@@ -437,7 +450,8 @@ class _Run:
         )
         # set-up first: it may add trainable parts to the model (a prompt context) to select
         defense.setup(self.ctx)
-        self.params = set_trainable(self.model, config.trainable)
+        self.params = S.select(self.model, setup.scope)
+        S.announce(setup.scope, sum(p.numel() for p in self.model.parameters()), setup.info.is_main)
         if isinstance(defense, nn.Module):
             defense.to(device)
             self.params += [p for p in defense.parameters() if p.requires_grad]
@@ -709,8 +723,14 @@ def _evaluate(
 
 
 def _finish(
-    loaded: LoadedCLIP, run_dir: Path, info: D.DistInfo, defense: Defense, total: int
+    loaded: LoadedCLIP,
+    run_dir: Path,
+    info: D.DistInfo,
+    defense: Defense,
+    total: int,
+    scope: S.Scope,
 ) -> None:
+    S.finish(loaded, scope, run_dir, info.is_main)
     if info.is_main:
         save_open_clip_checkpoint(loaded.model, run_dir / FINAL_NAME)
     D.barrier()

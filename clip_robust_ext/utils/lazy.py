@@ -11,8 +11,8 @@ Where it is used, and why:
 - clip_robust_ext.analysis: matplotlib and torch;
 - built-in plugin packages (clipx_saft, clipx_simplex, clipx_laat) re-export torch-heavy names.
 Function-level imports remain only where a start-up command would otherwise load torch:
-- cli, datacli: each command imports what it runs (run.stages, run.evaluate, analysis, export,
-  models.zoo, evaluation.leaderboard, data) in its body;
+- cli, datacli, comparecli: each command imports what it runs (run.stages, run.evaluate,
+  analysis, export, models.zoo, evaluation.leaderboard, evaluation.pairing, data) in its body;
 - recipes, evaluation.protocols: validating a recipe or a protocol touches data.splits,
   data.suite, training.config and evaluation.testtime only when a recipe names them;
 - attacks.text.attacker: TextAttack, behind its offline guard (attacks/text/env.py).

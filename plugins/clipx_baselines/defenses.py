@@ -25,8 +25,11 @@ from clip_robust_ext.api import (
     verify_adversarial,
 )
 
+from .apgd_reference import EmbeddingAPGDReference
 from .fare_attack import EmbeddingAPGD, EmbeddingPGD, embedding_l2
 from .noise import GaussianAug
+
+INNER_ATTACKS = ("pgd", "apgd", "apgd-reference")
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -211,9 +214,10 @@ class FARE(Defense):
     un-normalised image embeddings, x_adv maximising the same distance (PGD-10, step 1/255).
     The paper trains eps 2/255 (FARE^2) and 4/255 (FARE^4); 4/255 is the default here, as in
     the repository's training script. clean_weight mixes in the clean-image term (code option).
-    inner_attack: "pgd" (the README commands behind the released checkpoints) | "apgd" (the
-    training script's argparse default; APGD on the same loss, step size from the APGD schedule,
-    alpha unused)."""
+    inner_attack: "pgd" (the README commands behind the released checkpoints) | "apgd" (APGD as
+    the paper describes it, on the same loss; alpha unused) | "apgd-reference" (the training
+    script's argparse default as its apgd_train runs it: no random start, normalised embedding
+    vs un-normalised target, integer checkpoints, last iterate; apgd_reference.py)."""
 
     name = "fare"
     trainable = "visual"
@@ -226,11 +230,11 @@ class FARE(Defense):
         alpha: float | str = "1/255",
         steps: int = 10,
         clean_weight: float = 0.0,
-        inner_attack: Literal["pgd", "apgd"] = "pgd",
+        inner_attack: Literal["pgd", "apgd", "apgd-reference"] = "pgd",
     ):
-        if inner_attack not in ("pgd", "apgd"):
+        if inner_attack not in INNER_ATTACKS:
             raise ClipxUsageError(
-                f"fare: inner_attack must be 'pgd' or 'apgd', got {inner_attack!r}"
+                f"fare: inner_attack must be one of {', '.join(INNER_ATTACKS)}, got {inner_attack!r}"
             )
         self.inner_attack = inner_attack
         self.eps = parse_eps(eps, name="eps")
@@ -249,10 +253,13 @@ class FARE(Defense):
         if self._attack is None or self._attack.model is not ctx.model:
             if self.inner_attack == "apgd":
                 self._attack = EmbeddingAPGD(ctx.model, self.eps, self.steps)
+            elif self.inner_attack == "apgd-reference":
+                self._attack = EmbeddingAPGDReference(ctx.model, self.eps, self.steps)
             else:
                 self._attack = EmbeddingPGD(ctx.model, self.eps, self.alpha, self.steps)
+        extra = (batch.labels,) if self.inner_attack == "apgd-reference" else ()
         with attack_mode(ctx.model), torch.autocast(x.device.type, enabled=False):
-            x_adv = self._attack(x.float(), target.float())
+            x_adv = self._attack(x.float(), target.float(), *extra)
         verify_adversarial(x, x_adv, self.eps, "Linf", "fare/embedding-pgd")
         loss_adv = embedding_l2(ctx.model.encode_image(x_adv, normalize=False), target).mean()
         metrics = {"loss_adv": loss_adv.detach()}

@@ -5,8 +5,9 @@ shape of its PGD: maximise
     KL(softmax(e(x)) || softmax(e(x_adv))) + text_weight * KL(softmax(t_adv) || softmax(e(x_adv)))
 with e = normalised CLIP image embedding, t_adv = normalised embedding of the already-perturbed
 text, softmax over embedding dimensions (not classes). text_weight = 0 is the image-only KL attack
-("run_trades" in the reference code). The reference code starts uniformly in [0, eps]
-(random_start="positive"); "symmetric" ([-eps, eps]) and "none" are options."""
+("run_trades" in the reference code). The reference code starts uniformly in [0, eps] and does
+not clamp the start to [0, 1] (random_start="positive", the same); "symmetric" ([-eps, eps],
+clamped) and "none" are options."""
 
 from __future__ import annotations
 
@@ -89,11 +90,11 @@ class CoAttackKL(Attack):
                 "CoAttackKL with text_weight > 0 needs the perturbed text embeddings"
             )
         adv = images.clone()
-        if self.random_start == "positive":
-            adv = adv + torch.empty_like(adv).uniform_(0, self.eps)
-        elif self.random_start == "symmetric":
-            adv = adv + torch.empty_like(adv).uniform_(-self.eps, self.eps)
-        adv = torch.clamp(adv, 0, 1).detach()
+        if self.random_start == "positive":  # as the reference: the start is not clamped, so
+            adv = adv + torch.empty_like(adv).uniform_(0, self.eps)  # the first gradient is
+        elif self.random_start == "symmetric":  # taken at pixels up to 1 + eps
+            adv = torch.clamp(adv + torch.empty_like(adv).uniform_(-self.eps, self.eps), 0, 1)
+        adv = adv.detach()
         for _ in range(self.steps):
             adv.requires_grad_(True)
             log_q = F.log_softmax(self.model.encode_image(adv), dim=-1)
@@ -105,4 +106,4 @@ class CoAttackKL(Attack):
             adv = torch.clamp(
                 images + torch.clamp(adv - images, -self.eps, self.eps), 0, 1
             ).detach()
-        return adv
+        return adv.clamp(0, 1)  # every step clamps; this only matters at steps = 0

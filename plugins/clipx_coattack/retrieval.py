@@ -22,6 +22,7 @@ from clip_robust_ext.api import (
     attack_mode,
     attack_success,
     class_galleries,
+    cleaned_gallery,
     format_eps,
     karpathy_gallery,
     procedural_galleries,
@@ -43,8 +44,30 @@ def retrieval_attacks() -> list[str]:
     return [name for name, e in entries("attacks").items() if e.modality == "retrieval"]
 
 
+def caption_words(value: Any) -> int | None:
+    """`galleries.pre_caption`: false (captions as given), true (Co-Attack's / SGA's cleaning,
+    cut to their 30 words) or a positive word limit."""
+    if value is False:
+        return None
+    if value is True:
+        return 30
+    if isinstance(value, int) and value >= 1:
+        return value
+    raise ClipxUsageError(
+        f"galleries.pre_caption: expected true, false or a positive word count, got {value!r}"
+    )
+
+
 def build_galleries(spec: dict[str, Any], seed: int) -> list[CaptionGallery]:
     spec = dict(spec)
+    words = caption_words(spec.pop("pre_caption", False))
+    galleries = _source_galleries(spec, seed)
+    if words is None:
+        return galleries
+    return [cleaned_gallery(g, words) for g in galleries]
+
+
+def _source_galleries(spec: dict[str, Any], seed: int) -> list[CaptionGallery]:
     source = spec.pop("source", "procedural")
     if source == "procedural":
         return procedural_galleries(seed=seed, **spec)
@@ -96,11 +119,12 @@ def check_galleries(spec: Any) -> None:
             raise ClipxUsageError(
                 f"galleries.dataset: {unknown_name('dataset', str(dataset), known)}"
             )
+    caption_words(spec.get("pre_caption", False))
     for key, value in spec.items():
-        if key == "source":
+        if key in ("source", "pre_caption"):
             continue
         if key not in params:
-            raise unknown_key(f"galleries.{key}", ["source", *params])
+            raise unknown_key(f"galleries.{key}", ["source", "pre_caption", *params])
         coerce(value, params[key], f"galleries.{key}")
 
 

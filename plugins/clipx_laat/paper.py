@@ -16,7 +16,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +101,7 @@ class PaperConfig:
         "last"  # | "best-robust-on-test" (the reference: optimistic, test-split episodes)
     )
     select_episodes: int = (
-        20  # episodes per epoch for best-robust-on-test (the reference's --n_val)
+        20  # size of the ONE episode set best-robust-on-test reuses every epoch (--n_val)
     )
     use_linear: bool | None = (
         None  # bias-free projection to the anchor dim; None = only if dims differ
@@ -321,22 +321,28 @@ def evaluate_head(
     }
 
 
-def evaluate_episodes(
-    model: AnchorNet, anchors: torch.Tensor, x: torch.Tensor, y: torch.Tensor, cfg: PaperConfig
-) -> dict[str, Any]:
-    """Episodic N-way K-shot tasks (the reference's protocol): each episode draws n_way novel classes
-    and n_support + n_query images per class; the head is those classes' anchors (K = 0) or their
-    support prototypes (K > 0, see support_prototypes). Mean and 95% CI over episodes."""
-    n_cls = anchors.shape[0]
+@dataclass(frozen=True)
+class Episode:
+    """One N-way task: its novel classes and, per class, the support and query image indices."""
+
+    classes: torch.Tensor  # (n_way,) novel-class ids; episode label j = classes[j]
+    support: torch.Tensor  # (n_way, n_support) indices into the novel test images
+    query: list[torch.Tensor]  # per class, the query image indices
+
+
+def draw_episodes(
+    y: torch.Tensor, n_cls: int, cfg: PaperConfig, count: int, seed: int
+) -> list[Episode]:
+    """`count` episodes of n_way novel classes with n_support + n_query images each."""
     if cfg.n_way > n_cls:
         raise ClipxUsageError(f"laat: n_way={cfg.n_way} but only {n_cls} novel classes")
-    g = torch.Generator().manual_seed(cfg.seed + 3)
+    g = torch.Generator().manual_seed(seed)
     by_class = [torch.nonzero(y == c).flatten() for c in range(n_cls)]
-    clean_accs, robust_accs = [], []
-    for _ in range(cfg.episodes):
+    out = []
+    for _ in range(count):
         classes = torch.randperm(n_cls, generator=g)[: cfg.n_way]
-        xs, ys, support = [], [], []
-        for j, c in enumerate(classes.tolist()):
+        support, query = [], []
+        for c in classes.tolist():
             pool = by_class[c]
             pick = pool[torch.randperm(len(pool), generator=g)[: cfg.n_support + cfg.n_query]]
             if len(pick) <= cfg.n_support:
@@ -344,16 +350,40 @@ def evaluate_episodes(
                     f"laat: novel class {c} has {len(pool)} test images; n_support={cfg.n_support} "
                     "needs more (lower n_support or raise test_per_class)"
                 )
-            support.append(x[pick[: cfg.n_support]])
-            pick = pick[cfg.n_support :]
-            xs.append(x[pick])
-            ys.append(torch.full((len(pick),), j, dtype=torch.long))
-        head = anchors[classes]
+            support.append(pick[: cfg.n_support])
+            query.append(pick[cfg.n_support :])
+        out.append(Episode(classes, torch.stack(support), query))
+    return out
+
+
+def score_episodes(
+    model: AnchorNet,
+    anchors: torch.Tensor,
+    x: torch.Tensor,
+    episodes: list[Episode],
+    cfg: PaperConfig,
+) -> list[dict[str, Any]]:
+    """evaluate_head on each episode: its classes' anchors (K = 0) or support prototypes."""
+    results = []
+    for ep in episodes:
+        xs = torch.cat([x[q] for q in ep.query])
+        ys = torch.cat([torch.full((len(q),), j, dtype=torch.long) for j, q in enumerate(ep.query)])
+        head = anchors[ep.classes]
         if cfg.n_support:
-            head = support_prototypes(model, head, torch.stack(support), cfg.text_weight)
-        res = evaluate_head(model, head, torch.cat(xs), torch.cat(ys), cfg)
-        clean_accs.append(res["clean_acc"])
-        robust_accs.append(res["robust_acc"])
+            support = torch.stack([x[s] for s in ep.support])
+            head = support_prototypes(model, head, support, cfg.text_weight)
+        results.append(evaluate_head(model, head, xs, ys, cfg))
+    return results
+
+
+def evaluate_episodes(
+    model: AnchorNet, anchors: torch.Tensor, x: torch.Tensor, y: torch.Tensor, cfg: PaperConfig
+) -> dict[str, Any]:
+    """Episodic N-way K-shot tasks (the reference's protocol): each episode draws n_way novel classes
+    and n_support + n_query images per class; the head is those classes' anchors (K = 0) or their
+    support prototypes (K > 0, see support_prototypes). Mean and 95% CI over episodes."""
+    episodes = draw_episodes(y, anchors.shape[0], cfg, cfg.episodes, cfg.seed + 3)
+    results = score_episodes(model, anchors, x, episodes, cfg)
 
     def stat(v: list[float]) -> dict[str, float]:
         t = torch.tensor(v, dtype=torch.float64)
@@ -366,8 +396,8 @@ def evaluate_episodes(
         "n_support": cfg.n_support,
         "text_weight": cfg.text_weight,
         "n_query": cfg.n_query,
-        "clean_acc": stat(clean_accs),
-        "robust_acc": stat(robust_accs),
+        "clean_acc": stat([r["clean_acc"] for r in results]),
+        "robust_acc": stat([r["robust_acc"] for r in results]),
     }
 
 
@@ -398,6 +428,11 @@ def train_backbone(
     backbone = build_backbone(cfg.backbone, cfg.width, cfg.drop_rate, cfg.dropblock_size)
     model = AnchorNet(backbone, anchors.seen, tau=cfg.tau, use_linear=cfg.use_linear)
     best = BestEpoch(model) if cfg.select_epoch == "best-robust-on-test" else None
+    probe = (
+        draw_episodes(data.novel_y, anchors.novel.shape[0], cfg, cfg.select_episodes, cfg.seed + 5)
+        if best is not None
+        else []
+    )
     params = [
         p for p in model.parameters() if p.requires_grad
     ]  # anchors are a buffer: never trained
@@ -451,7 +486,7 @@ def train_backbone(
                     }
                 )
         if best is not None:
-            score = novel_split_robust_acc(model, anchors, data, cfg, epoch)
+            score = selection_score(model, anchors, data, cfg, probe)
             best.update(epoch, score)
             if log is not None:
                 log({"epoch": epoch, "select_robust_acc": score, "best_epoch": best.best_epoch})
@@ -462,15 +497,19 @@ def train_backbone(
     return model
 
 
-def novel_split_robust_acc(
-    model: AnchorNet, anchors: AnchorSet, data: SplitData, cfg: PaperConfig, epoch: int
+def selection_score(
+    model: AnchorNet, anchors: AnchorSet, data: SplitData, cfg: PaperConfig, probe: list[Episode]
 ) -> float:
-    """The reference's per-epoch model-selection score: mean robust accuracy over fresh episodes
-    of the novel-class TEST images (see selection.py). Leaves the model on the seen-class head."""
-    probe = replace(cfg, episodes=cfg.select_episodes, seed=cfg.seed + 7919 * (epoch + 1))
-    score = evaluate_episodes(model, anchors.novel, data.novel_x, data.novel_y, probe)
+    """The reference's per-epoch model-selection score (train.py:221-223, 294; samplers.py:30-57):
+    mean adversarial accuracy (clean accuracy not required) over ONE fixed set of episodes of the
+    novel-class TEST images, the same every epoch (see selection.py). The attack's random draws
+    are the same every epoch and do not touch the training RNG. Leaves the seen-class head on."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 6)
+        results = score_episodes(model, anchors.novel, data.novel_x, probe, cfg)
     model.set_anchors(anchors.seen)
-    return float(score["robust_acc"]["mean"])
+    key = f"pgd-{cfg.test_steps}"
+    return float(sum(r["per_attack"][key] for r in results) / len(results))
 
 
 # -- the whole experiment ----------------------------------------------------------------------------

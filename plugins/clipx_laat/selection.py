@@ -1,9 +1,10 @@
 """Which epoch's weights LAAT paper mode keeps (docs/FIDELITY.md#laat).
 
 "last" (default): the weights after the last epoch; nothing is chosen by looking at test data.
-"best-robust-on-test": the reference's train.py, which after every epoch measures robust accuracy
-on episodes drawn from the TEST split (its valloader is built on testset) and keeps the epoch with
-the highest; the final episodes then come from that same split, so its numbers are optimistic.
+"best-robust-on-test": the reference's train.py, which after every epoch measures adversarial
+accuracy on one fixed set of episodes drawn once from the TEST split (its valloader is built on
+testset with a fixed-batch sampler) and keeps the first epoch with the highest; the final episodes
+then come from that same split, so its numbers are optimistic (paper.py selection_score).
 Offered only to reproduce the published numbers, and named so that results say what was done."""
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ because the default is the method as described:
   leak_attack_gradients  their training PGD calls backward() on the unfrozen model after
                          zero_grad, so the 10 attack steps' zero-shot CE gradients (both towers)
                          are added to every optimiser step; clipx freezes the model while attacking.
+                         Refused under amp = "fp16" (the gradient scaler would shrink the leak).
   substitutes_from       "previous-token": their BERT-Attack's [CLS] offset.
   stopwords              "reference": their case-sensitive list, no stop words as substitutes.
 Their fp32 / constant-lr / weight decay on every parameter / unclamped logit scale are TrainConfig
@@ -121,6 +122,15 @@ class MMCoA(Defense):
         self._masked_lm = None if isinstance(masked_lm, str) else masked_lm
         self._tokenizer = tokenizer
         self._captions: CaptionAttackCache | None = None
+
+    def setup(self, ctx: TrainContext) -> None:
+        config = ctx.extras.get("config")
+        if self.leak_attack_gradients and getattr(config, "amp", "off") == "fp16":
+            # the GradScaler would divide the leaked gradients by its scale (about 1/65536)
+            raise ClipxUsageError(
+                "mmcoa: leak_attack_gradients needs amp = 'off' (the reference's fp32) or 'bf16'; "
+                "under 'fp16' the gradient scaler would shrink the leaked gradients ~65536x"
+            )
 
     def _caption_cache(self, ctx: TrainContext) -> CaptionAttackCache:
         if self._captions is None or self._captions.attacker.classifier is not ctx.model:

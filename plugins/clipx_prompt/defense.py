@@ -6,7 +6,11 @@ Fidelity to the authors' code (TreeLLi/APT, trainers/apt.py; docs/FIDELITY.md#ap
 - attack_prompt "onfly" (their default): the training PGD attacks the current learned prompts;
   "constant": it attacks the hand-written template prompts (their 'constant'); their third mode,
   'perturbed' (the prompt is also perturbed in the inner loop), is not implemented;
-- PGD: uniform random start, `steps` sign steps of `alpha` (torchattacks PGD, same update);
+- PGD: uniform random start, `steps` sign steps of `alpha`; torchattacks PGD projects onto the
+  [0, 1] box every step, their code keeps delta in [-eps, eps] and clamps only the image
+  (pgd_update = "reference", reference.py);
+- augmentation: their configs train with random-resized-crop + flip (augment =
+  "resized-crop-flip"); clipx's default is none;
 - optimiser (Dassl defaults of their configs): SGD lr 2e-3, momentum 0.9, weight decay 5e-4,
   cosine; their 1-epoch constant warm-up at 1e-5 is not reproduced (clipx's warm-up is linear);
 - class_specific: their CSC learns one independent context per class, so a class it never saw
@@ -29,6 +33,7 @@ from clip_robust_ext.api import (
     PromptContext,
     TrainContext,
     attach_prompt_context,
+    attack_mode,
     build_prompts,
     checked,
     format_eps,
@@ -37,7 +42,11 @@ from clip_robust_ext.api import (
     verify_adversarial,
 )
 
+from .reference import clamped_image_pgd, resized_crop_flip
+
 ATTACK_PROMPTS = ("onfly", "constant")
+PGD_UPDATES = ("projected", "reference")
+AUGMENTS = ("none", "resized-crop-flip")
 
 
 class FixedPromptHead(nn.Module):
@@ -69,6 +78,8 @@ class APT(Defense):
         init: str = "",
         class_specific: bool = False,
         attack_prompt: Literal["onfly", "constant"] = "onfly",
+        pgd_update: Literal["projected", "reference"] = "projected",
+        augment: Literal["none", "resized-crop-flip"] = "none",
     ):
         self.eps = parse_eps(eps, name="eps")
         self.alpha = parse_eps(alpha, name="alpha")
@@ -88,6 +99,11 @@ class APT(Defense):
             raise ClipxUsageError(
                 f"apt: attack_prompt must be one of {ATTACK_PROMPTS}, got {attack_prompt!r}"
             )
+        for name, value, allowed in (("pgd_update", pgd_update, PGD_UPDATES),
+                                     ("augment", augment, AUGMENTS)):  # fmt: skip
+            if value not in allowed:
+                raise ClipxUsageError(f"apt: {name} must be one of {allowed}, got {value!r}")
+        self.pgd_update, self.augment = pgd_update, augment
         self.steps, self.n_ctx, self.init = steps, n_ctx, init.strip()
         self.class_specific, self.attack_prompt = class_specific, attack_prompt
         self._head: FixedPromptHead | None = None
@@ -113,17 +129,29 @@ class APT(Defense):
 
     def loss(self, batch: Batch, ctx: TrainContext):
         target = ctx.model if self._head is None else self._head
-        attack = ctx.attack(
-            "pgd", model=target, eps=self.eps, alpha=self.alpha, steps=self.steps, random_start=True
-        )
-        x_adv = attack(batch.images, batch.labels).images
-        verify_adversarial(batch.images, x_adv, self.eps, "Linf", "apt/pgd")
+        x = resized_crop_flip(batch.images) if self.augment == "resized-crop-flip" else batch.images
+        x_adv = self.adversarial_images(target, x, batch.labels, ctx)
+        verify_adversarial(x, x_adv, self.eps, "Linf", "apt/pgd")
         logits = ctx.model(x_adv)
         acc = (logits.argmax(1) == batch.labels).float().mean().detach()
         return F.cross_entropy(logits, batch.labels), {"adv_acc": acc}
 
+    def adversarial_images(self, target, x: torch.Tensor, labels: torch.Tensor, ctx: TrainContext):
+        """torchattacks PGD (default) or the reference's update (reference.py), fp32, frozen."""
+        if self.pgd_update == "projected":
+            attack = ctx.attack(
+                "pgd", model=target, eps=self.eps, alpha=self.alpha, steps=self.steps,
+                random_start=True,
+            )  # fmt: skip
+            return attack(x, labels).images
+        with attack_mode(target), torch.autocast(x.device.type, enabled=False):
+            return clamped_image_pgd(target, x.float(), labels, self.eps, self.alpha, self.steps)
+
     def config(self) -> dict[str, Any]:
         out = {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        for key, default in (("pgd_update", "projected"), ("augment", "none")):
+            if out.get(key) == default:  # only when set, so earlier runs still resume
+                out.pop(key)
         out["eps"], out["alpha"] = format_eps(self.eps), format_eps(self.alpha)
         return out
 

@@ -25,6 +25,7 @@ from clip_robust_ext.api import (
     verify_adversarial,
 )
 
+from .guide import bert_tokenizer, truncate_like_reference
 from .image import SCALES, SGAImageStep
 
 CAPTION_SETS = ("adversarial", "adversarial+original")
@@ -37,7 +38,8 @@ class SGA:
     caption_set: the captions guiding the image step (see the module docstring);
     text_attack: the toolkit's text-attack settings (TextAttackConfig fields; the goal is always
     "image-guided"); seed: the text attack's seed (the image step uses torch's global RNG, which
-    the protocol seeds)."""
+    the protocol seeds); guide_max_tokens: None, or the reference's 30: the guidance captions
+    round-tripped through the masked LM's BERT tokenizer and cut to that many tokens (guide.py)."""
 
     norm = "Linf"
 
@@ -52,6 +54,7 @@ class SGA:
         caption_set: str = "adversarial",
         text_attack: dict[str, Any] | None = None,
         seed: int = 0,
+        guide_max_tokens: int | None = None,
     ):
         if caption_set not in CAPTION_SETS:
             raise ClipxUsageError(f"caption_set must be one of {CAPTION_SETS}, got {caption_set!r}")
@@ -68,6 +71,15 @@ class SGA:
         )
         self.eps = self.image_step.eps
         config, mlm, tok = config_from_params(goal="image-guided", **params)
+        self.guide_max_tokens = guide_max_tokens
+        self.guide_tokenizer = None
+        if guide_max_tokens is not None:
+            if not isinstance(guide_max_tokens, int) or guide_max_tokens < 3:
+                raise ClipxUsageError(
+                    f"sga: guide_max_tokens must be an integer >= 3 or unset, got {guide_max_tokens!r}"
+                )
+            masked_lm = mlm if mlm is not None else config.masked_lm
+            self.guide_tokenizer = bert_tokenizer(masked_lm, tok)
         # one attacker for both text stages (the masked LM loads once); its anchors change
         self.text = CLIPTextAttacker(model, config, masked_lm=mlm, tokenizer=tok)
 
@@ -84,6 +96,8 @@ class SGA:
         with attack_mode(self.model):
             first = self._guided_texts(texts, text_owner, images)
             guide = [r.perturbed for r in first]
+            if self.guide_tokenizer is not None:  # the reference's 30-token round trip (guide.py)
+                guide = truncate_like_reference(guide, self.guide_tokenizer, self.guide_max_tokens)
             owner = text_owner
             if self.caption_set == "adversarial+original":
                 guide, owner = guide + texts, torch.cat([text_owner, text_owner])

@@ -56,10 +56,10 @@ def stopword_variants() -> frozenset[str]:
 
 @cache
 def reference_stopwords() -> frozenset[str]:
-    """The BERT-Attack lineage's list as MMCoA / Co-Attack use it: lower-case function words and
-    punctuation, matched case-sensitively (written for clipx from that description)."""
-    lines = _REFERENCE_STOPWORDS_FILE.read_text().splitlines()
-    return frozenset(w for line in lines if not line.startswith("#") for w in line.split())
+    """The BERT-Attack lineage's list exactly as MMCoA / Co-Attack / SGA hold it (292 entries,
+    one per line; case-sensitive; "a the" is one entry)."""
+    lines = _REFERENCE_STOPWORDS_FILE.read_text(encoding="utf-8").splitlines()
+    return frozenset(line for line in lines if line and not line.startswith("#"))
 
 
 def stopword_set(which: str = "clipx") -> frozenset[str]:
