@@ -136,12 +136,20 @@ def test_a_stale_table_fails():
 
 
 def test_the_headline_table_is_cut_from_its_artifact_by_code(monkeypatch):
-    """README's table is exactly what `python -m clip_robust_ext.evaluation.excerpt` prints."""
+    """README's table is exactly what `python -m clip_robust_ext.evaluation.excerpt
+    docs/results/zs-power/results.md --where images=1000` prints."""
     monkeypatch.chdir(REPO)  # the artifact line names the path as given: repository-relative
-    columns = ["model", "seeds", "clean", "robust@1/255", "robust@2/255"]
-    table = excerpt("docs/results/zs-study/results.md", "cifar10-jpegs_test_unseen", columns)
+    table = excerpt("docs/results/zs-power/results.md", where={"images": "1000"})
     assert table in (REPO / "README.md").read_text()
-    assert table.count("\n| ") == 10  # the ten models, under the header line
+    assert table.count("\n| ") == 6  # 3 training lengths x (robust, clean), under the header
+
+
+def test_excerpt_keeps_only_the_rows_asked_for():
+    table = excerpt(REPO / "docs/results/zs-power/results.md", where={"images": "250"})
+    rows = [line for line in table.splitlines() if line.startswith("| tecoa")]
+    assert [r.split(" | ")[1] for r in rows] == ["250", "250", "250"]
+    with pytest.raises(ClipxUsageError, match="no column \\['epochs'\\]"):
+        excerpt(REPO / "docs/results/zs-power/results.md", where={"epochs": "1"})
 
 
 def test_excerpt_names_what_exists_when_asked_for_what_does_not():

@@ -43,9 +43,15 @@ def pipe_tables(text: str) -> list[tuple[str, int, list[str], list[list[str]]]]:
     return out
 
 
-def excerpt(path: str | Path, view: str = "", columns: list[str] | None = None) -> str:
+def excerpt(
+    path: str | Path,
+    view: str = "",
+    columns: list[str] | None = None,
+    where: dict[str, str] | None = None,
+) -> str:
     """The table of `view` in the markdown artifact `path` (the first table when no view is
-    given), restricted to `columns` in their order, followed by its `Artifact:` line."""
+    given), restricted to `columns` in their order and to the rows whose cells equal `where`
+    (column -> value), followed by its `Artifact:` line."""
     tables = pipe_tables(Path(path).read_text())
     found = [t for t in tables if t[0] == view] if view else tables[:1]
     if not found:
@@ -53,9 +59,10 @@ def excerpt(path: str | Path, view: str = "", columns: list[str] | None = None) 
         raise ClipxUsageError(f"{path}: no table for view '{view}'; views: {views}")
     _, _, header, rows = found[0]
     columns = columns or header
-    missing = [c for c in columns if c not in header]
+    missing = [c for c in [*columns, *(where or {})] if c not in header]
     if missing:
         raise ClipxUsageError(f"{path}: no column {missing}; columns: {', '.join(header)}")
+    rows = [r for r in rows if all(r[header.index(c)] == v for c, v in (where or {}).items())]
     keep = [header.index(c) for c in columns]
     align = ["---" if k == 0 else "---:" for k in range(len(keep))]
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(align) + "|"]
@@ -68,10 +75,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("artifact", help="a results.md (or other markdown) a run wrote")
     parser.add_argument("--view", default="", help="the dataset view, e.g. cifar10-jpegs_test_seen")
     parser.add_argument("--columns", default="", help="comma-separated columns to keep, in order")
+    parser.add_argument(
+        "--where", action="append", default=[], help="COLUMN=VALUE: keep only matching rows"
+    )
     args = parser.parse_args(argv)
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] or None
     try:
-        print(excerpt(args.artifact, args.view, columns), end="")
+        where = dict(w.split("=", 1) for w in args.where)
+    except ValueError:
+        print(f"Error: --where takes COLUMN=VALUE, got {args.where}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        print(excerpt(args.artifact, args.view, columns, where), end="")
     except (ClipxUsageError, OSError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         sys.exit(2)

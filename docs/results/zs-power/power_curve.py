@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
     blocks = {b.label: b for b in load_outcomes(argv[0])}
     start = blocks.pop("clip")
     print(
-        "| model | images | metric | model | start | difference [95% interval] | "
+        "| model | images | metric | accuracy | start | difference [95% interval] | "
         "gained / lost | McNemar p |"
     )
     print("|---|---:|---|---:|---:|---|---:|---:|")
