@@ -27,6 +27,7 @@ Groups:
   TextAttackOnPrompts, MultimodalAttack, CLIPTextAttacker, CaptionAttackCache, config_from_params
 - defenses and training: Defense, Batch, TrainContext, TrainConfig, clip_contrastive_loss, train
 - test-time defenses: TestTimeDefense, DefendedClassifier
+- certification: CertifyProtocol (randomized smoothing), SmoothedClassifier
 - evaluation: Protocol, evaluate, load_records, RETRIEVAL_FORMULAS, recall_hits, attack_success
 - run directory and records: RunLock, START_LABEL, finished_models, write_results, result_path, read_json,
   component_fingerprint (a registered component's plugin version and code, for result-store keys),
@@ -134,6 +135,8 @@ _LAZY = {
     "clip_contrastive_loss": ".training",
     "train": ".training",
     "TestTimeDefense": ".evaluation.testtime",
+    "CertifyProtocol": ".evaluation.certify",
+    "SmoothedClassifier": ".evaluation.smoothing",
     "DefendedClassifier": ".evaluation.testtime",
     # evaluation
     "evaluate": ".evaluation",

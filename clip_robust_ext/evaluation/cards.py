@@ -27,6 +27,7 @@ from ..utils.provenance import provenance_stamp
 from ..utils.versions import versions
 from . import distributed as D
 from . import records as R
+from .certified_card import add_certified, certified_markdown
 from .protocols import Protocol, dataset_key
 from .provenance import merged_components, read_components, record_components
 from .strength import enforce, run_checks
@@ -183,7 +184,9 @@ def protocol_content(
                 "attack_resolution": rec.get("attack_resolution"),
             }
         )
+    settings = getattr(protocol, "hash_settings", None)  # e.g. certify: sigma, draws, alpha
     return {
+        **({"settings": settings()} if settings else {}),
         "datasets": datasets,
         "eps": [round(e, 10) for e in protocol.eps],
         "norm": protocol.norm,
@@ -256,7 +259,7 @@ def build_card(
     identity: dict[str, Any],
 ) -> dict[str, Any]:
     content = protocol_content(protocol, run_dir, label, records)
-    return {
+    card = {
         "schema": CARD_SCHEMA,
         "label": label,
         "model": identity,
@@ -267,7 +270,7 @@ def build_card(
             "lineage": protocol.lineage,
             "description": protocol.description,
         },
-        "results": results_of(records),
+        "results": results_of([r for r in records if r.get("kind") != "certified"]),
         # per-sample outcomes behind the numbers (clipx compare reads them), relative to the run dir
         "outcomes": {
             "samples": "samples.npz",
@@ -281,6 +284,7 @@ def build_card(
         "created_at": R.now(),
         "formulas": R.FORMULAS,
     }
+    return add_certified(card, records)
 
 
 def card_components(run_dir: str | os.PathLike, records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -380,6 +384,7 @@ def card_markdown(card: dict[str, Any]) -> str:
     for ch in card["checks"].get("results", []):
         mark = {"pass": "pass", "fail": "**FAIL**", "skipped": "skipped"}[ch["status"]]
         lines.append(f"- {ch['name']}: {mark} - {ch['detail']}")
+    lines += certified_markdown(card)
     return "\n".join(lines) + "\n"
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..utils.io import atomic_write, atomic_write_text
 from . import records as R
+from .certified_card import KIND, certified_csv_rows, certified_table
 from .retrieval import retrieval_table
 
 
@@ -93,6 +94,9 @@ def markdown_table(records: list[dict]) -> str:
         if recs[0].get("kind") == "retrieval":  # recall tables (clipx_coattack)
             parts.append(retrieval_table(recs))
             continue
+        if recs[0].get("kind") == KIND:  # randomized smoothing (the certify protocol)
+            parts.append(certified_table(recs))
+            continue
         header, rows = table_rows(recs)
         first = recs[0]
         eps = [s for _, s in sorted({(r["eps"], r["eps_str"]) for r in recs if r.get("eps_str")})]
@@ -133,6 +137,9 @@ def csv_table(records: list[dict]) -> str:
                             f"{r['asr'].get('ASR_' + k, 0.0):.4f}",
                         ]
                     )
+            continue
+        if recs[0].get("kind") == KIND:
+            writer.writerows(certified_csv_rows(recs))
             continue
         header, rows = table_rows(recs)
         writer.writerow(["protocol"] + header)

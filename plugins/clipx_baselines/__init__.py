@@ -1,5 +1,6 @@
-"""Built-in plugin: the baseline defenses (FT-standard, TeCoA, PMG-AFT, FARE) and the offline
-small CLIP pre-trained on the procedural shapes ("procedural-small").
+"""Built-in plugin: the baseline defenses (FT-standard, TeCoA, PMG-AFT, FARE, and Gaussian noise
+augmentation for randomized smoothing) and the offline small CLIP pre-trained on the procedural
+shapes ("procedural-small").
 
 Fidelity to the authors' code (docs/FIDELITY.md): TeCoA and FARE equal theirs (FARE's
 AdamW-on-every-parameter is TrainConfig.decay_all_params); PMG-AFT's default logits = "cosine"

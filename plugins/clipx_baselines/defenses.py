@@ -27,6 +27,7 @@ from clip_robust_ext.api import (
 
 from .apgd_reference import EmbeddingAPGDReference
 from .fare_attack import EmbeddingAPGD, EmbeddingPGD, embedding_l2
+from .noise import GaussianAug
 
 INNER_ATTACKS = ("pgd", "apgd", "apgd-reference")
 
@@ -284,4 +285,4 @@ def factory(cls: type[Defense]):
     return checked(cls, f"defense '{cls.name}'")
 
 
-DEFENSES = {cls.name: cls for cls in (FTStandard, TeCoA, PMGAFT, FARE)}
+DEFENSES = {cls.name: cls for cls in (FTStandard, TeCoA, PMGAFT, FARE, GaussianAug)}

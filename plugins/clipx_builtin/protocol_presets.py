@@ -196,6 +196,40 @@ def transfer(**overrides: Any) -> Protocol:
     ).with_overrides(**overrides)
 
 
+def certify(
+    sigma: float = 0.25,
+    n0: int = 100,
+    n_draws: int = 1000,
+    alpha: float = 0.001,
+    noise_batch: int = 100,
+    attack_steps: int = 10,
+    eot_draws: int = 8,
+    **overrides: Any,
+) -> Protocol:
+    """Randomized smoothing on the transfer views; the radii are L2 budgets in [0, 1] pixels."""
+    from clip_robust_ext.api import CertifyProtocol
+
+    return CertifyProtocol(
+        sigma=sigma,
+        n0=n0,
+        n_draws=n_draws,
+        alpha=alpha,
+        noise_batch=noise_batch,
+        attack_steps=attack_steps,
+        eot_draws=eot_draws,
+        eps=[0.0, 0.25, 0.5, 1.0],
+        norm="L2",
+        attacks=[],
+        templates=["This is a photo of a {}"],
+        datasets=transfer_views(),
+        n_samples=100,
+        checks="off",
+        description="randomized smoothing (Cohen et al. 2019; sigma 0.25, n0 100, n 1000, alpha "
+        "0.001): certified L2 accuracy and abstention at radii 0, 0.25, 0.5, 1, next to PGD-L2 "
+        "(10 steps, EOT over 8 draws) against the same smoothed classifier",
+    ).with_overrides(**overrides)
+
+
 def checks(**overrides: Any) -> Protocol:
     """For leaderboard submissions: attacks with a strength order, an eps sweep, every
     attack-strength check (Square and 16/255 on the probe inputs) and failures as errors."""
@@ -235,6 +269,10 @@ PRESETS = {
     "transfer": (
         transfer,
         "zero-shot transfer: unseen / seen classes (+ other datasets), PGD-10 + APGD-CE at 1, 2 /255",
+    ),
+    "certify": (
+        certify,
+        "randomized smoothing: certified L2 accuracy, abstention and PGD-L2 (EOT) per view",
     ),
     "checks": (checks, "PGD-10 / PGD-50 eps sweep with every attack-strength check, strict"),
 }
