@@ -546,7 +546,7 @@ def evaluate_model(
     zs.eval()
     try:
         randomized = len(indices) > 0 and not deterministic(
-            zs, probe_images(dataset, indices, zs.device)
+            zs, probe_images(dataset, indices, zs.device, f"dataset '{dataset_key}'")
         )
         plan = plan_attacks(zs, protocol, dataset_key, randomized)
         for p in plan:
@@ -768,7 +768,7 @@ def _scored_plan(
     zs.class_matrix()  # computed once here, reused by every batch and attack
     defended = None if run.defense is None else DefendedClassifier(zs, run.defense, run.label)
     scored = defended or zs
-    x = probe_images(ds, indices, zs.device) if len(indices) else None
+    x = probe_images(ds, indices, zs.device, f"dataset '{key}'") if len(indices) else None
     random_zs = x is not None and not deterministic(zs, x)
     random_scored = (
         random_zs if defended is None else x is not None and not deterministic(defended, x)

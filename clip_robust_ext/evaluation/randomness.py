@@ -43,9 +43,12 @@ def deterministic(model: nn.Module, x: torch.Tensor) -> bool:
     return first.shape == second.shape and bool(torch.allclose(first, second, RTOL, ATOL))
 
 
-def probe_images(ds: Any, indices: Any, device: torch.device) -> torch.Tensor:
-    """The first PROBE_N evaluated images, fp32 on `device`."""
-    x, _ = collate_labelled([ds[i] for i in list(indices)[:PROBE_N]], what="determinism probe")
+def probe_images(
+    ds: Any, indices: Any, device: torch.device, what: str = "dataset"
+) -> torch.Tensor:
+    """The first PROBE_N evaluated images, fp32 on `device`; a malformed image is reported as
+    `what`'s (the dataset's name), the way the evaluation itself would report it."""
+    x, _ = collate_labelled([ds[i] for i in list(indices)[:PROBE_N]], what=what)
     return x.to(device=device, dtype=torch.float32)
 
 
