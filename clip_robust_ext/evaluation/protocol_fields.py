@@ -37,6 +37,10 @@ MEANINGS = {
     "compile": "speed option: torch.compile the image tower (same caveat)",
     "cascade": "each attack runs only on the samples that survived the earlier ones at the same "
     "eps (AutoAttack's worst case: same robust accuracy, per-attack numbers cumulative)",
+    "eot_samples": "gradient samples averaged per attack step (EOT) when the scored pipeline is "
+    "found random (a determinism probe runs it twice); 1 declares the pipeline deterministic",
+    "final_draws": "a random pipeline scores each adversarial example this many times and keeps "
+    "the worst case; 1 declares the pipeline deterministic",
     "early_exit": "PGD-style attacks stop per sample at the first adversarial iterate (attacks "
     'registered with `protocol_params` containing "early_exit")',
     "lineage": "the evaluation code this preset follows, stored with every result "
