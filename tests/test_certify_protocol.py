@@ -144,3 +144,14 @@ def test_run_tables_list_certified_rows_apart(certified_run, tmp_path):
     rows = list(csv.reader(io.StringIO(paths["csv"].read_text())))
     assert len(rows) == 6 and rows[0][:3] == ["certify", "start", "procedural-shapes_test_unseen"]
     assert float(rows[0][6]) == records[0]["certified_acc"]
+
+
+def test_stored_views_are_not_served_to_other_smoothing_settings(certified_run):
+    """The result store's key covers sigma and the draws: the same run dir and label with another
+    sigma recomputes (and a repeat of the first settings reuses the stored records)."""
+    loaded, proto, run_dir, records, _ = certified_run
+    again = evaluate(loaded, proto, run_dir, "start")
+    assert [r.get("elapsed_s") for r in again] == [r.get("elapsed_s") for r in records]
+    other = evaluate(loaded, small_protocol(sigma=0.5), run_dir, "start")
+    assert {r["sigma"] for r in other if "sigma" in r} <= {0.5}
+    assert [r.get("elapsed_s") for r in other] != [r.get("elapsed_s") for r in records]

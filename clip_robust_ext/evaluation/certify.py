@@ -10,6 +10,7 @@ attack, so empirical accuracy below certified accuracy is a bug (the card's chec
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ import torchattacks
 from torch import nn
 
 from ..attacks.checks import verify_adversarial
+from ..cachekeys import digest, file_hash
 from ..errors import ClipxUsageError
 from ..utils.io import atomic_write_json
 from ..utils.seeding import seed_everything
@@ -34,6 +36,7 @@ from .smoothing import (
 )
 
 KIND = "certified"
+smoothing_module = SmoothedClassifier.__module__
 
 
 class NoiseExpectation(nn.Module):
@@ -89,6 +92,16 @@ class CertifyProtocol(Protocol):
         keys = ("sigma", "n0", "n_draws", "alpha", "attack_steps", "eot_draws")
         return {k: getattr(self, k) for k in keys}
 
+    def _store_inputs(self, loaded) -> dict[str, Any]:
+        """What a stored view depends on beyond the protocol: the weights, the smoothing and attack
+        settings, and the code that certifies (this module and the smoothed classifier's)."""
+        code = [file_hash(sys.modules[m].__file__) for m in (__name__, smoothing_module)]
+        return {
+            "model": R.model_fingerprint(loaded.model),
+            "smoothing": self.hash_settings(),
+            "code": digest(code),
+        }
+
     def evaluate_with(
         self, loaded, run_dir, label: str, resume: bool = True, progress: bool = True
     ) -> list[dict[str, Any]]:
@@ -101,7 +114,7 @@ class CertifyProtocol(Protocol):
         """One view's records, reused when the settings and weights match."""
         key = dataset_key(spec)
         path = R.result_path(run_dir, label, self.name, key)
-        store = self.dataset_hash(spec, {"model": R.model_fingerprint(loaded.model)})
+        store = self.dataset_hash(spec, self._store_inputs(loaded))
         saved = R.read_json(path) if resume else None
         if saved and saved.get("protocol_hash") == store:
             return saved["records"]
